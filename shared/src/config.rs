@@ -1,0 +1,261 @@
+//! Configuration types shared by the gateway and the domains, and the loader.
+//!
+//! Sources, later ones winning: built-in defaults, an optional TOML file (`gateway --config FILE`),
+//! then `KEEL_`-prefixed environment variables with `__` for nesting
+//! (`KEEL_DATABASE__URL=postgres://…` sets `database.url`).
+
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where a domain's data lives, and how its pool behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…` moves every domain to PostgreSQL, one schema per domain.
+    /// `sqlite://DIR` keeps one SQLite file per domain in DIR (`DIR/auth.db`);
+    /// `sqlite://FILE.db` names the file itself (useful in a domain's own override).
+    pub url: Secret,
+    /// An optional read replica (PostgreSQL only) for read-only queries.
+    pub replica_url: Option<Secret>,
+    pub pool: PoolConfig,
+    /// PostgreSQL `statement_timeout`, in milliseconds.
+    pub statement_timeout_ms: u64,
+    /// SQLite `busy_timeout`, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// Apply pending migrations when `gateway serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("sqlite://data"),
+            replica_url: None,
+            pool: PoolConfig::default(),
+            statement_timeout_ms: 10_000,
+            busy_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// A domain's own override of the shared database settings; unset fields inherit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseOverride {
+    pub url: Option<Secret>,
+    pub replica_url: Option<Secret>,
+    pub pool: Option<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    pub max_size: u32,
+    pub min_idle: Option<u32>,
+    /// How long a request waits for a free connection before failing with `Unavailable`.
+    pub connection_timeout_ms: u64,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            min_idle: Some(1),
+            connection_timeout_ms: 5_000,
+            idle_timeout_secs: Some(600),
+            max_lifetime_secs: Some(1_800),
+        }
+    }
+}
+
+/// The database engine behind a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The settings of one domain's database, resolved from the shared config and its override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDatabase {
+    /// The domain's name: the PostgreSQL schema and the SQLite file stem.
+    pub domain: String,
+    pub backend: Backend,
+    /// A PostgreSQL URL, or the SQLite file path.
+    pub url: Secret,
+    pub replica_url: Option<Secret>,
+    pub pool: PoolConfig,
+    pub statement_timeout_ms: u64,
+    pub busy_timeout_ms: u64,
+}
+
+/// A database URL that Keel cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DatabaseUrlError(String);
+
+impl DatabaseConfig {
+    /// Resolves the settings of `domain`, applying its override.
+    pub fn for_domain(&self, domain: &str, over: &DatabaseOverride) -> Result<DomainDatabase, DatabaseUrlError> {
+        if domain.is_empty() || !domain.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(DatabaseUrlError(format!("invalid domain name {domain:?}")));
+        }
+        let raw = over.url.as_ref().unwrap_or(&self.url);
+        let (backend, url) = resolve_url(raw.expose(), domain)?;
+        let replica_url = over.replica_url.clone().or_else(|| self.replica_url.clone());
+        if backend == Backend::Sqlite && replica_url.is_some() {
+            return Err(DatabaseUrlError("a read replica needs PostgreSQL".into()));
+        }
+        Ok(DomainDatabase {
+            domain: domain.to_owned(),
+            backend,
+            url: Secret::new(url),
+            replica_url,
+            pool: over.pool.clone().unwrap_or_else(|| self.pool.clone()),
+            statement_timeout_ms: self.statement_timeout_ms,
+            busy_timeout_ms: self.busy_timeout_ms,
+        })
+    }
+}
+
+fn resolve_url(raw: &str, domain: &str) -> Result<(Backend, String), DatabaseUrlError> {
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, raw.to_owned()));
+    }
+    let path = raw
+        .strip_prefix("sqlite://")
+        .or_else(|| raw.strip_prefix("sqlite:"))
+        .ok_or_else(|| DatabaseUrlError("database url must start with postgres://, postgresql:// or sqlite://".into()))?;
+    if path.is_empty() {
+        return Err(DatabaseUrlError("sqlite url names no path".into()));
+    }
+    let path = PathBuf::from(path);
+    let file = match path.extension().and_then(|e| e.to_str()) {
+        Some("db" | "sqlite" | "sqlite3") => path,
+        _ => path.join(format!("{domain}.db")),
+    };
+    Ok((Backend::Sqlite, file.to_string_lossy().into_owned()))
+}
+
+/// How the gateway's HTTP server listens and treats requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` is believed, as CIDRs (`10.0.0.0/8`). Empty: use the socket.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            body_limit_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Auto, filter: "info".into() }
+    }
+}
+
+#[cfg(feature = "server")]
+pub use loader::{ConfigError, load};
+
+#[cfg(feature = "server")]
+mod loader {
+    use figment::Figment;
+    use figment::providers::{Env, Format, Serialized, Toml};
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use std::path::Path;
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConfigError {
+        #[error("config file {0} does not exist")]
+        MissingFile(String),
+        #[error("invalid configuration: {0}")]
+        Invalid(Box<figment::Error>),
+    }
+
+    /// Loads a config tree: defaults, then `file` if given, then `KEEL_*` environment variables.
+    pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(T::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("KEEL_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_directory_gets_one_file_per_domain() {
+        let db = DatabaseConfig::default().for_domain("auth", &DatabaseOverride::default()).unwrap();
+        assert_eq!(db.backend, Backend::Sqlite);
+        assert_eq!(db.url.expose(), "data/auth.db");
+    }
+
+    #[test]
+    fn sqlite_file_is_taken_as_is_and_postgres_is_shared() {
+        let over = DatabaseOverride { url: Some("sqlite:///tmp/x/auth.sqlite".into()), ..Default::default() };
+        let db = DatabaseConfig::default().for_domain("auth", &over).unwrap();
+        assert_eq!(db.url.expose(), "/tmp/x/auth.sqlite");
+
+        let config = DatabaseConfig { url: "postgres://root@127.0.0.1/test".into(), ..Default::default() };
+        let db = config.for_domain("auth", &DatabaseOverride::default()).unwrap();
+        assert_eq!(db.backend, Backend::Postgres);
+        assert_eq!(db.url.expose(), "postgres://root@127.0.0.1/test");
+    }
+
+    #[test]
+    fn rejects_unknown_schemes_and_sqlite_replicas() {
+        let bad = DatabaseConfig { url: "mysql://x".into(), ..Default::default() };
+        assert!(bad.for_domain("auth", &DatabaseOverride::default()).is_err());
+        let replica = DatabaseConfig { replica_url: Some("postgres://r".into()), ..Default::default() };
+        assert!(replica.for_domain("auth", &DatabaseOverride::default()).is_err());
+        assert!(DatabaseConfig::default().for_domain("Auth; drop", &DatabaseOverride::default()).is_err());
+    }
+}

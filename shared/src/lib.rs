@@ -1,0 +1,34 @@
+//! Keel's platform layer, shared by every domain crate and the gateway.
+//!
+//! The always-compiled modules (errors, ids, clock, secrets, pagination, config types) carry no
+//! database or web-framework dependency, so a domain's contract can use them and still build
+//! without diesel and actix. Everything a server process needs sits behind the `server` feature.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod page;
+pub mod secret;
+
+#[cfg(feature = "client")]
+pub mod client;
+#[cfg(feature = "server")]
+pub mod db;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod ratelimit;
+#[cfg(feature = "server")]
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ErrorBody, ErrorEnvelope, ErrorKind};
+pub use page::{Page, PageRequest};
+pub use secret::Secret;
+
+// Re-exported so that `define_id!` works in crates that do not depend on uuid or utoipa directly.
+#[doc(hidden)]
+pub use {utoipa as __utoipa, uuid as __uuid};

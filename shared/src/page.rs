@@ -1,0 +1,73 @@
+//! Keyset pagination: `?limit=20&after=<last id of the previous page>`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+pub const MAX_PAGE_LIMIT: u32 = 100;
+
+/// The query string of a list endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageRequest {
+    /// How many items to return, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+    /// Return items after this id: the `next_after` of the previous page.
+    pub after: Option<String>,
+}
+
+impl PageRequest {
+    /// The effective limit, clamped to `1..=MAX_PAGE_LIMIT`.
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT)
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// Whether another page follows.
+    pub has_more: bool,
+    /// Pass as `after` to fetch the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows fetched in order: the extra row, if present,
+    /// only tells that another page exists.
+    pub fn from_overfetch(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Self {
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_after = if has_more { rows.last().map(&cursor_of) } else { None };
+        Self { data: rows, has_more, next_after }
+    }
+
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page { data: self.data.into_iter().map(f).collect(), has_more: self.has_more, next_after: self.next_after }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overfetch_sets_has_more_and_cursor() {
+        let page = Page::from_overfetch(vec![1, 2, 3], 2, |n| n.to_string());
+        assert_eq!(page.data, vec![1, 2]);
+        assert!(page.has_more);
+        assert_eq!(page.next_after.as_deref(), Some("2"));
+
+        let last = Page::from_overfetch(vec![1, 2], 2, |n| n.to_string());
+        assert!(!last.has_more);
+        assert_eq!(last.next_after, None);
+    }
+
+    #[test]
+    fn limit_is_clamped() {
+        assert_eq!(PageRequest { limit: Some(0), after: None }.limit(), 1);
+        assert_eq!(PageRequest { limit: Some(1000), after: None }.limit(), MAX_PAGE_LIMIT);
+        assert_eq!(PageRequest::default().limit(), DEFAULT_PAGE_LIMIT);
+    }
+}
