@@ -36,11 +36,7 @@ impl RemoteError {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let body = response
-            .json::<crate::error::ErrorEnvelope>()
-            .await
-            .ok()
-            .map(|envelope| envelope.error);
+        let body = response.json::<crate::error::ErrorEnvelope>().await.ok().map(|envelope| envelope.error);
         Self { status, body, retry_after_secs }
     }
 }

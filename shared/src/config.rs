@@ -126,10 +126,9 @@ fn resolve_url(raw: &str, domain: &str) -> Result<(Backend, String), DatabaseUrl
     if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
         return Ok((Backend::Postgres, raw.to_owned()));
     }
-    let path = raw
-        .strip_prefix("sqlite://")
-        .or_else(|| raw.strip_prefix("sqlite:"))
-        .ok_or_else(|| DatabaseUrlError("database url must start with postgres://, postgresql:// or sqlite://".into()))?;
+    let path = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")).ok_or_else(|| {
+        DatabaseUrlError("database url must start with postgres://, postgresql:// or sqlite://".into())
+    })?;
     if path.is_empty() {
         return Err(DatabaseUrlError("sqlite url names no path".into()));
     }
@@ -220,10 +219,7 @@ mod loader {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment
-            .merge(Env::prefixed("KEEL_").split("__"))
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+        figment.merge(Env::prefixed("KEEL_").split("__")).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 }
 

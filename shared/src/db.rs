@@ -42,10 +42,7 @@ impl DbError {
 
 /// Whether a diesel error is a unique-constraint violation, on either backend.
 pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
-    matches!(
-        error,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
+    matches!(error, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
 /// A domain's database: its primary pool, an optional read-replica pool, and on SQLite a
@@ -88,8 +85,8 @@ impl Db {
                 }
             }
             Backend::Postgres => {
-                let mut conn = PgConnection::establish(settings.url.expose())
-                    .map_err(|e| DbError::Unavailable(e.to_string()))?;
+                let mut conn =
+                    PgConnection::establish(settings.url.expose()).map_err(|e| DbError::Unavailable(e.to_string()))?;
                 conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
             }
         }

@@ -54,10 +54,9 @@ impl ErrorKind {
     /// The envelope's `type` field, with OpenAI's names where they exist.
     pub fn error_type(self) -> &'static str {
         match self {
-            Self::InvalidRequest
-            | Self::Unprocessable
-            | Self::PayloadTooLarge
-            | Self::UnsupportedMediaType => "invalid_request_error",
+            Self::InvalidRequest | Self::Unprocessable | Self::PayloadTooLarge | Self::UnsupportedMediaType => {
+                "invalid_request_error"
+            }
             Self::Unauthenticated => "authentication_error",
             Self::PermissionDenied => "permission_error",
             Self::NotFound => "not_found_error",

@@ -49,7 +49,12 @@ pub fn error_response<E: ApiError>(error: &E) -> HttpResponse {
 }
 
 /// A response with the error envelope.
-pub fn envelope_response(kind: ErrorKind, code: &str, message: impl Into<String>, param: Option<String>) -> HttpResponse {
+pub fn envelope_response(
+    kind: ErrorKind,
+    code: &str,
+    message: impl Into<String>,
+    param: Option<String>,
+) -> HttpResponse {
     let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status).json(ErrorEnvelope::new(kind, code, message, param))
 }
@@ -62,9 +67,12 @@ fn to_actix_error(response: HttpResponse) -> actix_web::Error {
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default().limit(limit).error_handler(|err, _req| {
         let response = match &err {
-            JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-                envelope_response(ErrorKind::PayloadTooLarge, "payload_too_large", "The request body is too large.", None)
-            }
+            JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => envelope_response(
+                ErrorKind::PayloadTooLarge,
+                "payload_too_large",
+                "The request body is too large.",
+                None,
+            ),
             JsonPayloadError::ContentType => envelope_response(
                 ErrorKind::UnsupportedMediaType,
                 "unsupported_media_type",
@@ -77,7 +85,12 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
             JsonPayloadError::Deserialize(e) => {
                 envelope_response(ErrorKind::InvalidRequest, "invalid_json", format!("Malformed JSON: {e}"), None)
             }
-            _ => envelope_response(ErrorKind::InvalidRequest, "invalid_body", "The request body could not be read.", None),
+            _ => envelope_response(
+                ErrorKind::InvalidRequest,
+                "invalid_body",
+                "The request body could not be read.",
+                None,
+            ),
         };
         to_actix_error(response)
     })

@@ -96,9 +96,8 @@ impl FailureLimiter for InMemoryFailureLimiter {
                 !entry.failures.is_empty()
             });
         }
-        let entry = entries
-            .entry(key.to_owned())
-            .or_insert_with(|| Entry { window: policy.window, failures: VecDeque::new() });
+        let entry =
+            entries.entry(key.to_owned()).or_insert_with(|| Entry { window: policy.window, failures: VecDeque::new() });
         entry.window = policy.window;
         entry.prune(now);
         entry.failures.push_back(now);

@@ -1,0 +1,65 @@
+//! `AuthConfig`: the auth domain's settings (`[auth]` in the config file, `KEEL_AUTH__*`).
+
+use serde::{Deserialize, Serialize};
+use shared::config::DatabaseOverride;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A remote auth service (`http://host:port`). When set, the gateway uses `HttpAuthClient`
+    /// instead of running the domain in-process.
+    pub url: Option<String>,
+    /// Overrides of the shared database settings for this domain.
+    pub database: DatabaseOverride,
+    /// How long a session lasts, in seconds.
+    pub session_ttl_secs: u64,
+    pub argon2: Argon2Config,
+    /// Password hashes computed at once; 0 means one per core. Extra logins wait their turn
+    /// instead of starving the other requests of CPU.
+    pub hash_concurrency: usize,
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            database: DatabaseOverride::default(),
+            session_ttl_secs: 30 * 24 * 3600,
+            argon2: Argon2Config::default(),
+            hash_concurrency: 0,
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+/// argon2id cost parameters (OWASP's recommended minimum by default). Hashes made with other
+/// parameters are upgraded at the next successful login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+    }
+}
+
+/// Failed-login throttling: per account and per client IP, in a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    pub window_secs: u64,
+    pub max_failures_per_account: u32,
+    pub max_failures_per_ip: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self { window_secs: 15 * 60, max_failures_per_account: 10, max_failures_per_ip: 100 }
+    }
+}
