@@ -328,7 +328,8 @@ pub trait AuthApi: Send + Sync {
     ) -> Result<Organization, AuthError>;
 
     /// The caller's organizations (for an API key, its own). Errors: none beyond `Internal`/`Unavailable`.
-    async fn list_organizations(&self, principal: &Principal, page: PageRequest) -> Result<Page<Membership>, AuthError>;
+    async fn list_organizations(&self, principal: &Principal, page: PageRequest)
+    -> Result<Page<Membership>, AuthError>;
 
     /// Members of an organization the caller belongs to. Errors: `OrganizationNotFound`.
     async fn list_members(

@@ -98,7 +98,13 @@ impl AuthError {
 
     /// Rebuilds the error from an envelope's code, so that a remote caller gets the same variant
     /// as an in-process one. Unknown codes keep their kind's meaning.
-    pub fn from_remote(status: u16, code: &str, message: String, param: Option<String>, retry_after_secs: Option<u64>) -> Self {
+    pub fn from_remote(
+        status: u16,
+        code: &str,
+        message: String,
+        param: Option<String>,
+        retry_after_secs: Option<u64>,
+    ) -> Self {
         match code {
             "validation_failed" => Self::Validation { field: param.unwrap_or_default(), message },
             "email_taken" => Self::EmailTaken,

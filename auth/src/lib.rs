@@ -20,6 +20,9 @@ mod store;
 #[cfg(feature = "server")]
 mod token;
 
+/// The domain's name: its PostgreSQL schema, its SQLite file, its `--only` name.
+pub const DOMAIN: &str = "auth";
+
 pub use api::*;
 #[cfg(feature = "client")]
 pub use client::HttpAuthClient;

@@ -18,7 +18,7 @@ pub struct FailurePolicy {
 }
 
 /// The key is locked out; it may try again after this long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RetryAfter(pub Duration);
 
 impl RetryAfter {

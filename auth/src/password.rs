@@ -1,0 +1,153 @@
+//! Password hashing with argon2id on the blocking pool, behind a semaphore so that a login
+//! flood queues for CPU instead of starving every other request.
+
+use crate::config::Argon2Config;
+use crate::error::AuthError;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use shared::Secret;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
+pub(crate) const MAX_PASSWORD_CHARS: usize = 128;
+
+/// Checks a new password's length (in characters, not bytes).
+pub(crate) fn validate_new_password(field: &str, password: &Secret) -> Result<(), AuthError> {
+    let chars = password.expose().chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
+        return Err(AuthError::validation(
+            field,
+            format!("The password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long."),
+        ));
+    }
+    Ok(())
+}
+
+/// The outcome of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verified {
+    /// Correct; `rehash` when the stored hash uses other parameters than the configured ones.
+    Yes {
+        rehash: bool,
+    },
+    No,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Hasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// Verified against when the account does not exist, so that an unknown email costs the
+    /// same time as a wrong password.
+    dummy_hash: Arc<str>,
+}
+
+impl Hasher {
+    pub(crate) fn new(config: &Argon2Config, concurrency: usize) -> Result<Self, AuthError> {
+        let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+            .map_err(|e| AuthError::Internal(format!("invalid argon2 parameters: {e}")))?;
+        let concurrency = match concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let dummy_hash = hash_blocking(&params, &Secret::new("keel-dummy-password"))?;
+        Ok(Self { params, permits: Arc::new(Semaphore::new(concurrency)), dummy_hash: dummy_hash.into() })
+    }
+
+    pub(crate) async fn hash(&self, password: Secret) -> Result<String, AuthError> {
+        let params = self.params.clone();
+        self.run(move || hash_blocking(&params, &password)).await
+    }
+
+    /// Checks `password` against `hash`, or against the dummy hash when there is no account.
+    pub(crate) async fn verify(&self, password: Secret, hash: Option<String>) -> Result<Verified, AuthError> {
+        let params = self.params.clone();
+        let exists = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        let verified = self.run(move || verify_blocking(&params, &password, &hash)).await?;
+        Ok(if exists { verified } else { Verified::No })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _permit =
+            self.permits.acquire().await.map_err(|_| AuthError::Unavailable("password hasher closed".into()))?;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(f))
+            .await
+            .map_err(|e| AuthError::Internal(format!("password hashing task failed: {e}")))?
+    }
+}
+
+fn argon2(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_blocking(params: &Params, password: &Secret) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| AuthError::Internal(format!("OS random generator failed: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Internal(format!("salt encoding: {e}")))?;
+    argon2(params)
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| AuthError::Internal(format!("password hashing failed: {e}")))
+}
+
+fn verify_blocking(params: &Params, password: &Secret, hash: &str) -> Result<Verified, AuthError> {
+    let parsed = PasswordHash::new(hash).map_err(|e| AuthError::Internal(format!("stored hash unreadable: {e}")))?;
+    if argon2(params).verify_password(password.expose().as_bytes(), &parsed).is_err() {
+        return Ok(Verified::No);
+    }
+    let current = parsed.algorithm.as_str() == "argon2id"
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            p.m_cost() == params.m_cost() && p.t_cost() == params.t_cost() && p.p_cost() == params.p_cost()
+        });
+    Ok(Verified::Yes { rehash: !current })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: Argon2Config = Argon2Config { memory_kib: 1024, iterations: 1, parallelism: 1 };
+
+    #[tokio::test]
+    async fn hash_is_argon2id_phc_with_configured_params_and_verifies() {
+        let hasher = Hasher::new(&FAST, 1).unwrap();
+        let hash = hasher.hash(Secret::new("correct horse")).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{hash}");
+        assert!(!hash.contains("correct horse"));
+        let again = hasher.hash(Secret::new("correct horse")).await.unwrap();
+        assert_ne!(hash, again, "salts must differ");
+        assert_eq!(
+            hasher.verify(Secret::new("correct horse"), Some(hash.clone())).await.unwrap(),
+            Verified::Yes { rehash: false }
+        );
+        assert_eq!(hasher.verify(Secret::new("wrong horse"), Some(hash)).await.unwrap(), Verified::No);
+    }
+
+    #[tokio::test]
+    async fn other_parameters_ask_for_a_rehash() {
+        let old = Hasher::new(&Argon2Config { memory_kib: 2048, ..FAST }, 1).unwrap();
+        let hash = old.hash(Secret::new("correct horse")).await.unwrap();
+        let new = Hasher::new(&FAST, 1).unwrap();
+        assert_eq!(new.verify(Secret::new("correct horse"), Some(hash)).await.unwrap(), Verified::Yes { rehash: true });
+    }
+
+    #[tokio::test]
+    async fn missing_account_never_verifies() {
+        let hasher = Hasher::new(&FAST, 1).unwrap();
+        assert_eq!(hasher.verify(Secret::new("keel-dummy-password"), None).await.unwrap(), Verified::No);
+    }
+
+    #[test]
+    fn password_length_is_counted_in_characters() {
+        assert!(validate_new_password("password", &Secret::new("1234567")).is_err());
+        assert!(validate_new_password("password", &Secret::new("12345678")).is_ok());
+        assert!(validate_new_password("password", &Secret::new("é".repeat(128))).is_ok());
+        assert!(validate_new_password("password", &Secret::new("a".repeat(129))).is_err());
+    }
+}

@@ -1,0 +1,831 @@
+//! `AuthService`: the auth domain's business rules, in-process.
+
+use crate::api::*;
+use crate::config::AuthConfig;
+use crate::error::AuthError;
+use crate::password::{Hasher, MAX_PASSWORD_CHARS, Verified, validate_new_password};
+use crate::store::{self, ApiKeyRow, MembershipRow, OrganizationRow, SessionRow, UserRow};
+use crate::token;
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use shared::db::{Db, DbError, is_unique_violation};
+use shared::ratelimit::{FailureLimiter, FailurePolicy};
+use shared::{Clock, Page, PageRequest, Secret};
+use std::sync::Arc;
+
+/// `last_used_at` of an API key is written at most this often, so that a busy key does not
+/// turn every request into a write.
+const LAST_USED_RESOLUTION_SECS: i64 = 60;
+const MAX_EMAIL_CHARS: usize = 254;
+const MAX_NAME_CHARS: usize = 200;
+
+pub struct AuthService {
+    db: Db,
+    config: AuthConfig,
+    clock: Arc<dyn Clock>,
+    limiter: Arc<dyn FailureLimiter>,
+    hasher: Hasher,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService").field("db", &self.db).finish_non_exhaustive()
+    }
+}
+
+impl AuthService {
+    /// Applies the domain's pending migrations. Blocking.
+    pub fn migrate(db: &Db) -> Result<usize, DbError> {
+        db.migrate(store::POSTGRES_MIGRATIONS, store::SQLITE_MIGRATIONS)
+    }
+
+    /// Builds the service. Computes one password hash (the dummy used for unknown accounts), so
+    /// it takes a few milliseconds.
+    pub fn new(
+        db: Db,
+        config: AuthConfig,
+        clock: Arc<dyn Clock>,
+        limiter: Arc<dyn FailureLimiter>,
+    ) -> Result<Self, AuthError> {
+        let hasher = Hasher::new(&config.argon2, config.hash_concurrency)?;
+        Ok(Self { db, config, clock, limiter, hasher })
+    }
+
+    fn now(&self) -> NaiveDateTime {
+        self.clock.now().naive_utc()
+    }
+
+    fn policy(&self, max_failures: u32) -> FailurePolicy {
+        FailurePolicy { max_failures, window: Duration::seconds(self.config.throttle.window_secs as i64) }
+    }
+
+    fn account_key(email: &str) -> String {
+        format!("login:account:{}", token::digest(email))
+    }
+
+    fn ip_key(context: &RequestContext) -> Option<String> {
+        context.client_ip.map(|ip| format!("login:ip:{ip}"))
+    }
+
+    /// Fails with `TooManyAttempts` while the account or the client address is locked out.
+    async fn check_throttle(&self, account: &str, ip: Option<&str>) -> Result<(), AuthError> {
+        let throttle = self.config.throttle;
+        let mut retry = self.limiter.check(account, self.policy(throttle.max_failures_per_account)).await.err();
+        if let Some(ip) = ip
+            && let Err(ip_retry) = self.limiter.check(ip, self.policy(throttle.max_failures_per_ip)).await
+        {
+            retry = Some(retry.map_or(ip_retry, |r| r.max(ip_retry)));
+        }
+        match retry {
+            Some(retry) => Err(AuthError::TooManyAttempts { retry_after_secs: retry.secs() }),
+            None => Ok(()),
+        }
+    }
+
+    async fn record_failure(&self, account: &str, ip: Option<&str>) {
+        let throttle = self.config.throttle;
+        self.limiter.record_failure(account, self.policy(throttle.max_failures_per_account)).await;
+        if let Some(ip) = ip {
+            self.limiter.record_failure(ip, self.policy(throttle.max_failures_per_ip)).await;
+        }
+    }
+
+    fn new_session(&self, user_id: &str) -> Result<(SessionRow, Secret), AuthError> {
+        let (token, digest) = token::new_session_token()?;
+        let now = self.now();
+        let ttl = Duration::seconds(self.config.session_ttl_secs.min(i64::MAX as u64) as i64);
+        let row = SessionRow {
+            id: SessionId::new().to_string(),
+            user_id: user_id.to_owned(),
+            token_digest: digest,
+            created_at: now,
+            expires_at: now + ttl,
+            revoked_at: None,
+        };
+        Ok((row, token))
+    }
+
+    /// What the caller may do in an organization; `OrganizationNotFound` when it cannot see it.
+    async fn access(&self, principal: &Principal, organization_id: OrganizationId) -> Result<Access, AuthError> {
+        match principal.kind {
+            PrincipalKind::Session => {
+                let user_id = principal.user_id.ok_or(AuthError::Unauthenticated)?;
+                let (org, user) = (organization_id.to_string(), user_id.to_string());
+                let role = self
+                    .db
+                    .run(move |conn| store::find_role(conn, &org, &user).map_err(AuthError::from))
+                    .await?
+                    .and_then(|r| Role::parse(&r))
+                    .ok_or(AuthError::OrganizationNotFound)?;
+                Ok(Access::User { user_id, role })
+            }
+            PrincipalKind::ApiKey => {
+                if principal.organization_id != Some(organization_id) {
+                    return Err(AuthError::OrganizationNotFound);
+                }
+                Ok(Access::Key { admin: principal.has_scope(Scope::Admin) })
+            }
+        }
+    }
+
+    fn session_user(principal: &Principal) -> Result<(UserId, SessionId), AuthError> {
+        match (principal.kind, principal.user_id, principal.session_id) {
+            (PrincipalKind::Session, Some(user), Some(session)) => Ok((user, session)),
+            _ => Err(AuthError::SessionRequired),
+        }
+    }
+
+    async fn authenticate_session(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest = token::digest(token);
+        let lookup = digest.clone();
+        let row = self
+            .db
+            .run(move |conn| store::find_session_by_digest(conn, &lookup).map_err(AuthError::from))
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        if !token::digests_match(&row.token_digest, &digest) || row.revoked_at.is_some() || row.expires_at <= self.now()
+        {
+            return Err(AuthError::Unauthenticated);
+        }
+        Ok(Principal {
+            kind: PrincipalKind::Session,
+            user_id: Some(parse_id(&row.user_id)?),
+            session_id: Some(parse_id(&row.id)?),
+            organization_id: None,
+            api_key_id: None,
+            scopes: Vec::new(),
+            credential: Secret::new(token),
+        })
+    }
+
+    async fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let (lookup, secret) = token::parse_api_key(key).ok_or(AuthError::Unauthenticated)?;
+        let lookup = lookup.to_owned();
+        let row = self
+            .db
+            .run(move |conn| store::find_api_key_by_lookup(conn, &lookup).map_err(AuthError::from))
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        let now = self.now();
+        if !token::digests_match(&row.secret_digest, &token::digest(secret))
+            || row.revoked_at.is_some()
+            || row.expires_at.is_some_and(|at| at <= now)
+        {
+            return Err(AuthError::Unauthenticated);
+        }
+        let stale = row.last_used_at.is_none_or(|at| now - at >= Duration::seconds(LAST_USED_RESOLUTION_SECS));
+        if stale {
+            let id = row.id.clone();
+            self.db.run(move |conn| store::touch_api_key(conn, &id, now).map_err(AuthError::from)).await?;
+        }
+        Ok(Principal {
+            kind: PrincipalKind::ApiKey,
+            user_id: None,
+            session_id: None,
+            organization_id: Some(parse_id(&row.organization_id)?),
+            api_key_id: Some(parse_id(&row.id)?),
+            scopes: parse_scopes(&row.scopes)?,
+            credential: Secret::new(key),
+        })
+    }
+}
+
+/// What a caller may do in one organization.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    User { user_id: UserId, role: Role },
+    Key { admin: bool },
+}
+
+impl Access {
+    /// The role the caller acts with; an `admin`-scoped key acts as an admin.
+    fn role(self) -> Role {
+        match self {
+            Self::User { role, .. } => role,
+            Self::Key { admin: true } => Role::Admin,
+            Self::Key { admin: false } => Role::Member,
+        }
+    }
+
+    fn require_manage(self) -> Result<(), AuthError> {
+        match self {
+            Self::Key { admin: false } => Err(AuthError::InsufficientScope(Scope::Admin.as_str().into())),
+            _ if self.role().can_manage() => Ok(()),
+            _ => Err(AuthError::PermissionDenied),
+        }
+    }
+
+    fn require_owner(self) -> Result<(), AuthError> {
+        if self.role() == Role::Owner { Ok(()) } else { Err(AuthError::PermissionDenied) }
+    }
+
+    fn user_id(self) -> Option<UserId> {
+        match self {
+            Self::User { user_id, .. } => Some(user_id),
+            Self::Key { .. } => None,
+        }
+    }
+}
+
+fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T, AuthError> {
+    s.parse().map_err(|_| AuthError::Internal(format!("malformed id {s:?} in the database")))
+}
+
+fn parse_role(s: &str) -> Result<Role, AuthError> {
+    Role::parse(s).ok_or_else(|| AuthError::Internal(format!("unknown role {s:?} in the database")))
+}
+
+fn parse_scopes(s: &str) -> Result<Vec<Scope>, AuthError> {
+    s.split_whitespace()
+        .map(|scope| Scope::parse(scope).ok_or_else(|| AuthError::Internal(format!("unknown scope {scope:?}"))))
+        .collect()
+}
+
+fn utc(at: NaiveDateTime) -> DateTime<Utc> {
+    at.and_utc()
+}
+
+fn user_of(row: &UserRow) -> Result<User, AuthError> {
+    Ok(User {
+        id: parse_id(&row.id)?,
+        email: row.email.clone(),
+        name: row.name.clone(),
+        created_at: utc(row.created_at),
+    })
+}
+
+fn organization_of(row: &OrganizationRow) -> Result<Organization, AuthError> {
+    Ok(Organization { id: parse_id(&row.id)?, name: row.name.clone(), created_at: utc(row.created_at) })
+}
+
+fn member_of((membership, user): &(MembershipRow, UserRow)) -> Result<Member, AuthError> {
+    Ok(Member { user: user_of(user)?, role: parse_role(&membership.role)?, joined_at: utc(membership.created_at) })
+}
+
+fn membership_of((membership, org): &(MembershipRow, OrganizationRow)) -> Result<Membership, AuthError> {
+    Ok(Membership { id: parse_id(&org.id)?, name: org.name.clone(), role: parse_role(&membership.role)? })
+}
+
+fn api_key_of(row: &ApiKeyRow) -> Result<ApiKey, AuthError> {
+    Ok(ApiKey {
+        id: parse_id(&row.id)?,
+        name: row.name.clone(),
+        prefix: token::prefix_of(&row.lookup),
+        scopes: parse_scopes(&row.scopes)?,
+        created_by: row.created_by.as_deref().map(parse_id).transpose()?,
+        created_at: utc(row.created_at),
+        expires_at: row.expires_at.map(utc),
+        last_used_at: row.last_used_at.map(utc),
+    })
+}
+
+/// Trims and lowercases an email, and checks its shape loosely (one `@`, a dot in the domain).
+fn normalize_email(email: &str) -> Result<String, AuthError> {
+    let email = email.trim().to_lowercase();
+    let valid = email.chars().count() <= MAX_EMAIL_CHARS
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if valid { Ok(email) } else { Err(AuthError::validation("email", "A valid email address is required.")) }
+}
+
+/// Trims a display name and checks its length; empty means none.
+fn clean_name(field: &str, name: &str, required: bool) -> Result<Option<String>, AuthError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return if required {
+            Err(AuthError::validation(field, format!("`{field}` must not be empty.")))
+        } else {
+            Ok(None)
+        };
+    }
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(AuthError::validation(
+            field,
+            format!("`{field}` must be at most {MAX_NAME_CHARS} characters, without control characters."),
+        ));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+fn page_cursor<T: std::str::FromStr>(page: &PageRequest) -> Result<Option<String>, AuthError> {
+    match &page.after {
+        None => Ok(None),
+        Some(after) if after.parse::<T>().is_ok() => Ok(Some(after.clone())),
+        Some(_) => Err(AuthError::validation("after", "`after` must be an id from a previous page.")),
+    }
+}
+
+#[async_trait]
+impl AuthApi for AuthService {
+    #[tracing::instrument(skip_all, fields(user.id))]
+    async fn signup(&self, request: SignupRequest, _context: RequestContext) -> Result<SignupResponse, AuthError> {
+        let email = normalize_email(&request.email)?;
+        validate_new_password("password", &request.password)?;
+        let name = clean_name("name", request.name.as_deref().unwrap_or_default(), false)?;
+        let password_hash = self.hasher.hash(request.password).await?;
+
+        let now = self.now();
+        let user_id = UserId::new();
+        tracing::Span::current().record("user.id", tracing::field::display(user_id));
+        let display = name.clone().unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned());
+        let user = UserRow { id: user_id.to_string(), email, name, password_hash, created_at: now, updated_at: now };
+        let org = OrganizationRow {
+            id: OrganizationId::new().to_string(),
+            name: format!("{display}'s organization"),
+            created_at: now,
+            updated_at: now,
+        };
+        let membership = MembershipRow {
+            organization_id: org.id.clone(),
+            user_id: user.id.clone(),
+            role: "owner".into(),
+            created_at: now,
+        };
+        let (session, token) = self.new_session(&user.id)?;
+        let expires_at = utc(session.expires_at);
+        let (user, org) = self
+            .db
+            .transaction(move |conn| {
+                store::insert_user(conn, &user)
+                    .map_err(|e| if is_unique_violation(&e) { AuthError::EmailTaken } else { e.into() })?;
+                store::insert_organization(conn, &org)?;
+                store::insert_membership(conn, &membership)?;
+                store::insert_session(conn, &session)?;
+                Ok::<_, AuthError>((user, org))
+            })
+            .await?;
+        tracing::info!("account created");
+        Ok(SignupResponse { user: user_of(&user)?, organization: organization_of(&org)?, token, expires_at })
+    }
+
+    #[tracing::instrument(skip_all, fields(user.id))]
+    async fn login(&self, request: LoginRequest, context: RequestContext) -> Result<LoginResponse, AuthError> {
+        if request.password.expose().chars().count() > MAX_PASSWORD_CHARS {
+            return Err(AuthError::validation(
+                "password",
+                format!("Passwords are at most {MAX_PASSWORD_CHARS} characters."),
+            ));
+        }
+        let email = request.email.trim().to_lowercase();
+        let account_key = Self::account_key(&email);
+        let ip_key = Self::ip_key(&context);
+        self.check_throttle(&account_key, ip_key.as_deref()).await?;
+
+        let user = self.db.run(move |conn| store::find_user_by_email(conn, &email).map_err(AuthError::from)).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let password = request.password.clone();
+        let rehash = match self.hasher.verify(request.password, hash).await? {
+            Verified::Yes { rehash } => rehash,
+            Verified::No => {
+                self.record_failure(&account_key, ip_key.as_deref()).await;
+                tracing::info!("login failed");
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        let user = user.ok_or(AuthError::InvalidCredentials)?;
+        tracing::Span::current().record("user.id", user.id.as_str());
+        self.limiter.clear(&account_key).await;
+
+        let new_hash = if rehash { Some(self.hasher.hash(password).await?) } else { None };
+        let (session, token) = self.new_session(&user.id)?;
+        let expires_at = utc(session.expires_at);
+        let now = self.now();
+        let user_id = user.id.clone();
+        self.db
+            .transaction(move |conn| {
+                if let Some(hash) = new_hash {
+                    store::update_password_hash(conn, &user_id, &hash, now)?;
+                }
+                store::insert_session(conn, &session).map_err(AuthError::from)
+            })
+            .await?;
+        if rehash {
+            tracing::info!("password hash upgraded to the current parameters");
+        }
+        Ok(LoginResponse { user: user_of(&user)?, token, expires_at })
+    }
+
+    async fn authenticate(&self, token: &Secret) -> Result<Principal, AuthError> {
+        let token = token.expose();
+        if token::is_session_token(token) {
+            self.authenticate_session(token).await
+        } else if token.starts_with(token::API_KEY_PREFIX) {
+            self.authenticate_api_key(token).await
+        } else {
+            Err(AuthError::Unauthenticated)
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(user.id))]
+    async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
+        let (user_id, session_id) = Self::session_user(principal)?;
+        tracing::Span::current().record("user.id", tracing::field::display(user_id));
+        let now = self.now();
+        self.db
+            .run(move |conn| store::revoke_session(conn, &session_id.to_string(), now).map_err(AuthError::from))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(user.id))]
+    async fn change_password(
+        &self,
+        principal: &Principal,
+        request: ChangePasswordRequest,
+        context: RequestContext,
+    ) -> Result<(), AuthError> {
+        let (user_id, session_id) = Self::session_user(principal)?;
+        tracing::Span::current().record("user.id", tracing::field::display(user_id));
+        if request.current_password.expose().chars().count() > MAX_PASSWORD_CHARS {
+            return Err(AuthError::IncorrectPassword);
+        }
+        validate_new_password("new_password", &request.new_password)?;
+        let id = user_id.to_string();
+        let user = self
+            .db
+            .run(move |conn| store::find_user(conn, &id).map_err(AuthError::from))
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        let account_key = Self::account_key(&user.email);
+        let ip_key = Self::ip_key(&context);
+        self.check_throttle(&account_key, ip_key.as_deref()).await?;
+        if self.hasher.verify(request.current_password, Some(user.password_hash)).await? == Verified::No {
+            self.record_failure(&account_key, ip_key.as_deref()).await;
+            return Err(AuthError::IncorrectPassword);
+        }
+        let hash = self.hasher.hash(request.new_password).await?;
+        let now = self.now();
+        let revoked = self
+            .db
+            .transaction(move |conn| {
+                store::update_password_hash(conn, &user.id, &hash, now)?;
+                store::revoke_other_sessions(conn, &user.id, &session_id.to_string(), now).map_err(AuthError::from)
+            })
+            .await?;
+        tracing::info!(sessions.revoked = revoked, "password changed");
+        Ok(())
+    }
+
+    async fn me(&self, principal: &Principal) -> Result<MeResponse, AuthError> {
+        match principal.kind {
+            PrincipalKind::Session => {
+                let user_id = principal.user_id.ok_or(AuthError::Unauthenticated)?.to_string();
+                let (user, memberships) = self
+                    .db
+                    .run(move |conn| {
+                        let user = store::find_user(conn, &user_id)?;
+                        let memberships = store::list_memberships(conn, &user_id, None, None)?;
+                        Ok::<_, AuthError>((user, memberships))
+                    })
+                    .await?;
+                let user = user.ok_or(AuthError::Unauthenticated)?;
+                Ok(MeResponse::Session {
+                    user: user_of(&user)?,
+                    organizations: memberships.iter().map(membership_of).collect::<Result<_, _>>()?,
+                })
+            }
+            PrincipalKind::ApiKey => {
+                let key_id = principal.api_key_id.ok_or(AuthError::Unauthenticated)?.to_string();
+                let org_id = principal.organization_id.ok_or(AuthError::Unauthenticated)?.to_string();
+                let (key, org) = self
+                    .db
+                    .run(move |conn| {
+                        Ok::<_, AuthError>((
+                            store::find_api_key(conn, &key_id)?,
+                            store::find_organization(conn, &org_id)?,
+                        ))
+                    })
+                    .await?;
+                let (key, org) = key.zip(org).ok_or(AuthError::Unauthenticated)?;
+                Ok(MeResponse::ApiKey {
+                    organization: organization_of(&org)?,
+                    api_key: KeyIdentity {
+                        id: parse_id(&key.id)?,
+                        name: key.name.clone(),
+                        prefix: token::prefix_of(&key.lookup),
+                        scopes: parse_scopes(&key.scopes)?,
+                    },
+                })
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(user.id, organization.id))]
+    async fn create_organization(
+        &self,
+        principal: &Principal,
+        request: CreateOrganizationRequest,
+    ) -> Result<Organization, AuthError> {
+        let (user_id, _) = Self::session_user(principal)?;
+        let name = clean_name("name", &request.name, true)?.unwrap_or_default();
+        let now = self.now();
+        let org = OrganizationRow { id: OrganizationId::new().to_string(), name, created_at: now, updated_at: now };
+        let span = tracing::Span::current();
+        span.record("user.id", tracing::field::display(user_id));
+        span.record("organization.id", org.id.as_str());
+        let membership = MembershipRow {
+            organization_id: org.id.clone(),
+            user_id: user_id.to_string(),
+            role: "owner".into(),
+            created_at: now,
+        };
+        let org = self
+            .db
+            .transaction(move |conn| {
+                store::insert_organization(conn, &org)?;
+                store::insert_membership(conn, &membership)?;
+                Ok::<_, AuthError>(org)
+            })
+            .await?;
+        organization_of(&org)
+    }
+
+    async fn list_organizations(
+        &self,
+        principal: &Principal,
+        page: PageRequest,
+    ) -> Result<Page<Membership>, AuthError> {
+        let after = page_cursor::<OrganizationId>(&page)?;
+        let limit = page.limit();
+        match principal.kind {
+            PrincipalKind::Session => {
+                let user_id = principal.user_id.ok_or(AuthError::Unauthenticated)?.to_string();
+                let rows = self
+                    .db
+                    .run(move |conn| {
+                        store::list_memberships(conn, &user_id, after.as_deref(), Some(i64::from(limit) + 1))
+                            .map_err(AuthError::from)
+                    })
+                    .await?;
+                let page = Page::from_overfetch(rows, limit, |(_, org)| org.id.clone());
+                Ok(Page {
+                    data: page.data.iter().map(membership_of).collect::<Result<_, _>>()?,
+                    has_more: page.has_more,
+                    next_after: page.next_after,
+                })
+            }
+            PrincipalKind::ApiKey => {
+                let org_id = principal.organization_id.ok_or(AuthError::Unauthenticated)?;
+                let role = Access::Key { admin: principal.has_scope(Scope::Admin) }.role();
+                let id = org_id.to_string();
+                let org = match after {
+                    Some(after) if after >= id => None,
+                    _ => self.db.run(move |conn| store::find_organization(conn, &id).map_err(AuthError::from)).await?,
+                };
+                let data = org.map(|o| Membership { id: org_id, name: o.name, role }).into_iter().collect();
+                Ok(Page { data, has_more: false, next_after: None })
+            }
+        }
+    }
+
+    async fn list_members(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<Member>, AuthError> {
+        self.access(principal, organization_id).await?;
+        let after = page_cursor::<UserId>(&page)?;
+        let limit = page.limit();
+        let org = organization_id.to_string();
+        let rows = self
+            .db
+            .run(move |conn| {
+                store::list_members(conn, &org, after.as_deref(), i64::from(limit) + 1).map_err(AuthError::from)
+            })
+            .await?;
+        let page = Page::from_overfetch(rows, limit, |(m, _)| m.user_id.clone());
+        Ok(Page {
+            data: page.data.iter().map(member_of).collect::<Result<_, _>>()?,
+            has_more: page.has_more,
+            next_after: page.next_after,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id))]
+    async fn add_member(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        request: AddMemberRequest,
+    ) -> Result<Member, AuthError> {
+        let access = self.access(principal, organization_id).await?;
+        access.require_manage()?;
+        if request.role == Role::Owner {
+            access.require_owner()?;
+        }
+        let email = normalize_email(&request.email)?;
+        let now = self.now();
+        let org = organization_id.to_string();
+        let role = request.role.as_str().to_owned();
+        let row = self
+            .db
+            .transaction(move |conn| {
+                let user = store::find_user_by_email(conn, &email)?.ok_or(AuthError::UserNotFound)?;
+                let membership =
+                    MembershipRow { organization_id: org, user_id: user.id.clone(), role, created_at: now };
+                store::insert_membership(conn, &membership)
+                    .map_err(|e| if is_unique_violation(&e) { AuthError::AlreadyMember } else { e.into() })?;
+                Ok::<_, AuthError>((membership, user))
+            })
+            .await?;
+        member_of(&row)
+    }
+
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id, member.id = %user_id))]
+    async fn update_member(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        user_id: UserId,
+        request: UpdateMemberRequest,
+    ) -> Result<Member, AuthError> {
+        let access = self.access(principal, organization_id).await?;
+        access.require_manage()?;
+        let actor_is_owner = access.role() == Role::Owner;
+        let new_role = request.role;
+        let now = self.now();
+        let (org, user) = (organization_id.to_string(), user_id.to_string());
+        let row = self
+            .db
+            .transaction(move |conn| {
+                store::lock_organization(conn, &org, now)?;
+                let (mut membership, user_row) =
+                    store::find_member(conn, &org, &user)?.ok_or(AuthError::MemberNotFound)?;
+                let current = parse_role(&membership.role)?;
+                if (current == Role::Owner || new_role == Role::Owner) && !actor_is_owner {
+                    return Err(AuthError::PermissionDenied);
+                }
+                if current == Role::Owner && new_role != Role::Owner && store::count_owners(conn, &org)? <= 1 {
+                    return Err(AuthError::LastOwner);
+                }
+                store::update_role(conn, &org, &user, new_role.as_str())?;
+                membership.role = new_role.as_str().to_owned();
+                Ok((membership, user_row))
+            })
+            .await?;
+        member_of(&row)
+    }
+
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id, member.id = %user_id))]
+    async fn remove_member(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        user_id: UserId,
+    ) -> Result<(), AuthError> {
+        let access = self.access(principal, organization_id).await?;
+        let leaving = access.user_id() == Some(user_id);
+        if !leaving {
+            access.require_manage()?;
+        }
+        let actor_is_owner = access.role() == Role::Owner;
+        let now = self.now();
+        let (org, user) = (organization_id.to_string(), user_id.to_string());
+        self.db
+            .transaction(move |conn| {
+                store::lock_organization(conn, &org, now)?;
+                let role = store::find_role(conn, &org, &user)?.ok_or(AuthError::MemberNotFound)?;
+                if parse_role(&role)? == Role::Owner {
+                    if !leaving && !actor_is_owner {
+                        return Err(AuthError::PermissionDenied);
+                    }
+                    if store::count_owners(conn, &org)? <= 1 {
+                        return Err(AuthError::LastOwner);
+                    }
+                }
+                store::delete_membership(conn, &org, &user).map_err(AuthError::from)
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id, api_key.id))]
+    async fn create_api_key(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        request: CreateApiKeyRequest,
+    ) -> Result<CreatedApiKey, AuthError> {
+        let access = self.access(principal, organization_id).await?;
+        access.require_manage()?;
+        let name = clean_name("name", &request.name, true)?.unwrap_or_default();
+        let mut scopes = request.scopes.unwrap_or_else(Scope::defaults);
+        scopes.sort();
+        scopes.dedup();
+        if scopes.is_empty() {
+            return Err(AuthError::validation("scopes", "An API key needs at least one scope."));
+        }
+        let now = self.clock.now();
+        if request.expires_at.is_some_and(|at| at <= now) {
+            return Err(AuthError::validation("expires_at", "`expires_at` must be in the future."));
+        }
+        let generated = token::new_api_key()?;
+        let id = ApiKeyId::new();
+        tracing::Span::current().record("api_key.id", tracing::field::display(id));
+        let row = ApiKeyRow {
+            id: id.to_string(),
+            organization_id: organization_id.to_string(),
+            created_by: access.user_id().map(|u| u.to_string()),
+            name: name.clone(),
+            lookup: generated.lookup,
+            secret_digest: generated.secret_digest,
+            scopes: scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+            created_at: now.naive_utc(),
+            expires_at: request.expires_at.map(|at| at.naive_utc()),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let created_at = utc(row.created_at);
+        let expires_at = row.expires_at.map(utc);
+        self.db.run(move |conn| store::insert_api_key(conn, &row).map_err(AuthError::from)).await?;
+        tracing::info!("api key created");
+        Ok(CreatedApiKey { id, name, prefix: generated.prefix, key: generated.key, scopes, created_at, expires_at })
+    }
+
+    async fn list_api_keys(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<ApiKey>, AuthError> {
+        self.access(principal, organization_id).await?.require_manage()?;
+        let after = page_cursor::<ApiKeyId>(&page)?;
+        let limit = page.limit();
+        let org = organization_id.to_string();
+        let rows = self
+            .db
+            .run(move |conn| {
+                store::list_api_keys(conn, &org, after.as_deref(), i64::from(limit) + 1).map_err(AuthError::from)
+            })
+            .await?;
+        let page = Page::from_overfetch(rows, limit, |row| row.id.clone());
+        Ok(Page {
+            data: page.data.iter().map(api_key_of).collect::<Result<_, _>>()?,
+            has_more: page.has_more,
+            next_after: page.next_after,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id, api_key.id = %key_id))]
+    async fn revoke_api_key(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        key_id: ApiKeyId,
+    ) -> Result<(), AuthError> {
+        self.access(principal, organization_id).await?.require_manage()?;
+        let now = self.now();
+        let (org, key) = (organization_id.to_string(), key_id.to_string());
+        let revoked =
+            self.db.run(move |conn| store::revoke_api_key(conn, &org, &key, now).map_err(AuthError::from)).await?;
+        if !revoked {
+            return Err(AuthError::ApiKeyNotFound);
+        }
+        tracing::info!("api key revoked");
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), AuthError> {
+        self.db.ping().await.map_err(AuthError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_checked() {
+        assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
+        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "a b@example.com", "a@b@example.com", "ada@.com"]
+        {
+            assert!(normalize_email(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(normalize_email(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(clean_name("name", "  Acme  ", true).unwrap().as_deref(), Some("Acme"));
+        assert!(clean_name("name", "   ", true).is_err());
+        assert_eq!(clean_name("name", "", false).unwrap(), None);
+        assert!(clean_name("name", &"x".repeat(201), false).is_err());
+        assert!(clean_name("name", "a\u{0}b", false).is_err());
+    }
+
+    #[test]
+    fn access_rules() {
+        let user = UserId::new();
+        assert!(Access::User { user_id: user, role: Role::Member }.require_manage().is_err());
+        assert!(Access::User { user_id: user, role: Role::Admin }.require_manage().is_ok());
+        assert!(Access::User { user_id: user, role: Role::Admin }.require_owner().is_err());
+        assert_eq!(Access::Key { admin: false }.require_manage(), Err(AuthError::InsufficientScope("admin".into())));
+        assert!(Access::Key { admin: true }.require_manage().is_ok());
+        assert!(Access::Key { admin: true }.require_owner().is_err());
+    }
+}
