@@ -1,0 +1,22 @@
+//! Keel's gateway: the binary's library half and the composition root.
+//!
+//! It is the only crate that knows the concrete types behind each domain's contract: it builds
+//! each domain in-process (over its own database) or remote (an HTTP client), registers it as
+//! `web::Data<dyn …Api>`, and mounts the domain's routes next to its own `/healthz`, `/readyz`
+//! and `/openapi.json`.
+
+pub mod app;
+pub mod compose;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod middleware;
+pub mod openapi;
+pub mod server;
+
+pub use app::{AppState, app};
+pub use compose::Services;
+pub use config::GatewayConfig;
+pub use domain::Domain;
+pub use error::GatewayError;
+pub use server::{RunningGateway, start};
