@@ -95,7 +95,8 @@ mod tests {
     fn display_and_parse_round_trip() {
         let id = ThingId::new();
         let text = id.to_string();
-        assert!(text.starts_with("thg_"));
+        assert!(text.starts_with(&format!("{}_", ThingId::PREFIX)));
+        assert_eq!(text[4..], id.uuid().simple().to_string());
         assert_eq!(text.len(), 4 + 32);
         assert_eq!(text.parse::<ThingId>().unwrap(), id);
     }
