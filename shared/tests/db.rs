@@ -1,0 +1,82 @@
+//! The database layer against real engines: SQLite always, PostgreSQL when configured.
+
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use shared::config::Backend;
+use shared::db::{Conn, Db, DbError};
+use shared::testing::{TestDatabase, backends};
+
+#[derive(QueryableByName)]
+struct One {
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+fn text(conn: &mut Conn, sql: &str) -> Result<String, DbError> {
+    Ok(diesel::sql_query(sql).get_result::<One>(conn)?.value)
+}
+
+#[tokio::test]
+async fn each_domain_gets_its_own_schema_or_file_with_the_right_session_settings() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let settings = database.domain("alpha");
+        let db = Db::connect(&settings).unwrap();
+        db.ping().await.unwrap();
+        match db.backend() {
+            Backend::Postgres => {
+                let schema = db.run(|conn| text(conn, "SELECT current_schema()::text AS value")).await.unwrap();
+                assert_eq!(schema, "alpha");
+                let app =
+                    db.run(|conn| text(conn, "SELECT current_setting('application_name') AS value")).await.unwrap();
+                assert_eq!(app, "keel-alpha");
+            }
+            Backend::Sqlite => {
+                assert!(settings.url.expose().ends_with("alpha.db"));
+                let mode =
+                    db.run(|conn| text(conn, "SELECT journal_mode AS value FROM pragma_journal_mode()")).await.unwrap();
+                assert_eq!(mode, "wal");
+                let fk = db
+                    .run(|conn| text(conn, "SELECT CAST(foreign_keys AS TEXT) AS value FROM pragma_foreign_keys()"))
+                    .await
+                    .unwrap();
+                assert_eq!(fk, "1");
+                assert!(std::path::Path::new(settings.url.expose()).exists());
+            }
+        }
+        // A second domain in the same database is separate.
+        let beta = Db::connect(&database.domain("beta")).unwrap();
+        db.run(|conn| {
+            diesel::sql_query("CREATE TABLE things (id TEXT PRIMARY KEY)").execute(conn).map_err(DbError::from)
+        })
+        .await
+        .unwrap();
+        let missing =
+            beta.run(|conn| diesel::sql_query("SELECT id FROM things").execute(conn).map_err(DbError::from)).await;
+        assert!(missing.is_err(), "beta must not see alpha's tables");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_transaction_rolls_back_and_unique_violations_are_recognised() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let db = Db::connect(&database.domain("gamma")).unwrap();
+        db.run(|conn| {
+            diesel::sql_query("CREATE TABLE things (id TEXT PRIMARY KEY)").execute(conn).map_err(DbError::from)
+        })
+        .await
+        .unwrap();
+        let result: Result<(), DbError> = db
+            .transaction(|conn| {
+                diesel::sql_query("INSERT INTO things (id) VALUES ('a')").execute(conn)?;
+                diesel::sql_query("INSERT INTO things (id) VALUES ('a')").execute(conn)?;
+                Ok(())
+            })
+            .await;
+        let err = result.unwrap_err();
+        assert!(err.is_unique_violation(), "{err:?}");
+        let count = db.run(|conn| text(conn, "SELECT CAST(COUNT(*) AS TEXT) AS value FROM things")).await.unwrap();
+        assert_eq!(count, "0", "the first insert was rolled back");
+    }
+}
