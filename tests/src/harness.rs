@@ -1,0 +1,140 @@
+//! Gateways and services for tests: in-process, auth-only, or remote, on a given test database.
+
+use auth::config::Argon2Config;
+use auth::{AuthApi, AuthConfig, AuthService};
+use gateway::{Domain, GatewayConfig, RunningGateway};
+use shared::SystemClock;
+use shared::db::Db;
+use shared::ratelimit::InMemoryFailureLimiter;
+use shared::testing::TestDatabase;
+use std::sync::Arc;
+
+/// argon2 parameters that make a hash take about a millisecond.
+pub const FAST_ARGON2: Argon2Config = Argon2Config { memory_kib: 1024, iterations: 1, parallelism: 1 };
+
+/// The default auth settings with cheap password hashing.
+pub fn fast_auth_config() -> AuthConfig {
+    AuthConfig { argon2: FAST_ARGON2, ..AuthConfig::default() }
+}
+
+/// A gateway on `127.0.0.1:0` over `database`, with cheap hashing and two workers.
+pub fn gateway_config(database: &TestDatabase) -> GatewayConfig {
+    let mut config = GatewayConfig { database: database.config(), auth: fast_auth_config(), ..Default::default() };
+    config.http.addr = "127.0.0.1:0".into();
+    config.http.workers = 2;
+    config
+}
+
+/// The in-process auth service over `database`, migrated.
+pub async fn auth_service(database: &TestDatabase, config: AuthConfig) -> Arc<dyn AuthApi> {
+    let settings = database.domain(auth::DOMAIN);
+    let db = tokio::task::spawn_blocking(move || {
+        let db = Db::connect(&settings).unwrap();
+        AuthService::migrate(&db).unwrap();
+        db
+    })
+    .await
+    .unwrap();
+    let clock = Arc::new(SystemClock);
+    let limiter = Arc::new(InMemoryFailureLimiter::new(clock.clone()));
+    Arc::new(AuthService::new(db, config, clock, limiter).unwrap())
+}
+
+/// A gateway serving in the background; stopped when dropped.
+#[derive(Debug)]
+pub struct TestGateway {
+    pub running: RunningGateway,
+}
+
+impl TestGateway {
+    /// Starts a gateway with `config`, serving `only` (every domain when `None`).
+    pub async fn start(config: GatewayConfig, only: Option<Vec<Domain>>) -> Self {
+        Self { running: gateway::start(config, only).await.unwrap() }
+    }
+
+    /// Every domain in-process over `database`.
+    pub async fn in_process(database: &TestDatabase) -> Self {
+        Self::start(gateway_config(database), None).await
+    }
+
+    /// Only the auth domain, in-process over `database` (`gateway serve --only auth`).
+    pub async fn auth_only(database: &TestDatabase) -> Self {
+        Self::start(gateway_config(database), Some(vec![Domain::Auth])).await
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.running.url()
+    }
+
+    pub fn client(&self) -> crate::Client {
+        crate::Client::new(self.url())
+    }
+
+    /// Stops gracefully and waits for the server to finish.
+    pub async fn stop(self) {
+        self.running.stop(true).await.unwrap();
+    }
+}
+
+/// Everything the auth domain stored, as bytes: on SQLite the database file with its `-wal`
+/// and `-shm` files; on PostgreSQL every row of every table of the `auth` schema, as text.
+pub fn stored_bytes(database: &TestDatabase) -> Vec<u8> {
+    let settings = database.domain(auth::DOMAIN);
+    if database.is_postgres() {
+        postgres_dump(settings.url.expose(), auth::DOMAIN)
+    } else {
+        let path = settings.url.expose();
+        let mut bytes = std::fs::read(path).unwrap();
+        for suffix in ["-wal", "-shm", "-journal"] {
+            if let Ok(more) = std::fs::read(format!("{path}{suffix}")) {
+                bytes.extend(more);
+            }
+        }
+        bytes
+    }
+}
+
+fn postgres_dump(url: &str, schema: &str) -> Vec<u8> {
+    use diesel::prelude::*;
+    use diesel::sql_types::Text;
+
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        row: String,
+    }
+
+    let mut conn = PgConnection::establish(url).unwrap();
+    let tables: Vec<Name> = diesel::sql_query(
+        "SELECT table_name::text AS name FROM information_schema.tables \
+         WHERE table_schema = $1 AND table_type = 'BASE TABLE'",
+    )
+    .bind::<Text, _>(schema)
+    .load(&mut conn)
+    .unwrap();
+    assert!(tables.iter().any(|t| t.name == "api_keys"), "no auth tables in schema {schema}");
+    let mut dump = Vec::new();
+    for table in tables {
+        // A whole row as text covers every column, whatever its type.
+        let rows: Vec<Row> = diesel::sql_query(format!("SELECT t::text AS row FROM \"{schema}\".\"{}\" t", table.name))
+            .load(&mut conn)
+            .unwrap();
+        for row in rows {
+            dump.extend_from_slice(row.row.as_bytes());
+            dump.push(b'\n');
+        }
+    }
+    dump
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
