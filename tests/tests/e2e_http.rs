@@ -1,0 +1,552 @@
+//! End-to-end tests through the real gateway over HTTP, on every test backend: the public API,
+//! tenant isolation, request validation, what the database stores, login throttling, the
+//! gateway's own routes, and a gateway whose auth domain is remote.
+
+// The async helpers below are test code too (clippy only exempts `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use auth::OrganizationId;
+use auth::config::ThrottleConfig;
+use gateway::{Domain, GatewayConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+use shared::testing::{TestDatabase, backends};
+use tests::harness::{TestGateway, contains, gateway_config, stored_bytes};
+use tests::{Client, Reply};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// The sorted keys of a JSON object.
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> =
+        value.as_object().unwrap_or_else(|| panic!("not an object: {value}")).keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn str_of<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or_else(|| panic!("no string at {pointer} in {value}"))
+}
+
+/// Signs up and returns (token, user id, personal organization id).
+async fn signup(api: &Client, email: &str) -> (String, String, String) {
+    let reply = api.post("/v1/auth/signup", None, &json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let body = &reply.body;
+    (str_of(body, "/token").into(), str_of(body, "/user/id").into(), str_of(body, "/organization/id").into())
+}
+
+async fn login(api: &Client, email: &str, password: &str) -> Reply {
+    api.post("/v1/auth/login", None, &json!({"email": email, "password": password})).await
+}
+
+/// Logs in on behalf of `ip`, as a trusted proxy in front of the gateway would.
+async fn login_from(api: &Client, ip: &str, email: &str, password: &str) -> Reply {
+    let body = json!({"email": email, "password": password});
+    Client::send(api.request(Method::POST, "/v1/auth/login", None).header("x-forwarded-for", ip).json(&body)).await
+}
+
+/// Sends a request with a raw body and content type.
+async fn raw(api: &Client, path: &str, token: Option<&str>, content_type: &str, body: impl Into<String>) -> Reply {
+    let builder = api.request(Method::POST, path, token).header("content-type", content_type).body(body.into());
+    Client::send(builder).await
+}
+
+/// The issue's public API, step by step, with the exact shapes of the answers.
+async fn public_api_flow(api: &Client) {
+    // Signup: 201 {user, organization, token, expires_at}.
+    let reply = api
+        .post("/v1/auth/signup", None, &json!({"email": " Ada@Example.com", "password": PASSWORD, "name": "Ada"}))
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(keys(&reply.body), ["expires_at", "organization", "token", "user"]);
+    assert_eq!(keys(&reply.body["user"]), ["created_at", "email", "id", "name"]);
+    assert_eq!(reply.body["user"]["email"], "ada@example.com");
+    assert_eq!(keys(&reply.body["organization"]), ["created_at", "id", "name"]);
+    let signup_token = str_of(&reply.body, "/token").to_owned();
+    let ada_id = str_of(&reply.body, "/user/id").to_owned();
+    let personal_id = str_of(&reply.body, "/organization/id").to_owned();
+    let duplicate = api.post("/v1/auth/signup", None, &json!({"email": "ADA@example.com", "password": PASSWORD})).await;
+    duplicate.assert_error(409, "email_taken");
+    assert_eq!(duplicate.body["error"]["param"], "email");
+
+    // Login: 200 {user, token, expires_at}; a wrong password and an unknown email look the same.
+    let reply = login(api, "ada@example.com", PASSWORD).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(keys(&reply.body), ["expires_at", "token", "user"]);
+    assert_eq!(reply.body["user"]["id"], ada_id.as_str());
+    let token = str_of(&reply.body, "/token").to_owned();
+    let wrong = login(api, "ada@example.com", "not the password").await;
+    wrong.assert_error(401, "invalid_credentials");
+    let unknown = login(api, "nobody@example.com", PASSWORD).await;
+    assert_eq!((unknown.status, &unknown.body), (wrong.status, &wrong.body), "same answer for both");
+
+    // Me, with a session.
+    let me = api.get("/v1/auth/me", Some(&token)).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(
+        me.body,
+        json!({
+            "kind": "session",
+            "user": reply.body["user"],
+            "organizations": [{"id": personal_id, "name": "Ada's organization", "role": "owner"}],
+        })
+    );
+    let anonymous = api.get("/v1/auth/me", None).await;
+    anonymous.assert_error(401, "unauthenticated");
+    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
+    api.get("/v1/auth/me", Some("keel_st_forged")).await.assert_error(401, "unauthenticated");
+
+    // Organizations.
+    let acme = api.post("/v1/organizations", Some(&token), &json!({"name": "Acme"})).await;
+    assert_eq!(acme.status, 201, "{}", acme.body);
+    assert_eq!(keys(&acme.body), ["created_at", "id", "name"]);
+    let acme_id = str_of(&acme.body, "/id").to_owned();
+    let orgs = api.get("/v1/organizations", Some(&token)).await;
+    assert_eq!(
+        orgs.body,
+        json!({"data": [
+            {"id": personal_id, "name": "Ada's organization", "role": "owner"},
+            {"id": acme_id, "name": "Acme", "role": "owner"},
+        ], "has_more": false, "next_after": null})
+    );
+    let page = api.get("/v1/organizations?limit=1", Some(&token)).await;
+    assert_eq!((page.body["has_more"].clone(), page.body["next_after"].clone()), (json!(true), json!(personal_id)));
+    api.get("/v1/organizations?limit=lots", Some(&token)).await.assert_error(400, "invalid_query");
+
+    // Members.
+    let members_path = format!("/v1/organizations/{acme_id}/members");
+    let (bob_token, bob_id, _) = signup(api, "bob@example.com").await;
+    let added = api.post(&members_path, Some(&token), &json!({"email": "bob@example.com", "role": "member"})).await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    assert_eq!(keys(&added.body), ["joined_at", "role", "user"]);
+    assert_eq!((added.body["user"]["id"].clone(), added.body["role"].clone()), (json!(bob_id), json!("member")));
+    let listed = api.get(&members_path, Some(&token)).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let roles: Vec<(&str, &str)> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user"]["id"].as_str().unwrap(), m["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [(ada_id.as_str(), "owner"), (bob_id.as_str(), "member")]);
+    let bob_path = format!("{members_path}/{bob_id}");
+    api.post(&members_path, Some(&bob_token), &json!({"email": "x@example.com", "role": "member"}))
+        .await
+        .assert_error(403, "permission_denied");
+    let promoted = api.json(Method::PATCH, &bob_path, Some(&token), &json!({"role": "admin"})).await;
+    assert_eq!((promoted.status, promoted.body["role"].clone()), (200, json!("admin")), "{}", promoted.body);
+    let ada_path = format!("{members_path}/{ada_id}");
+    api.json(Method::PATCH, &ada_path, Some(&token), &json!({"role": "member"})).await.assert_error(409, "last_owner");
+    api.delete(&ada_path, Some(&token)).await.assert_error(409, "last_owner");
+    let removed = api.delete(&bob_path, Some(&token)).await;
+    assert_eq!((removed.status, removed.body.clone()), (204, Value::Null));
+    api.delete(&bob_path, Some(&token)).await.assert_error(404, "member_not_found");
+
+    // API keys: the full key once, then never again.
+    let keys_path = format!("/v1/organizations/{acme_id}/api-keys");
+    let created = api.post(&keys_path, Some(&token), &json!({"name": "ci", "scopes": ["inference", "admin"]})).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(keys(&created.body), ["created_at", "expires_at", "id", "key", "name", "prefix", "scopes"]);
+    let key = str_of(&created.body, "/key").to_owned();
+    let key_id = str_of(&created.body, "/id").to_owned();
+    let prefix = str_of(&created.body, "/prefix").to_owned();
+    assert!(key.starts_with(&prefix) && prefix.starts_with("keel_sk_"), "{key} / {prefix}");
+    let as_key = api.get("/v1/auth/me", Some(&key)).await;
+    assert_eq!(
+        as_key.body,
+        json!({
+            "kind": "api_key",
+            "organization": acme.body,
+            "api_key": {"id": key_id, "name": "ci", "prefix": prefix, "scopes": ["inference", "admin"]},
+        })
+    );
+    let listed = api.get(&keys_path, Some(&key)).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        keys(&listed.body["data"][0]),
+        ["created_at", "created_by", "expires_at", "id", "last_used_at", "name", "prefix", "scopes"]
+    );
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(!listed.body.to_string().contains(secret), "listing shows no secret");
+    api.post("/v1/organizations", Some(&key), &json!({"name": "x"})).await.assert_error(403, "session_required");
+    let revoked = api.delete(&format!("{keys_path}/{key_id}"), Some(&token)).await;
+    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    api.get("/v1/auth/me", Some(&key)).await.assert_error(401, "unauthenticated");
+
+    // Changing the password revokes the other sessions; logout revokes the one used.
+    let change = json!({"current_password": PASSWORD, "new_password": "another fine password"});
+    let changed = api.post("/v1/auth/password", Some(&token), &change).await;
+    assert_eq!(changed.status, 204, "{}", changed.body);
+    api.get("/v1/auth/me", Some(&signup_token)).await.assert_error(401, "unauthenticated");
+    assert_eq!(api.get("/v1/auth/me", Some(&token)).await.status, 200);
+    let out = raw(api, "/v1/auth/logout", Some(&token), "application/json", "").await;
+    assert_eq!(out.status, 204, "{}", out.body);
+    api.get("/v1/auth/me", Some(&token)).await.assert_error(401, "unauthenticated");
+    login(api, "ada@example.com", PASSWORD).await.assert_error(401, "invalid_credentials");
+    assert_eq!(login(api, "ada@example.com", "another fine password").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_public_api_works_end_to_end() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let gateway = TestGateway::in_process(&database).await;
+        public_api_flow(&gateway.client()).await;
+    }
+}
+
+#[tokio::test]
+async fn another_organizations_member_gets_404_on_every_org_scoped_route() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let gateway = TestGateway::in_process(&database).await;
+        let api = gateway.client();
+
+        let (ada, ada_id, acme) = signup(&api, "ada@example.com").await;
+        let (_, bob_id, _) = signup(&api, "bob@example.com").await;
+        let members = format!("/v1/organizations/{acme}/members");
+        let added = api.post(&members, Some(&ada), &json!({"email": "bob@example.com", "role": "member"})).await;
+        assert_eq!(added.status, 201);
+        let created = api.post(&format!("/v1/organizations/{acme}/api-keys"), Some(&ada), &json!({"name": "k"})).await;
+        let key_id = str_of(&created.body, "/id").to_owned();
+        let key = str_of(&created.body, "/key").to_owned();
+
+        // Mallory owns her own organization and has an admin key for it.
+        let (mallory, _, mallory_org) = signup(&api, "mallory@example.com").await;
+        let body = json!({"name": "m", "scopes": ["admin"]});
+        let mallory_key = api.post(&format!("/v1/organizations/{mallory_org}/api-keys"), Some(&mallory), &body).await;
+        let mallory_key = str_of(&mallory_key.body, "/key").to_owned();
+
+        let routes = |org: &str| {
+            vec![
+                (Method::GET, format!("/v1/organizations/{org}/members"), None),
+                (
+                    Method::POST,
+                    format!("/v1/organizations/{org}/members"),
+                    Some(json!({"email": "mallory@example.com", "role": "owner"})),
+                ),
+                (Method::PATCH, format!("/v1/organizations/{org}/members/{ada_id}"), Some(json!({"role": "member"}))),
+                (Method::PATCH, format!("/v1/organizations/{org}/members/{bob_id}"), Some(json!({"role": "owner"}))),
+                (Method::DELETE, format!("/v1/organizations/{org}/members/{ada_id}"), None),
+                (Method::DELETE, format!("/v1/organizations/{org}/members/{bob_id}"), None),
+                (Method::GET, format!("/v1/organizations/{org}/api-keys"), None),
+                (Method::POST, format!("/v1/organizations/{org}/api-keys"), Some(json!({"name": "stolen"}))),
+                (Method::DELETE, format!("/v1/organizations/{org}/api-keys/{key_id}"), None),
+            ]
+        };
+        let nowhere = OrganizationId::new().to_string();
+        for credential in [&mallory, &mallory_key] {
+            for ((method, path, body), (_, nowhere_path, _)) in routes(&acme).into_iter().zip(routes(&nowhere)) {
+                let send = |path: &str| {
+                    let builder = api.request(method.clone(), path, Some(credential));
+                    Client::send(match &body {
+                        Some(body) => builder.json(body),
+                        None => builder,
+                    })
+                };
+                let reply = send(&path).await;
+                reply.assert_error(404, "organization_not_found");
+                let text = reply.body.to_string();
+                assert!(!text.contains("ada@example.com") && !text.contains(&ada_id), "{method} {path}: {text}");
+                // Exactly what an organization that does not exist answers.
+                assert_eq!(reply.body, send(&nowhere_path).await.body, "{method} {path}");
+            }
+        }
+
+        // Nothing changed.
+        let listed = api.get(&members, Some(&ada)).await;
+        let ids: Vec<&str> = listed.body["data"].as_array().unwrap().iter().map(|m| str_of(m, "/user/id")).collect();
+        assert_eq!(ids, [ada_id.as_str(), bob_id.as_str()]);
+        let roles: Vec<&str> = listed.body["data"].as_array().unwrap().iter().map(|m| str_of(m, "/role")).collect();
+        assert_eq!(roles, ["owner", "member"]);
+        let keys = api.get(&format!("/v1/organizations/{acme}/api-keys"), Some(&ada)).await;
+        assert_eq!(keys.body["data"].as_array().unwrap().len(), 1);
+        assert_eq!(api.get("/v1/auth/me", Some(&key)).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_get_the_envelope_and_store_nothing() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let gateway = TestGateway::in_process(&database).await;
+        let api = gateway.client();
+        let signup_path = "/v1/auth/signup";
+        let email = "eve@example.com";
+        let json_type = "application/json";
+
+        let cases: Vec<(String, &str, u16, &str)> = vec![
+            // Malformed JSON.
+            (format!(r#"{{"email": "{email}", "password": "{PASSWORD}""#), json_type, 400, "invalid_json"),
+            ("not json at all".into(), json_type, 400, "invalid_json"),
+            // Missing fields.
+            (format!(r#"{{"email": "{email}"}}"#), json_type, 422, "invalid_body"),
+            // Wrong types.
+            (format!(r#"{{"email": "{email}", "password": 12345678}}"#), json_type, 422, "invalid_body"),
+            (format!(r#"{{"email": ["{email}"], "password": "{PASSWORD}"}}"#), json_type, 422, "invalid_body"),
+            // Larger than http.body_limit_bytes (64 KiB).
+            (
+                format!(r#"{{"email": "{email}", "password": "{PASSWORD}", "name": "{}"}}"#, "n".repeat(70_000)),
+                json_type,
+                413,
+                "payload_too_large",
+            ),
+            // Not JSON.
+            (
+                format!(r#"{{"email": "{email}", "password": "{PASSWORD}"}}"#),
+                "text/plain",
+                415,
+                "unsupported_media_type",
+            ),
+            (format!("email={email}&password=x"), "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+            // Well-formed but invalid: a password longer than 128 characters is refused, not hashed.
+            (
+                format!(r#"{{"email": "{email}", "password": "{}"}}"#, "p".repeat(129)),
+                json_type,
+                422,
+                "validation_failed",
+            ),
+        ];
+        for (body, content_type, status, code) in cases {
+            let reply = raw(&api, signup_path, None, content_type, body).await;
+            reply.assert_error(status, code);
+            assert_eq!(reply.body["error"]["type"], "invalid_request_error", "{}", reply.body);
+            let param = if code == "validation_failed" { json!("password") } else { Value::Null };
+            assert_eq!(reply.body["error"]["param"], param, "{}", reply.body);
+        }
+
+        // Nothing was stored: the account does not exist, and a valid signup then succeeds.
+        login(&api, email, PASSWORD).await.assert_error(401, "invalid_credentials");
+        let (token, _, org) = signup(&api, email).await;
+
+        // The same on authenticated routes.
+        let orgs_before = api.get("/v1/organizations", Some(&token)).await.body;
+        raw(&api, "/v1/organizations", Some(&token), json_type, "{\"name\": ").await.assert_error(400, "invalid_json");
+        raw(&api, "/v1/organizations", Some(&token), json_type, "{\"name\": 7}")
+            .await
+            .assert_error(422, "invalid_body");
+        raw(&api, "/v1/organizations", Some(&token), json_type, "{}").await.assert_error(422, "invalid_body");
+        assert_eq!(api.get("/v1/organizations", Some(&token)).await.body, orgs_before);
+        let keys_path = format!("/v1/organizations/{org}/api-keys");
+        let bad_scopes = json!({"name": "k", "scopes": ["everything"]});
+        api.post(&keys_path, Some(&token), &bad_scopes).await.assert_error(422, "invalid_body");
+        let bad_date = json!({"name": "k", "expires_at": "tomorrow"});
+        api.post(&keys_path, Some(&token), &bad_date).await.assert_error(422, "invalid_body");
+        let bad_role = json!({"email": email, "role": "god"});
+        api.post(&format!("/v1/organizations/{org}/members"), Some(&token), &bad_role)
+            .await
+            .assert_error(422, "invalid_body");
+        assert_eq!(api.get(&keys_path, Some(&token)).await.body["data"], json!([]));
+        // An id of the wrong shape names nothing.
+        api.get("/v1/organizations/not-an-id/members", Some(&token)).await.assert_error(404, "not_found");
+    }
+}
+
+#[tokio::test]
+async fn the_database_holds_no_usable_secret() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let gateway = TestGateway::in_process(&database).await;
+        let api = gateway.client();
+
+        let email = "keeper@example.com";
+        let (signup_token, user_id, org) = signup(&api, email).await;
+        let login_token = str_of(&login(&api, email, PASSWORD).await.body, "/token").to_owned();
+        let created =
+            api.post(&format!("/v1/organizations/{org}/api-keys"), Some(&signup_token), &json!({"name": "k"})).await;
+        let key = str_of(&created.body, "/key").to_owned();
+        let key_id = str_of(&created.body, "/id").to_owned();
+        assert_eq!(api.get("/v1/auth/me", Some(&key)).await.status, 200);
+        assert_eq!(api.get("/v1/auth/me", Some(&login_token)).await.status, 200);
+
+        let stored = stored_bytes(&database);
+        // The dump does show the data, so the checks below can fail.
+        for visible in [email, user_id.as_str(), key_id.as_str()] {
+            assert!(contains(&stored, visible), "{visible} should be stored");
+        }
+        let key_secret = key.rsplit('_').next().unwrap();
+        let secrets = [
+            ("the API key", key.as_str()),
+            ("the API key's secret part", key_secret),
+            ("the signup session token", signup_token.as_str()),
+            ("the signup session token's random part", signup_token.trim_start_matches("keel_st_")),
+            ("the login session token", login_token.as_str()),
+            ("the login session token's random part", login_token.trim_start_matches("keel_st_")),
+            ("the password", PASSWORD),
+        ];
+        for (what, secret) in secrets {
+            assert!(secret.len() >= 16, "{what} is too short to search for");
+            assert!(!contains(&stored, secret), "{what} is stored in the database");
+        }
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_and_per_address() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+        let mut config = gateway_config(&database);
+        config.auth.throttle = ThrottleConfig { window_secs: 900, max_failures_per_account: 3, max_failures_per_ip: 6 };
+        let gateway = TestGateway::start(config, None).await;
+        let api = gateway.client();
+        signup(&api, "ada@example.com").await;
+        signup(&api, "bob@example.com").await;
+
+        for _ in 0..3 {
+            login(&api, "ada@example.com", "wrong password").await.assert_error(401, "invalid_credentials");
+        }
+        // Locked: even the right password gets the lockout answer.
+        let locked = login(&api, "ada@example.com", PASSWORD).await;
+        locked.assert_error(429, "too_many_attempts");
+        assert_eq!(locked.body["error"]["type"], "rate_limit_error");
+        let retry_after: u64 = locked.header("retry-after").expect("Retry-After").parse().unwrap();
+        assert!((1..=900).contains(&retry_after), "{retry_after}");
+        // Another account from the same address is not locked yet...
+        assert_eq!(login(&api, "bob@example.com", PASSWORD).await.status, 200);
+        // ... until the address has failed too often, whatever the accounts.
+        for n in 0..3 {
+            login(&api, &format!("nobody{n}@example.com"), PASSWORD).await.assert_error(401, "invalid_credentials");
+        }
+        login(&api, "bob@example.com", PASSWORD).await.assert_error(429, "too_many_attempts");
+    }
+}
+
+#[tokio::test]
+async fn request_ids_health_readiness_and_the_openapi_document() {
+    let database = TestDatabase::new(&backends()[0]);
+    let gateway = TestGateway::in_process(&database).await;
+    let api = gateway.client();
+
+    // Request ids: echoed when sane, generated (a UUIDv7) otherwise, on every answer.
+    let health = Client::send(api.request(Method::GET, "/healthz", None).header("x-request-id", "req-123")).await;
+    assert_eq!((health.status, health.header("x-request-id")), (200, Some("req-123")));
+    assert_eq!(health.body, json!({"status": "ok"}));
+    let missing = Client::send(api.request(Method::GET, "/nope", None).header("x-request-id", "req-404")).await;
+    missing.assert_error(404, "not_found");
+    assert_eq!(missing.header("x-request-id"), Some("req-404"));
+    let generated = api.get("/v1/auth/me", None).await;
+    let id = generated.header("x-request-id").expect("a generated id").to_owned();
+    assert_eq!((id.len(), &id[14..15]), (36, "7"), "a UUIDv7: {id}");
+    assert_ne!(api.get("/healthz", None).await.header("x-request-id"), Some(id.as_str()));
+    let odd = Client::send(api.request(Method::GET, "/healthz", None).header("x-request-id", "a".repeat(200))).await;
+    assert_eq!(odd.header("x-request-id").unwrap().len(), 36);
+
+    let ready = api.get("/readyz", None).await;
+    assert_eq!((ready.status, ready.body), (200, json!({"status": "ok"})));
+
+    // The OpenAPI document is 3.1 and lists exactly the routes served...
+    let document = api.get("/openapi.json", None).await;
+    assert_eq!(document.status, 200);
+    assert!(str_of(&document.body, "/openapi").starts_with("3.1."), "{}", document.body["openapi"]);
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for (path, item) in document.body["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                routes.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    routes.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/openapi.json"),
+        ("post", "/v1/auth/signup"),
+        ("post", "/v1/auth/login"),
+        ("post", "/v1/auth/logout"),
+        ("post", "/v1/auth/password"),
+        ("get", "/v1/auth/me"),
+        ("get", "/v1/auth/principal"),
+        ("get", "/v1/organizations"),
+        ("post", "/v1/organizations"),
+        ("get", "/v1/organizations/{org_id}/members"),
+        ("post", "/v1/organizations/{org_id}/members"),
+        ("patch", "/v1/organizations/{org_id}/members/{user_id}"),
+        ("delete", "/v1/organizations/{org_id}/members/{user_id}"),
+        ("get", "/v1/organizations/{org_id}/api-keys"),
+        ("post", "/v1/organizations/{org_id}/api-keys"),
+        ("delete", "/v1/organizations/{org_id}/api-keys/{key_id}"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(routes, expected);
+
+    // ... and every route it lists is served (the fallback would answer "No such route.").
+    let ids = [
+        ("{org_id}", OrganizationId::new().to_string()),
+        ("{user_id}", auth::UserId::new().to_string()),
+        ("{key_id}", auth::ApiKeyId::new().to_string()),
+    ];
+    for (method, path) in &routes {
+        let concrete = ids.iter().fold(path.clone(), |p, (placeholder, id)| p.replace(placeholder, id));
+        let reply = Client::send(api.request(method.to_uppercase().parse().unwrap(), &concrete, None)).await;
+        assert!(
+            !(reply.status == 404 && reply.body["error"]["message"] == "No such route."),
+            "{method} {path} is documented but not served"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_with_a_remote_auth_service_serves_the_same_api() {
+    for backend in backends() {
+        let database = TestDatabase::new(&backend);
+
+        // A: the auth service alone; it trusts B as a proxy, so it throttles by the real client.
+        let mut a_config = gateway_config(&database);
+        a_config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        // Above the 3 failures of the public flow, which all come from 127.0.0.1.
+        let ip_limit = 5;
+        a_config.auth.throttle =
+            ThrottleConfig { window_secs: 900, max_failures_per_account: 100, max_failures_per_ip: ip_limit };
+        let a = TestGateway::start(a_config, Some(vec![Domain::Auth])).await;
+
+        // B: every route, auth through A. Its database URL points nowhere: B must not use one.
+        let mut b_config = GatewayConfig::default();
+        b_config.http.addr = "127.0.0.1:0".into();
+        b_config.http.workers = 2;
+        // The test client stands for a proxy in front of B, so that it can speak for several addresses.
+        b_config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        b_config.database.url = "postgres://nobody@127.0.0.1:1/nothing".into();
+        b_config.auth.url = Some(a.url());
+        let b = TestGateway::start(b_config, None).await;
+        let (via_a, via_b) = (a.client(), b.client());
+
+        public_api_flow(&via_b).await;
+
+        // The same answers, errors included, through B as from A.
+        let duplicate = json!({"email": "ada@example.com", "password": PASSWORD});
+        let (from_a, from_b) = (
+            via_a.post("/v1/auth/signup", None, &duplicate).await,
+            via_b.post("/v1/auth/signup", None, &duplicate).await,
+        );
+        from_b.assert_error(409, "email_taken");
+        assert_eq!((from_a.status, from_a.body), (from_b.status, from_b.body));
+        assert_eq!(via_b.get("/readyz", None).await.status, 200);
+
+        // Throttling by client address works across the hop.
+        signup(&via_b, "eve@example.com").await;
+        let attacker = "203.0.113.7";
+        for n in 0..ip_limit {
+            let reply = login_from(&via_b, attacker, &format!("nobody{n}@example.com"), PASSWORD).await;
+            reply.assert_error(401, "invalid_credentials");
+        }
+        let locked = login_from(&via_b, attacker, "eve@example.com", PASSWORD).await;
+        locked.assert_error(429, "too_many_attempts");
+        assert!(locked.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", locked.headers);
+        let other = login_from(&via_b, "198.51.100.9", "eve@example.com", PASSWORD).await;
+        assert_eq!(other.status, 200, "another address is not locked: {}", other.body);
+
+        // When A goes away, B stays alive but is not ready, and auth calls fail as unavailable.
+        a.stop().await;
+        assert_eq!(via_b.get("/healthz", None).await.status, 200);
+        via_b.get("/readyz", None).await.assert_error(503, "not_ready");
+        let down = via_b.post("/v1/auth/login", None, &json!({"email": "eve@example.com", "password": PASSWORD})).await;
+        down.assert_error(503, "service_unavailable");
+        assert_eq!(down.body["error"]["message"], "The service is temporarily unavailable; retry later.");
+    }
+}
