@@ -42,7 +42,8 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub(crate) fn validation(field: &str, message: impl Into<String>) -> Self {
+    /// A validation error about `field`.
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
         Self::Validation { field: field.to_owned(), message: message.into() }
     }
 

@@ -219,7 +219,9 @@ mod loader {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("KEEL_").split("__")).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        // `KEEL_TEST_*` configure the test suites, not a process.
+        let env = Env::prefixed("KEEL_").filter(|key| !key.starts_with("test_")).split("__");
+        figment.merge(env).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Page<T> {
     pub data: Vec<T>,
     /// Whether another page follows.
     pub has_more: bool,
-    /// Pass as `after` to fetch the next page; absent on the last page.
+    /// Pass as `after` to fetch the next page; `null` on the last page.
     pub next_after: Option<String>,
 }
 
