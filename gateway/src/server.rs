@@ -7,7 +7,10 @@ use crate::domain::Domain;
 use crate::error::GatewayError;
 use actix_web::HttpServer;
 use actix_web::dev::ServerHandle;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::task::JoinHandle;
 
 /// A gateway serving in the background. Dropping it stops the server at once (without waiting
@@ -56,7 +59,8 @@ impl Drop for RunningGateway {
 }
 
 /// Builds every domain (see [`compose::build`]), binds `config.http.addr`, and serves the
-/// routes of `only` (every domain when `None` or empty) in the background.
+/// routes of `only` (every domain when `None` or empty) in the background. Returns once the
+/// workers run: the address can be used at once.
 ///
 /// Must run inside a Tokio runtime (`#[tokio::main]`, `#[actix_web::main]`, `#[tokio::test]`).
 /// Logging is not set up here: that belongs to the binary.
@@ -74,8 +78,18 @@ pub async fn start(config: GatewayConfig, only: Option<Vec<Domain>>) -> Result<R
     if config.http.workers > 0 {
         server = server.workers(config.http.workers);
     }
-    let server = server.listen(listener).map_err(bind_error)?.run();
+    let mut server = server.listen(listener).map_err(bind_error)?.run();
     let handle = server.handle();
+    // The first poll starts the workers (building each one's app) and the accept thread, and
+    // returns once they run: after it, connections are served even if the caller then blocks
+    // its thread, and a failed start is reported here rather than by `wait`.
+    match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut server).poll(cx))).await {
+        Poll::Pending => {}
+        Poll::Ready(Err(e)) => return Err(GatewayError::Server(e)),
+        Poll::Ready(Ok(())) => {
+            return Err(GatewayError::Server(std::io::Error::other("the server stopped as soon as it started")));
+        }
+    }
     let task = tokio::spawn(server);
     tracing::info!(http.addr = %addr, domains = ?names, "gateway listening");
     Ok(RunningGateway { addr, handle, task: Some(task) })

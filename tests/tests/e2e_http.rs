@@ -550,3 +550,75 @@ async fn a_gateway_with_a_remote_auth_service_serves_the_same_api() {
         assert_eq!(down.body["error"]["message"], "The service is temporarily unavailable; retry later.");
     }
 }
+
+/// Reads the head of an HTTP/1.1 answer, up to and including the empty line.
+fn read_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` body; returns (status line, body).
+fn read_answer(stream: &mut std::net::TcpStream) -> (String, String) {
+    use std::io::Read;
+    let head = read_head(stream);
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    (head.lines().next().unwrap().to_owned(), String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn a_graceful_stop_finishes_the_requests_in_flight() {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    let database = TestDatabase::new(&backends()[0]);
+    let gateway = TestGateway::in_process(&database).await;
+    let addr = gateway.running.addr;
+
+    // A first exchange makes sure the connection is accepted and owned by a worker.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /healthz HTTP/1.1\r\nHost: keel\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut stream).0, "HTTP/1.1 200 OK");
+
+    // A signup is in flight: its head is sent, and the server's `100 Continue` says the request
+    // has reached the application, which now waits for the body.
+    let body = json!({"email": "late@example.com", "password": PASSWORD}).to_string();
+    write!(
+        stream,
+        "POST /v1/auth/signup HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    assert_eq!(read_head(&mut stream), "HTTP/1.1 100 Continue\r\n\r\n");
+
+    // Stop; once the listener is closed, the stop is under way.
+    let handle = gateway.running.handle.clone();
+    let stopping = tokio::spawn(async move { handle.stop(true).await });
+    while TcpStream::connect(addr).is_ok() {
+        tokio::task::yield_now().await;
+    }
+    assert!(!stopping.is_finished(), "a graceful stop waits for the request in flight");
+
+    // The request still completes, and then the server stops.
+    stream.write_all(body.as_bytes()).unwrap();
+    let (status, answer) = read_answer(&mut stream);
+    assert_eq!(status, "HTTP/1.1 201 Created", "{answer}");
+    assert!(answer.contains("\"token\""), "{answer}");
+    stopping.await.unwrap();
+    gateway.running.wait().await.unwrap();
+
+    // The account exists.
+    let again = TestGateway::in_process(&database).await;
+    assert_eq!(login(&again.client(), "late@example.com", PASSWORD).await.status, 200);
+}

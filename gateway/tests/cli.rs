@@ -1,0 +1,126 @@
+//! The `gateway` binary itself: usage errors, `migrate`, and `serve` stopping cleanly on SIGTERM.
+
+// The helpers below are test code too (clippy only exempts `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+
+/// The binary with an empty environment (so the developer's `KEEL_*` variables do not leak in)
+/// and JSON logs.
+fn gateway() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command.env_clear().env("KEEL_TELEMETRY__FORMAT", "json");
+    command
+}
+
+fn run(command: &mut Command) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = command.output().unwrap();
+    (status.code().unwrap(), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let (code, stdout, _) = run(gateway().arg("--help"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("serve") && stdout.contains("migrate"), "{stdout}");
+}
+
+#[test]
+fn an_unknown_domain_exits_with_2_and_names_the_known_ones() {
+    let (code, _, stderr) = run(gateway().args(["serve", "--only", "billing"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("billing") && stderr.contains("possible values: auth"), "{stderr}");
+}
+
+#[test]
+fn a_bad_configuration_exits_with_1_and_says_why() {
+    let (code, _, stderr) = run(gateway().args(["--config", "/nonexistent/keel.toml", "migrate"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/keel.toml does not exist"), "{stderr}");
+
+    let (code, _, stderr) = run(gateway().arg("migrate").env("KEEL_HTTP__NO_SUCH_KEY", "1"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no_such_key"), "{stderr}");
+
+    let (code, _, stderr) = run(gateway().arg("migrate").env("KEEL_DATABASE__URL", "mysql://x"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("auth database settings"), "{stderr}");
+}
+
+#[test]
+fn migrate_creates_the_database_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("data").display());
+    let (code, stdout, stderr) = run(gateway().arg("migrate").env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(dir.path().join("data/auth.db").is_file());
+    assert!(!stdout.contains("\"migrations.applied\":0"), "{stdout}");
+    let (code, stdout, stderr) = run(gateway().arg("migrate").env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"migrations.applied\":0"), "nothing left to apply: {stdout}");
+}
+
+/// One HTTP/1.1 request over a fresh connection, with a bearer token; returns the raw answer.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nx-request-id: cli-test\r\n\
+         Authorization: Bearer keel_st_sekrit-header\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = gateway()
+        .args(["serve", "--addr", "127.0.0.1:0", "--only", "auth"])
+        .env("KEEL_DATABASE__URL", format!("sqlite://{}", dir.path().display()))
+        .env("KEEL_HTTP__ADDR", "127.0.0.1:1") // --addr wins
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    // The log line announcing the bound address is written once the socket listens.
+    let addr = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|line| {
+            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (event["message"] == "gateway listening").then(|| event["http.addr"].as_str().unwrap().to_owned())
+        })
+        .expect("the gateway never said where it listens");
+    assert!(addr.starts_with("127.0.0.1:") && addr != "127.0.0.1:0" && addr != "127.0.0.1:1", "{addr}");
+
+    let answer = http_get(&addr, "/healthz");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("x-request-id: cli-test") && answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+    let answer = http_get(&addr, "/readyz");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let answer = http_get(&addr, "/v1/auth/me?token=sekrit-query");
+    assert!(answer.starts_with("HTTP/1.1 401 Unauthorized"), "{answer}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success(), "a graceful stop exits with 0");
+    assert!(rest.iter().any(|line| line.contains("\"gateway stopped\"")), "{rest:#?}");
+    // One line per request, with its id, route and status, and never a header or a query string.
+    let me = rest
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "request completed" && event["span"]["url.path"] == "/v1/auth/me")
+        .unwrap_or_else(|| panic!("no request line for /v1/auth/me: {rest:#?}"));
+    assert_eq!(me["http.status_code"], 401);
+    assert_eq!(me["span"]["request.id"], "cli-test");
+    assert_eq!(me["span"]["http.route"], "/v1/auth/me");
+    assert!(me["duration_ms"].is_number());
+    assert!(!rest.iter().any(|line| line.contains("sekrit")), "a secret reached the log: {rest:#?}");
+}
