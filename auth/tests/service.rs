@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Integration tests of `AuthService` against real databases: SQLite always, PostgreSQL when
 //! `KEEL_TEST_DATABASE_URL` is set. The cross-crate contract story lives in the `tests` crate;
 //! these cover the rules that need a controlled clock or a look into the tables.
