@@ -1,13 +1,19 @@
-//! Password hashing with argon2id on the blocking pool, behind a semaphore so that a login
-//! flood queues for CPU instead of starving every other request.
+//! Password hashing with argon2id, off the async workers, behind a semaphore sized to the cores.
+//!
+//! Hashes run on a few dedicated threads at the lowest CPU priority (`SCHED_BATCH`, nice 19 on
+//! Linux) rather than on the shared blocking pool: when a login flood and ordinary requests
+//! compete for the cores, the scheduler serves the requests first, and the logins take what is
+//! left. The semaphore queues logins beyond the thread count without holding any thread.
 
 use crate::config::Argon2Config;
 use crate::error::AuthError;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use shared::Secret;
-use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{Semaphore, oneshot};
 
 pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
 pub(crate) const MAX_PASSWORD_CHARS: usize = 128;
@@ -38,6 +44,7 @@ pub(crate) enum Verified {
 pub(crate) struct Hasher {
     params: Params,
     permits: Arc<Semaphore>,
+    threads: Arc<HashThreads>,
     /// Verified against when the account does not exist, so that an unknown email costs the
     /// same time as a wrong password.
     dummy_hash: Arc<str>,
@@ -52,7 +59,12 @@ impl Hasher {
             n => n,
         };
         let dummy_hash = hash_blocking(&params, &Secret::new("keel-dummy-password"))?;
-        Ok(Self { params, permits: Arc::new(Semaphore::new(concurrency)), dummy_hash: dummy_hash.into() })
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            threads: Arc::new(HashThreads::spawn(concurrency)?),
+            dummy_hash: dummy_hash.into(),
+        })
     }
 
     pub(crate) async fn hash(&self, password: Secret) -> Result<String, AuthError> {
@@ -75,10 +87,64 @@ impl Hasher {
     ) -> Result<T, AuthError> {
         let _permit =
             self.permits.acquire().await.map_err(|_| AuthError::Unavailable("password hasher closed".into()))?;
+        let (done, result) = oneshot::channel();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(f))
-            .await
-            .map_err(|e| AuthError::Internal(format!("password hashing task failed: {e}")))?
+        let job: Job = Box::new(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| span.in_scope(f)))
+                .unwrap_or_else(|_| Err(AuthError::Internal("password hashing panicked".into())));
+            // The caller may have gone away (client disconnected); nothing to do then.
+            let _ = done.send(outcome);
+        });
+        self.threads.jobs.send(job).map_err(|_| AuthError::Unavailable("password hasher stopped".into()))?;
+        result.await.map_err(|_| AuthError::Internal("password hashing thread failed".into()))?
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads; they stop when the last `Hasher` clone is dropped.
+#[derive(Debug)]
+struct HashThreads {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl HashThreads {
+    fn spawn(count: usize) -> Result<Self, AuthError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..count {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("keel-argon2-{n}"))
+                .spawn(move || {
+                    lower_own_priority();
+                    loop {
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .map_err(|e| AuthError::Internal(format!("cannot start a password hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs })
+    }
+}
+
+/// Best effort: a platform that refuses leaves the thread at normal priority.
+fn lower_own_priority() {
+    use thread_priority::ThreadPriority;
+    #[cfg(target_os = "linux")]
+    let result = thread_priority::unix::set_thread_priority_and_policy(
+        thread_priority::unix::thread_native_id(),
+        ThreadPriority::Min,
+        thread_priority::unix::ThreadSchedulePolicy::Normal(thread_priority::unix::NormalThreadSchedulePolicy::Batch),
+    );
+    #[cfg(not(target_os = "linux"))]
+    let result = thread_priority::set_current_thread_priority(ThreadPriority::Min);
+    if let Err(error) = result {
+        tracing::warn!(error = ?error, "cannot lower the priority of a password hashing thread");
     }
 }
 
@@ -141,6 +207,34 @@ mod tests {
     async fn missing_account_never_verifies() {
         let hasher = Hasher::new(&FAST, 1).unwrap();
         assert_eq!(hasher.verify(Secret::new("keel-dummy-password"), None).await.unwrap(), Verified::No);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_on_low_priority_batch_threads() {
+        use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy};
+        let hasher = Hasher::new(&FAST, 2).unwrap();
+        let (name, policy) = hasher
+            .run(|| Ok((std::thread::current().name().map(str::to_owned), thread_schedule_policy().ok())))
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("keel-argon2-"));
+        assert_eq!(policy, Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch)));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_hashes_is_bounded_by_the_semaphore_and_all_complete() {
+        let hasher = Hasher::new(&FAST, 2).unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|n| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash(Secret::new(format!("password {n}"))).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().unwrap().starts_with("$argon2id$"));
+        }
+        assert_eq!(hasher.permits.available_permits(), 2);
     }
 
     #[test]
