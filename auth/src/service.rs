@@ -563,11 +563,7 @@ impl AuthApi for AuthService {
                     })
                     .await?;
                 let page = Page::from_overfetch(rows, limit, |(_, org)| org.id.clone());
-                Ok(Page {
-                    data: page.data.iter().map(membership_of).collect::<Result<_, _>>()?,
-                    has_more: page.has_more,
-                    next_after: page.next_after,
-                })
+                page.try_map(|row| membership_of(&row))
             }
             PrincipalKind::ApiKey => {
                 let org_id = principal.organization_id.ok_or(AuthError::Unauthenticated)?;
@@ -600,11 +596,7 @@ impl AuthApi for AuthService {
             })
             .await?;
         let page = Page::from_overfetch(rows, limit, |(m, _)| m.user_id.clone());
-        Ok(Page {
-            data: page.data.iter().map(member_of).collect::<Result<_, _>>()?,
-            has_more: page.has_more,
-            next_after: page.next_after,
-        })
+        page.try_map(|row| member_of(&row))
     }
 
     #[tracing::instrument(skip_all, fields(organization.id = %organization_id))]
@@ -764,11 +756,7 @@ impl AuthApi for AuthService {
             })
             .await?;
         let page = Page::from_overfetch(rows, limit, |row| row.id.clone());
-        Ok(Page {
-            data: page.data.iter().map(api_key_of).collect::<Result<_, _>>()?,
-            has_more: page.has_more,
-            next_after: page.next_after,
-        })
+        page.try_map(|row| api_key_of(&row))
     }
 
     #[tracing::instrument(skip_all, fields(organization.id = %organization_id, api_key.id = %key_id))]

@@ -4,7 +4,7 @@
 use crate::config::{Backend, DomainDatabase, PoolConfig};
 use crate::secret::Secret;
 use diesel::connection::SimpleConnection;
-use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, R2D2Connection};
+use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,6 +60,14 @@ struct Inner {
     sqlite_writer: Mutex<()>,
 }
 
+impl Inner {
+    /// A connection from the primary, or from the replica when asked and configured.
+    fn connection(&self, replica: bool) -> Result<PooledConnection<Manager>, DbError> {
+        let pool = if replica { self.replica.as_ref().unwrap_or(&self.primary) } else { &self.primary };
+        pool.get().map_err(|e| DbError::Unavailable(e.to_string()))
+    }
+}
+
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
@@ -90,9 +98,9 @@ impl Db {
                 conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
             }
         }
-        let primary = build_pool(settings, settings.url.clone(), &settings.pool)?;
+        let primary = build_pool(settings, settings.url.clone(), &settings.pool, format!("keel-{schema}"))?;
         let replica = match &settings.replica_url {
-            Some(url) => Some(build_pool(settings, url.clone(), &settings.pool)?),
+            Some(url) => Some(build_pool(settings, url.clone(), &settings.pool, format!("keel-{schema}-replica"))?),
             None => None,
         };
         Ok(Self {
@@ -112,7 +120,7 @@ impl Db {
 
     /// Applies a domain's pending migrations (one set per backend); returns how many ran. Blocking.
     pub fn migrate(&self, postgres: EmbeddedMigrations, sqlite: EmbeddedMigrations) -> Result<usize, DbError> {
-        let mut conn = self.inner.primary.get().map_err(|e| DbError::Unavailable(e.to_string()))?;
+        let mut conn = self.inner.connection(false)?;
         let applied = match &mut *conn {
             Conn::Pg(c) => c.run_pending_migrations(postgres).map(|v| v.len()),
             Conn::Sqlite(c) => c.run_pending_migrations(sqlite).map(|v| v.len()),
@@ -127,12 +135,7 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let mut conn = inner.primary.get().map_err(|e| DbError::Unavailable(e.to_string()))?;
-            f(&mut conn)
-        })
-        .await
+        self.with_connection(false, f).await
     }
 
     /// Like [`Db::run`], on the read replica when there is one. For queries that tolerate lag.
@@ -142,10 +145,18 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        self.with_connection(true, f).await
+    }
+
+    async fn with_connection<T, E, F>(&self, replica: bool, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
         let inner = self.inner.clone();
         blocking(move || {
-            let pool = inner.replica.as_ref().unwrap_or(&inner.primary);
-            let mut conn = pool.get().map_err(|e| DbError::Unavailable(e.to_string()))?;
+            let mut conn = inner.connection(replica)?;
             f(&mut conn)
         })
         .await
@@ -168,7 +179,7 @@ impl Db {
                 Backend::Sqlite => Some(inner.sqlite_writer.lock().unwrap_or_else(PoisonError::into_inner)),
                 Backend::Postgres => None,
             };
-            let mut pooled = inner.primary.get().map_err(|e| DbError::Unavailable(e.to_string()))?;
+            let mut pooled = inner.connection(false)?;
             let conn: &mut Conn = &mut pooled;
             conn.transaction(f)
         })
@@ -193,9 +204,16 @@ where
         .unwrap_or_else(|e| Err(DbError::Task(e.to_string()).into()))
 }
 
-fn build_pool(settings: &DomainDatabase, url: Secret, pool: &PoolConfig) -> Result<Pool<Manager>, DbError> {
+/// `application_name` tells the pools apart in `pg_stat_activity`.
+fn build_pool(
+    settings: &DomainDatabase,
+    url: Secret,
+    pool: &PoolConfig,
+    application_name: String,
+) -> Result<Pool<Manager>, DbError> {
     let manager = Manager { backend: settings.backend, url };
     let customizer = Customizer {
+        application_name,
         schema: settings.domain.clone(),
         statement_timeout_ms: settings.statement_timeout_ms,
         busy_timeout_ms: settings.busy_timeout_ms,
@@ -248,6 +266,7 @@ impl ManageConnection for Manager {
 /// Per-connection session settings: the domain's schema on PostgreSQL, WAL and timeouts on SQLite.
 #[derive(Debug)]
 struct Customizer {
+    application_name: String,
     schema: String,
     statement_timeout_ms: u64,
     busy_timeout_ms: u64,
@@ -258,8 +277,9 @@ impl CustomizeConnection<Conn, diesel::r2d2::Error> for Customizer {
         let sql = match conn {
             Conn::Pg(_) => format!(
                 "SET search_path TO \"{schema}\"; SET statement_timeout = {timeout}; \
-                 SET application_name = 'keel-{schema}';",
+                 SET application_name = '{application_name}';",
                 schema = self.schema,
+                application_name = self.application_name,
                 timeout = self.statement_timeout_ms,
             ),
             Conn::Sqlite(_) => format!(

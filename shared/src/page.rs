@@ -46,6 +46,12 @@ impl<T> Page<T> {
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
         Page { data: self.data.into_iter().map(f).collect(), has_more: self.has_more, next_after: self.next_after }
     }
+
+    /// Like [`Page::map`] with a conversion that can fail: the first error wins.
+    pub fn try_map<U, E>(self, f: impl FnMut(T) -> Result<U, E>) -> Result<Page<U>, E> {
+        let data = self.data.into_iter().map(f).collect::<Result<_, _>>()?;
+        Ok(Page { data, has_more: self.has_more, next_after: self.next_after })
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +68,15 @@ mod tests {
         let last = Page::from_overfetch(vec![1, 2], 2, |n| n.to_string());
         assert!(!last.has_more);
         assert_eq!(last.next_after, None);
+    }
+
+    #[test]
+    fn try_map_keeps_the_cursor_and_stops_at_the_first_error() {
+        let page = Page::from_overfetch(vec![1, 2, 3], 2, |n| n.to_string());
+        let doubled = page.clone().try_map(|n| Ok::<_, ()>(n * 2)).unwrap();
+        assert_eq!(doubled.data, vec![2, 4]);
+        assert_eq!(doubled.next_after.as_deref(), Some("2"));
+        assert_eq!(page.try_map(|n| if n == 2 { Err(n) } else { Ok(n) }), Err(2));
     }
 
     #[test]

@@ -80,3 +80,33 @@ async fn a_failed_transaction_rolls_back_and_unique_violations_are_recognised() 
         assert_eq!(count, "0", "the first insert was rolled back");
     }
 }
+
+#[tokio::test]
+async fn reads_go_to_the_replica_when_one_is_configured() {
+    for backend in backends() {
+        if backend == shared::testing::TestBackend::Sqlite {
+            continue;
+        }
+        let database = TestDatabase::new(&backend);
+        let mut settings = database.domain("delta");
+        let db = Db::connect(&settings).unwrap();
+        db.run(|conn| {
+            diesel::sql_query("CREATE TABLE things (id TEXT PRIMARY KEY)").execute(conn).map_err(DbError::from)
+        })
+        .await
+        .unwrap();
+        // The same server stands in for a replica; the replica pool names its connections.
+        settings.replica_url = Some(settings.url.clone());
+        let with_replica = Db::connect(&settings).unwrap();
+        let app = |conn: &mut Conn| text(conn, "SELECT current_setting('application_name') AS value");
+        assert_eq!(with_replica.run_read(app).await.unwrap(), "keel-delta-replica");
+        assert_eq!(with_replica.run(app).await.unwrap(), "keel-delta");
+        let count = with_replica
+            .run_read(|conn| text(conn, "SELECT CAST(COUNT(*) AS TEXT) AS value FROM things"))
+            .await
+            .unwrap();
+        assert_eq!(count, "0", "the replica pool uses the domain's schema too");
+        // Without a replica, run_read uses the primary.
+        assert_eq!(db.run_read(app).await.unwrap(), "keel-delta");
+    }
+}
