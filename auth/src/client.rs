@@ -34,7 +34,10 @@ impl HttpAuthClient {
     }
 
     fn request(&self, method: Method, path: &str, principal: Option<&Principal>) -> RequestBuilder {
-        let builder = self.http.request(method, format!("{}{path}", self.base_url));
+        let mut builder = self.http.request(method, format!("{}{path}", self.base_url));
+        if let Some(id) = shared::request_id::current() {
+            builder = builder.header(shared::request_id::HEADER, id);
+        }
         match principal {
             Some(p) => builder.bearer_auth(p.credential.expose()),
             None => builder,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// The request and response header carrying the request id.
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(shared::request_id::HEADER);
 
 /// The longest request id taken from a client; a longer one is replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -50,7 +50,8 @@ pub async fn request_id(
     );
     req.extensions_mut().insert(RequestId(id.clone()));
 
-    let result = next.call(req).instrument(span.clone()).await;
+    // The id also travels with the task, for calls to remote domain services.
+    let result = shared::request_id::scope(id.clone(), next.call(req).instrument(span.clone())).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(mut response) => {

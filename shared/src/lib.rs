@@ -19,6 +19,8 @@ pub mod db;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod ratelimit;
+#[cfg(any(feature = "server", feature = "client"))]
+pub mod request_id;
 #[cfg(feature = "server")]
 pub mod telemetry;
 #[cfg(feature = "testing")]
