@@ -5,7 +5,6 @@ use crate::api::*;
 use crate::error::AuthError;
 use async_trait::async_trait;
 use reqwest::{Method, RequestBuilder, Response};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::client::RemoteError;
 use shared::{Page, PageRequest, Secret};
@@ -69,22 +68,18 @@ impl HttpAuthClient {
             .await
             .map_err(|e| AuthError::Internal(format!("auth service sent an unreadable answer: {e}")))
     }
-
-    fn with_body<B: Serialize>(builder: RequestBuilder, body: &B) -> RequestBuilder {
-        builder.json(body)
-    }
 }
 
 #[async_trait]
 impl AuthApi for HttpAuthClient {
     async fn signup(&self, request: SignupRequest, context: RequestContext) -> Result<SignupResponse, AuthError> {
         let builder = Self::forwarded(self.request(Method::POST, "/v1/auth/signup", None), &context);
-        Self::json(Self::with_body(builder, &request)).await
+        Self::json(builder.json(&request)).await
     }
 
     async fn login(&self, request: LoginRequest, context: RequestContext) -> Result<LoginResponse, AuthError> {
         let builder = Self::forwarded(self.request(Method::POST, "/v1/auth/login", None), &context);
-        Self::json(Self::with_body(builder, &request)).await
+        Self::json(builder.json(&request)).await
     }
 
     async fn authenticate(&self, token: &Secret) -> Result<Principal, AuthError> {
@@ -105,7 +100,7 @@ impl AuthApi for HttpAuthClient {
         context: RequestContext,
     ) -> Result<(), AuthError> {
         let builder = Self::forwarded(self.request(Method::POST, "/v1/auth/password", Some(principal)), &context);
-        Self::send(Self::with_body(builder, &request)).await.map(drop)
+        Self::send(builder.json(&request)).await.map(drop)
     }
 
     async fn me(&self, principal: &Principal) -> Result<MeResponse, AuthError> {
@@ -117,7 +112,7 @@ impl AuthApi for HttpAuthClient {
         principal: &Principal,
         request: CreateOrganizationRequest,
     ) -> Result<Organization, AuthError> {
-        Self::json(Self::with_body(self.request(Method::POST, "/v1/organizations", Some(principal)), &request)).await
+        Self::json(self.request(Method::POST, "/v1/organizations", Some(principal)).json(&request)).await
     }
 
     async fn list_organizations(
@@ -145,7 +140,7 @@ impl AuthApi for HttpAuthClient {
         request: AddMemberRequest,
     ) -> Result<Member, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/members");
-        Self::json(Self::with_body(self.request(Method::POST, &path, Some(principal)), &request)).await
+        Self::json(self.request(Method::POST, &path, Some(principal)).json(&request)).await
     }
 
     async fn update_member(
@@ -156,7 +151,7 @@ impl AuthApi for HttpAuthClient {
         request: UpdateMemberRequest,
     ) -> Result<Member, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/members/{user_id}");
-        Self::json(Self::with_body(self.request(Method::PATCH, &path, Some(principal)), &request)).await
+        Self::json(self.request(Method::PATCH, &path, Some(principal)).json(&request)).await
     }
 
     async fn remove_member(
@@ -176,7 +171,7 @@ impl AuthApi for HttpAuthClient {
         request: CreateApiKeyRequest,
     ) -> Result<CreatedApiKey, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/api-keys");
-        Self::json(Self::with_body(self.request(Method::POST, &path, Some(principal)), &request)).await
+        Self::json(self.request(Method::POST, &path, Some(principal)).json(&request)).await
     }
 
     async fn list_api_keys(
