@@ -63,48 +63,17 @@ impl Role {
     }
 }
 
-/// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
-pub enum Scope {
-    /// Chat, embeddings and models.
-    #[serde(rename = "inference")]
-    Inference,
-    /// RAG collections: ingest and search.
-    #[serde(rename = "rag")]
-    Rag,
-    /// Read usage, balances and invoices.
-    #[serde(rename = "billing:read")]
-    BillingRead,
-    /// Manage the organization's members and API keys, as an admin would.
-    #[serde(rename = "admin")]
-    Admin,
-}
+/// The scope that lets an API key manage its organization's members and keys, as an admin
+/// would. Auth's own scope; every other scope is declared by the domain whose routes check it.
+pub const ADMIN_SCOPE: &str = "admin";
 
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inference => "inference",
-            Self::Rag => "rag",
-            Self::BillingRead => "billing:read",
-            Self::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "inference" => Some(Self::Inference),
-            "rag" => Some(Self::Rag),
-            "billing:read" => Some(Self::BillingRead),
-            "admin" => Some(Self::Admin),
-            _ => None,
-        }
-    }
-
-    /// The scopes of a key created without `scopes`.
-    pub fn defaults() -> Vec<Scope> {
-        vec![Self::Inference, Self::Rag]
-    }
-}
+/// The scopes the auth domain declares.
+pub const SCOPES: &[shared::scope::ScopeDef] = &[shared::scope::ScopeDef {
+    name: ADMIN_SCOPE,
+    description: "Manage the organization's members and API keys, as an admin would. Effective only while \
+                  the key's creator is still an owner or admin of the organization.",
+    default: false,
+}];
 
 /// How a request authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -130,16 +99,19 @@ pub struct Principal {
     pub organization_id: Option<OrganizationId>,
     /// The key, for an API key.
     pub api_key_id: Option<ApiKeyId>,
-    /// The key's scopes, for an API key; empty for a session.
-    pub scopes: Vec<Scope>,
+    /// The key's effective scopes, for an API key; empty for a session. `admin` is left out
+    /// when the key's creator is no longer an owner or admin of the organization.
+    pub scopes: Vec<String>,
+    /// For an API key: the user who created it, on whose authority an `admin` key acts.
+    pub key_created_by: Option<UserId>,
     #[serde(skip)]
     #[schema(ignore)]
     pub credential: Secret,
 }
 
 impl Principal {
-    pub fn has_scope(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
     }
 }
 
@@ -223,7 +195,8 @@ pub struct KeyIdentity {
     pub id: ApiKeyId,
     pub name: String,
     pub prefix: String,
-    pub scopes: Vec<Scope>,
+    /// The key's effective scopes (see `Principal::scopes`).
+    pub scopes: Vec<String>,
 }
 
 /// The caller: a user with their organizations, or an organization acting through an API key.
@@ -254,8 +227,9 @@ pub struct UpdateMemberRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreateApiKeyRequest {
     pub name: String,
-    /// Defaults to `["inference", "rag"]`.
-    pub scopes: Option<Vec<Scope>>,
+    /// Scopes declared by the served domains (`GET /openapi.json` lists them under the bearer
+    /// scheme). Defaults to the scopes the domains mark as default.
+    pub scopes: Option<Vec<String>>,
     /// When the key stops working; must be in the future.
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -268,7 +242,7 @@ pub struct CreatedApiKey {
     /// The visible, non-secret start of the key, for telling keys apart.
     pub prefix: String,
     pub key: Secret,
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -279,7 +253,8 @@ pub struct ApiKey {
     pub id: ApiKeyId,
     pub name: String,
     pub prefix: String,
-    pub scopes: Vec<Scope>,
+    /// The scopes the key was created with.
+    pub scopes: Vec<String>,
     pub created_by: Option<UserId>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,

@@ -1,96 +1,44 @@
-//! `HttpAuthClient`: `AuthApi` over HTTP, for a gateway whose auth domain runs elsewhere.
-//! Error envelopes are mapped back to the same `AuthError` variants the service returns.
+//! `HttpAuthClient`: `AuthApi` over HTTP, for a gateway whose auth domain runs elsewhere. The
+//! shared remote client does the rest: request ids, credentials, timeouts, and the mapping of
+//! envelopes back to the same `AuthError` variants the service returns.
 
 use crate::api::*;
 use crate::error::AuthError;
 use async_trait::async_trait;
-use reqwest::{Method, RequestBuilder, Response};
-use serde::de::DeserializeOwned;
-use shared::client::RemoteError;
+use shared::client::{RemoteClient, RemoteConfig};
 use shared::{Page, PageRequest, Secret};
-use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct HttpAuthClient {
-    base_url: String,
-    http: reqwest::Client,
+    remote: RemoteClient,
 }
 
 impl HttpAuthClient {
     /// A client of the auth service at `base_url` (`http://host:port`).
-    pub fn new(base_url: &str) -> Result<Self, AuthError> {
-        let base_url = base_url.trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(AuthError::Internal(format!("auth service url must be http(s)://…, got {base_url:?}")));
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| AuthError::Internal(format!("http client: {e}")))?;
-        Ok(Self { base_url, http })
-    }
-
-    fn request(&self, method: Method, path: &str, principal: Option<&Principal>) -> RequestBuilder {
-        let mut builder = self.http.request(method, format!("{}{path}", self.base_url));
-        if let Some(id) = shared::request_id::current() {
-            builder = builder.header(shared::request_id::HEADER, id);
-        }
-        match principal {
-            Some(p) => builder.bearer_auth(p.credential.expose()),
-            None => builder,
-        }
-    }
-
-    /// Forwards the client's address, so the auth service (trusting this gateway as a proxy)
-    /// throttles by the real client, not by the gateway.
-    fn forwarded(builder: RequestBuilder, context: &RequestContext) -> RequestBuilder {
-        match context.client_ip {
-            Some(ip) => builder.header("x-forwarded-for", ip.to_string()),
-            None => builder,
-        }
-    }
-
-    async fn send(builder: RequestBuilder) -> Result<Response, AuthError> {
-        let response = builder.send().await.map_err(|e| AuthError::Unavailable(format!("auth service: {e}")))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let error = RemoteError::read(response).await;
-        Err(AuthError::from_remote(error.status, error.code(), error.message(), error.param(), error.retry_after_secs))
-    }
-
-    async fn json<T: DeserializeOwned>(builder: RequestBuilder) -> Result<T, AuthError> {
-        Self::send(builder)
-            .await?
-            .json()
-            .await
-            .map_err(|e| AuthError::Internal(format!("auth service sent an unreadable answer: {e}")))
+    pub fn new(base_url: &Secret, config: &RemoteConfig) -> Result<Self, AuthError> {
+        Ok(Self { remote: RemoteClient::new(crate::DOMAIN, base_url, config).map_err(AuthError::Internal)? })
     }
 }
 
 #[async_trait]
 impl AuthApi for HttpAuthClient {
     async fn signup(&self, request: SignupRequest, context: RequestContext) -> Result<SignupResponse, AuthError> {
-        let builder = Self::forwarded(self.request(Method::POST, "/v1/auth/signup", None), &context);
-        Self::json(builder.json(&request)).await
+        self.remote.post("/v1/auth/signup").client_ip(context.client_ip).json(&request).fetch().await
     }
 
     async fn login(&self, request: LoginRequest, context: RequestContext) -> Result<LoginResponse, AuthError> {
-        let builder = Self::forwarded(self.request(Method::POST, "/v1/auth/login", None), &context);
-        Self::json(builder.json(&request)).await
+        self.remote.post("/v1/auth/login").client_ip(context.client_ip).json(&request).fetch().await
     }
 
     async fn authenticate(&self, token: &Secret) -> Result<Principal, AuthError> {
-        let builder = self.request(Method::GET, "/v1/auth/principal", None).bearer_auth(token.expose());
-        let mut principal: Principal = Self::json(builder).await?;
+        let mut principal: Principal =
+            self.remote.get("/v1/auth/principal").bearer(token).fetch::<_, AuthError>().await?;
         principal.credential = token.clone();
         Ok(principal)
     }
 
     async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
-        Self::send(self.request(Method::POST, "/v1/auth/logout", Some(principal))).await.map(drop)
+        self.remote.post("/v1/auth/logout").bearer(&principal.credential).execute().await
     }
 
     async fn change_password(
@@ -99,12 +47,12 @@ impl AuthApi for HttpAuthClient {
         request: ChangePasswordRequest,
         context: RequestContext,
     ) -> Result<(), AuthError> {
-        let builder = Self::forwarded(self.request(Method::POST, "/v1/auth/password", Some(principal)), &context);
-        Self::send(builder.json(&request)).await.map(drop)
+        let call = self.remote.post("/v1/auth/password").bearer(&principal.credential);
+        call.client_ip(context.client_ip).json(&request).execute().await
     }
 
     async fn me(&self, principal: &Principal) -> Result<MeResponse, AuthError> {
-        Self::json(self.request(Method::GET, "/v1/auth/me", Some(principal))).await
+        self.remote.get("/v1/auth/me").bearer(&principal.credential).fetch().await
     }
 
     async fn create_organization(
@@ -112,7 +60,7 @@ impl AuthApi for HttpAuthClient {
         principal: &Principal,
         request: CreateOrganizationRequest,
     ) -> Result<Organization, AuthError> {
-        Self::json(self.request(Method::POST, "/v1/organizations", Some(principal)).json(&request)).await
+        self.remote.post("/v1/organizations").bearer(&principal.credential).json(&request).fetch().await
     }
 
     async fn list_organizations(
@@ -120,7 +68,7 @@ impl AuthApi for HttpAuthClient {
         principal: &Principal,
         page: PageRequest,
     ) -> Result<Page<Membership>, AuthError> {
-        Self::json(self.request(Method::GET, "/v1/organizations", Some(principal)).query(&page)).await
+        self.remote.get("/v1/organizations").bearer(&principal.credential).query(&page).fetch().await
     }
 
     async fn list_members(
@@ -130,7 +78,7 @@ impl AuthApi for HttpAuthClient {
         page: PageRequest,
     ) -> Result<Page<Member>, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/members");
-        Self::json(self.request(Method::GET, &path, Some(principal)).query(&page)).await
+        self.remote.get(&path).bearer(&principal.credential).query(&page).fetch().await
     }
 
     async fn add_member(
@@ -140,7 +88,7 @@ impl AuthApi for HttpAuthClient {
         request: AddMemberRequest,
     ) -> Result<Member, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/members");
-        Self::json(self.request(Method::POST, &path, Some(principal)).json(&request)).await
+        self.remote.post(&path).bearer(&principal.credential).json(&request).fetch().await
     }
 
     async fn update_member(
@@ -151,7 +99,7 @@ impl AuthApi for HttpAuthClient {
         request: UpdateMemberRequest,
     ) -> Result<Member, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/members/{user_id}");
-        Self::json(self.request(Method::PATCH, &path, Some(principal)).json(&request)).await
+        self.remote.patch(&path).bearer(&principal.credential).json(&request).fetch().await
     }
 
     async fn remove_member(
@@ -161,7 +109,7 @@ impl AuthApi for HttpAuthClient {
         user_id: UserId,
     ) -> Result<(), AuthError> {
         let path = format!("/v1/organizations/{organization_id}/members/{user_id}");
-        Self::send(self.request(Method::DELETE, &path, Some(principal))).await.map(drop)
+        self.remote.delete(&path).bearer(&principal.credential).execute().await
     }
 
     async fn create_api_key(
@@ -171,7 +119,7 @@ impl AuthApi for HttpAuthClient {
         request: CreateApiKeyRequest,
     ) -> Result<CreatedApiKey, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/api-keys");
-        Self::json(self.request(Method::POST, &path, Some(principal)).json(&request)).await
+        self.remote.post(&path).bearer(&principal.credential).json(&request).fetch().await
     }
 
     async fn list_api_keys(
@@ -181,7 +129,7 @@ impl AuthApi for HttpAuthClient {
         page: PageRequest,
     ) -> Result<Page<ApiKey>, AuthError> {
         let path = format!("/v1/organizations/{organization_id}/api-keys");
-        Self::json(self.request(Method::GET, &path, Some(principal)).query(&page)).await
+        self.remote.get(&path).bearer(&principal.credential).query(&page).fetch().await
     }
 
     async fn revoke_api_key(
@@ -191,10 +139,10 @@ impl AuthApi for HttpAuthClient {
         key_id: ApiKeyId,
     ) -> Result<(), AuthError> {
         let path = format!("/v1/organizations/{organization_id}/api-keys/{key_id}");
-        Self::send(self.request(Method::DELETE, &path, Some(principal))).await.map(drop)
+        self.remote.delete(&path).bearer(&principal.credential).execute().await
     }
 
     async fn ready(&self) -> Result<(), AuthError> {
-        Self::send(self.request(Method::GET, "/readyz", None)).await.map(drop)
+        self.remote.get("/readyz").execute().await
     }
 }

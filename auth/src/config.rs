@@ -1,14 +1,15 @@
 //! `AuthConfig`: the auth domain's settings (`[auth]` in the config file, `KEEL_AUTH__*`).
 
 use serde::{Deserialize, Serialize};
-use shared::config::DatabaseOverride;
+use shared::Secret;
+use shared::config::{DatabaseOverride, check_range};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// A remote auth service (`http://host:port`). When set, the gateway uses `HttpAuthClient`
     /// instead of running the domain in-process.
-    pub url: Option<String>,
+    pub url: Option<Secret>,
     /// Overrides of the shared database settings for this domain.
     pub database: DatabaseOverride,
     /// How long a session lasts, in seconds.
@@ -30,6 +31,30 @@ impl Default for AuthConfig {
             hash_concurrency: 0,
             throttle: ThrottleConfig::default(),
         }
+    }
+}
+
+impl AuthConfig {
+    /// Checks every value at start-up; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        // Ten years: longer sessions are a mistake, and larger values overflow date arithmetic.
+        check_range("auth.session_ttl_secs", self.session_ttl_secs, 60, 10 * 365 * 24 * 3600)?;
+        check_range("auth.hash_concurrency", self.hash_concurrency as u64, 0, 1024)?;
+        check_range("auth.argon2.memory_kib", u64::from(self.argon2.memory_kib), 8, 4 * 1024 * 1024)?;
+        check_range("auth.argon2.iterations", u64::from(self.argon2.iterations), 1, 100)?;
+        check_range("auth.argon2.parallelism", u64::from(self.argon2.parallelism), 1, 64)?;
+        if self.argon2.memory_kib < 8 * self.argon2.parallelism {
+            return Err("auth.argon2.memory_kib must be at least 8 × auth.argon2.parallelism".into());
+        }
+        check_range("auth.throttle.window_secs", self.throttle.window_secs, 1, 30 * 24 * 3600)?;
+        check_range(
+            "auth.throttle.max_failures_per_account",
+            u64::from(self.throttle.max_failures_per_account),
+            1,
+            1_000_000,
+        )?;
+        check_range("auth.throttle.max_failures_per_ip", u64::from(self.throttle.max_failures_per_ip), 1, 1_000_000)?;
+        Ok(())
     }
 }
 

@@ -1,43 +1,84 @@
-//! `AuthError`: every way an auth operation can fail, with a stable code each.
+//! `AuthError`: every way an auth operation can fail. The table below is the one place that
+//! gives each variant its code, its kind and how it travels (`#[derive(DomainError)]`).
 
-use shared::ErrorKind;
+use shared::DomainError;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, DomainError)]
 pub enum AuthError {
-    /// A field fails validation; `field` names it.
+    /// A field fails validation; `param` names it.
     #[error("{message}")]
-    Validation { field: String, message: String },
+    #[api(kind = Unprocessable, code = "validation_failed")]
+    Validation {
+        #[api(param)]
+        field: String,
+        message: String,
+    },
+    /// An account with this email already exists.
     #[error("An account with this email already exists.")]
+    #[api(kind = Conflict, code = "email_taken", param = "email")]
     EmailTaken,
+    /// Unknown email or wrong password (the same answer for both).
     #[error("Invalid email or password.")]
+    #[api(kind = Unauthenticated, code = "invalid_credentials")]
     InvalidCredentials,
+    /// The current password given to change it is wrong.
     #[error("The current password is incorrect.")]
+    #[api(kind = PermissionDenied, code = "incorrect_password", param = "current_password")]
     IncorrectPassword,
+    /// Missing, invalid, expired or revoked credentials.
     #[error("Missing, invalid, expired or revoked credentials.")]
+    #[api(kind = Unauthenticated, code = "unauthenticated")]
     Unauthenticated,
+    /// The account or the client address is locked out after too many failures.
     #[error("Too many failed attempts; retry in {retry_after_secs} seconds.")]
-    TooManyAttempts { retry_after_secs: u64 },
+    #[api(kind = RateLimited, code = "too_many_attempts")]
+    TooManyAttempts {
+        #[api(retry_after)]
+        retry_after_secs: u64,
+    },
+    /// The operation needs a user session, not an API key.
     #[error("This operation needs a user session, not an API key.")]
+    #[api(kind = PermissionDenied, code = "session_required")]
     SessionRequired,
+    /// The caller's role in the organization does not allow this.
     #[error("Your role in this organization does not allow this.")]
+    #[api(kind = PermissionDenied, code = "permission_denied")]
     PermissionDenied,
+    /// The API key lacks the scope the route needs.
     #[error("This API key lacks the `{0}` scope.")]
+    #[api(kind = PermissionDenied, code = "insufficient_scope")]
     InsufficientScope(String),
+    /// No such organization, or the caller is not a member.
     #[error("No such organization.")]
+    #[api(kind = NotFound, code = "organization_not_found")]
     OrganizationNotFound,
+    /// No such member in this organization.
     #[error("No such member in this organization.")]
+    #[api(kind = NotFound, code = "member_not_found")]
     MemberNotFound,
+    /// No account with this email.
     #[error("No account with this email.")]
+    #[api(kind = NotFound, code = "user_not_found", param = "email")]
     UserNotFound,
+    /// No such API key in this organization.
     #[error("No such API key.")]
+    #[api(kind = NotFound, code = "api_key_not_found")]
     ApiKeyNotFound,
+    /// The user is already a member of the organization.
     #[error("This user is already a member of the organization.")]
+    #[api(kind = Conflict, code = "already_member")]
     AlreadyMember,
+    /// The organization would be left without an owner.
     #[error("An organization must keep at least one owner.")]
+    #[api(kind = Conflict, code = "last_owner")]
     LastOwner,
+    /// The database or the remote auth service is unavailable; retry later.
     #[error("auth service unavailable: {0}")]
+    #[api(kind = Unavailable, code = "service_unavailable", fallback)]
     Unavailable(String),
+    /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
+    #[api(kind = Internal, code = "internal_error", fallback)]
     Internal(String),
 }
 
@@ -46,103 +87,15 @@ impl AuthError {
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         Self::Validation { field: field.to_owned(), message: message.into() }
     }
-
-    /// The stable code in the error envelope.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Validation { .. } => "validation_failed",
-            Self::EmailTaken => "email_taken",
-            Self::InvalidCredentials => "invalid_credentials",
-            Self::IncorrectPassword => "incorrect_password",
-            Self::Unauthenticated => "unauthenticated",
-            Self::TooManyAttempts { .. } => "too_many_attempts",
-            Self::SessionRequired => "session_required",
-            Self::PermissionDenied => "permission_denied",
-            Self::InsufficientScope(_) => "insufficient_scope",
-            Self::OrganizationNotFound => "organization_not_found",
-            Self::MemberNotFound => "member_not_found",
-            Self::UserNotFound => "user_not_found",
-            Self::ApiKeyNotFound => "api_key_not_found",
-            Self::AlreadyMember => "already_member",
-            Self::LastOwner => "last_owner",
-            Self::Unavailable(_) => "service_unavailable",
-            Self::Internal(_) => "internal_error",
-        }
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Validation { .. } => ErrorKind::Unprocessable,
-            Self::EmailTaken | Self::AlreadyMember | Self::LastOwner => ErrorKind::Conflict,
-            Self::InvalidCredentials | Self::Unauthenticated => ErrorKind::Unauthenticated,
-            Self::IncorrectPassword | Self::SessionRequired | Self::PermissionDenied | Self::InsufficientScope(_) => {
-                ErrorKind::PermissionDenied
-            }
-            Self::TooManyAttempts { .. } => ErrorKind::RateLimited,
-            Self::OrganizationNotFound | Self::MemberNotFound | Self::UserNotFound | Self::ApiKeyNotFound => {
-                ErrorKind::NotFound
-            }
-            Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Internal(_) => ErrorKind::Internal,
-        }
-    }
-
-    /// The request field the error is about.
-    pub fn param(&self) -> Option<&str> {
-        match self {
-            Self::Validation { field, .. } => Some(field),
-            Self::EmailTaken | Self::UserNotFound => Some("email"),
-            Self::IncorrectPassword => Some("current_password"),
-            _ => None,
-        }
-    }
-
-    /// Rebuilds the error from an envelope's code, so that a remote caller gets the same variant
-    /// as an in-process one. Unknown codes keep their kind's meaning.
-    pub fn from_remote(
-        status: u16,
-        code: &str,
-        message: String,
-        param: Option<String>,
-        retry_after_secs: Option<u64>,
-    ) -> Self {
-        match code {
-            "validation_failed" => Self::Validation { field: param.unwrap_or_default(), message },
-            "email_taken" => Self::EmailTaken,
-            "invalid_credentials" => Self::InvalidCredentials,
-            "incorrect_password" => Self::IncorrectPassword,
-            "unauthenticated" => Self::Unauthenticated,
-            "too_many_attempts" => Self::TooManyAttempts { retry_after_secs: retry_after_secs.unwrap_or(1) },
-            "session_required" => Self::SessionRequired,
-            "permission_denied" => Self::PermissionDenied,
-            "insufficient_scope" => {
-                let scope = message.split('`').nth(1).unwrap_or_default().to_owned();
-                Self::InsufficientScope(scope)
-            }
-            "organization_not_found" => Self::OrganizationNotFound,
-            "member_not_found" => Self::MemberNotFound,
-            "user_not_found" => Self::UserNotFound,
-            "api_key_not_found" => Self::ApiKeyNotFound,
-            "already_member" => Self::AlreadyMember,
-            "last_owner" => Self::LastOwner,
-            _ => match ErrorKind::from_status(status) {
-                ErrorKind::Unavailable => Self::Unavailable(message),
-                ErrorKind::Unauthenticated => Self::Unauthenticated,
-                ErrorKind::InvalidRequest | ErrorKind::Unprocessable | ErrorKind::PayloadTooLarge => {
-                    Self::Validation { field: param.unwrap_or_default(), message }
-                }
-                _ => Self::Internal(format!("remote auth service answered {status} {code}: {message}")),
-            },
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::error::WireError;
 
     #[test]
-    fn every_variant_round_trips_through_its_code() {
+    fn every_variant_round_trips_through_its_envelope() {
         let all = [
             AuthError::validation("email", "bad"),
             AuthError::EmailTaken,
@@ -160,19 +113,17 @@ mod tests {
             AuthError::AlreadyMember,
             AuthError::LastOwner,
         ];
+        assert_eq!(all.len() + 2, AuthError::CODES.len(), "every variant but the fallbacks is listed here");
         for error in all {
-            let retry = match &error {
-                AuthError::TooManyAttempts { retry_after_secs } => Some(*retry_after_secs),
-                _ => None,
+            let envelope = error.envelope().error;
+            let wire = WireError {
+                status: error.kind().status(),
+                code: envelope.code,
+                message: envelope.message,
+                param: envelope.param,
+                retry_after_secs: error.retry_after(),
             };
-            let back = AuthError::from_remote(
-                error.kind().status(),
-                error.code(),
-                error.to_string(),
-                error.param().map(str::to_owned),
-                retry,
-            );
-            assert_eq!(back, error);
+            assert_eq!(AuthError::from_wire(wire), error);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The auth domain: accounts, sessions, organizations and roles, API keys, login throttling.
 //!
-//! `api` and `error` are the contract and always compile; `server` adds the in-process service,
-//! its store and its routes; `client` adds the HTTP client implementing the same trait.
+//! `api` and `error` are the contract and always compile; `web` adds the `Caller` extractor that
+//! any domain's routes use to authenticate; `server` adds the in-process service, its store and
+//! its routes; `client` adds the HTTP client implementing the same trait; with both, `module`
+//! is what the gateway registers.
 
 pub mod api;
 pub mod config;
@@ -11,6 +13,8 @@ pub mod error;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(all(feature = "server", feature = "client"))]
+pub mod module;
 #[cfg(feature = "server")]
 mod password;
 #[cfg(feature = "server")]
@@ -19,6 +23,8 @@ pub mod service;
 mod store;
 #[cfg(feature = "server")]
 mod token;
+#[cfg(feature = "web")]
+pub mod web;
 
 /// The domain's name: its PostgreSQL schema, its SQLite file, its `--only` name.
 pub const DOMAIN: &str = "auth";
@@ -28,5 +34,7 @@ pub use api::*;
 pub use client::HttpAuthClient;
 pub use config::AuthConfig;
 pub use error::AuthError;
+#[cfg(all(feature = "server", feature = "client"))]
+pub use module::AuthModule;
 #[cfg(feature = "server")]
 pub use service::AuthService;

@@ -51,20 +51,22 @@ pub(crate) struct Hasher {
 }
 
 impl Hasher {
-    pub(crate) fn new(config: &Argon2Config, concurrency: usize) -> Result<Self, AuthError> {
-        let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
-            .map_err(|e| AuthError::Internal(format!("invalid argon2 parameters: {e}")))?;
+    /// Starts the hashing threads and computes the dummy hash on them (never on an async worker).
+    pub(crate) async fn new(config: &Argon2Config, concurrency: usize) -> Result<Self, AuthError> {
+        let params = argon2_params(config)?;
         let concurrency = match concurrency {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let dummy_hash = hash_blocking(&params, &Secret::new("keel-dummy-password"))?;
-        Ok(Self {
-            params,
+        let mut hasher = Self {
+            params: params.clone(),
             permits: Arc::new(Semaphore::new(concurrency)),
             threads: Arc::new(HashThreads::spawn(concurrency)?),
-            dummy_hash: dummy_hash.into(),
-        })
+            dummy_hash: Arc::from(""),
+        };
+        hasher.dummy_hash =
+            hasher.run(move || hash_blocking(&params, &Secret::new("keel-dummy-password"))).await?.into();
+        Ok(hasher)
     }
 
     pub(crate) async fn hash(&self, password: Secret) -> Result<String, AuthError> {
@@ -148,6 +150,12 @@ fn lower_own_priority() {
     }
 }
 
+/// The argon2 parameters of the configuration, or why they are unusable.
+pub(crate) fn argon2_params(config: &Argon2Config) -> Result<Params, AuthError> {
+    Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+        .map_err(|e| AuthError::Internal(format!("invalid argon2 parameters: {e}")))
+}
+
 fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
@@ -182,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn hash_is_argon2id_phc_with_configured_params_and_verifies() {
-        let hasher = Hasher::new(&FAST, 1).unwrap();
+        let hasher = Hasher::new(&FAST, 1).await.unwrap();
         let hash = hasher.hash(Secret::new("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{hash}");
         assert!(!hash.contains("correct horse"));
@@ -197,15 +205,15 @@ mod tests {
 
     #[tokio::test]
     async fn other_parameters_ask_for_a_rehash() {
-        let old = Hasher::new(&Argon2Config { memory_kib: 2048, ..FAST }, 1).unwrap();
+        let old = Hasher::new(&Argon2Config { memory_kib: 2048, ..FAST }, 1).await.unwrap();
         let hash = old.hash(Secret::new("correct horse")).await.unwrap();
-        let new = Hasher::new(&FAST, 1).unwrap();
+        let new = Hasher::new(&FAST, 1).await.unwrap();
         assert_eq!(new.verify(Secret::new("correct horse"), Some(hash)).await.unwrap(), Verified::Yes { rehash: true });
     }
 
     #[tokio::test]
     async fn missing_account_never_verifies() {
-        let hasher = Hasher::new(&FAST, 1).unwrap();
+        let hasher = Hasher::new(&FAST, 1).await.unwrap();
         assert_eq!(hasher.verify(Secret::new("keel-dummy-password"), None).await.unwrap(), Verified::No);
     }
 
@@ -213,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn hashing_runs_on_low_priority_batch_threads() {
         use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy};
-        let hasher = Hasher::new(&FAST, 2).unwrap();
+        let hasher = Hasher::new(&FAST, 2).await.unwrap();
         let (name, policy) = hasher
             .run(|| Ok((std::thread::current().name().map(str::to_owned), thread_schedule_policy().ok())))
             .await
@@ -224,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_hashes_is_bounded_by_the_semaphore_and_all_complete() {
-        let hasher = Hasher::new(&FAST, 2).unwrap();
+        let hasher = Hasher::new(&FAST, 2).await.unwrap();
         let tasks: Vec<_> = (0..16)
             .map(|n| {
                 let hasher = hasher.clone();

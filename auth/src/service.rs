@@ -8,8 +8,11 @@ use crate::store::{self, ApiKeyRow, MembershipRow, OrganizationRow, SessionRow, 
 use crate::token;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
-use shared::db::{Db, DbError, is_unique_violation};
-use shared::ratelimit::{FailureLimiter, FailurePolicy};
+use shared::db::{Db, DbError};
+use shared::module::Platform;
+use shared::ratelimit::{Attempt, FailureLimiter, FailurePolicy};
+use shared::scope::Scopes;
+use shared::text::{self, TextError};
 use shared::{Clock, Page, PageRequest, Secret};
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ pub struct AuthService {
     config: AuthConfig,
     clock: Arc<dyn Clock>,
     limiter: Arc<dyn FailureLimiter>,
+    scopes: Scopes,
     hasher: Hasher,
 }
 
@@ -39,16 +43,18 @@ impl AuthService {
         db.migrate(store::POSTGRES_MIGRATIONS, store::SQLITE_MIGRATIONS)
     }
 
-    /// Builds the service. Computes one password hash (the dummy used for unknown accounts), so
-    /// it takes a few milliseconds.
-    pub fn new(
-        db: Db,
-        config: AuthConfig,
-        clock: Arc<dyn Clock>,
-        limiter: Arc<dyn FailureLimiter>,
-    ) -> Result<Self, AuthError> {
-        let hasher = Hasher::new(&config.argon2, config.hash_concurrency)?;
-        Ok(Self { db, config, clock, limiter, hasher })
+    /// Builds the service over its (migrated) database. Computes one password hash (the dummy
+    /// used for unknown accounts) on the hashing threads, so it takes a few milliseconds.
+    pub async fn new(db: Db, config: AuthConfig, platform: &Platform) -> Result<Self, AuthError> {
+        let hasher = Hasher::new(&config.argon2, config.hash_concurrency).await?;
+        Ok(Self {
+            db,
+            config,
+            clock: platform.clock.clone(),
+            limiter: platform.failure_limiter.clone(),
+            scopes: platform.scopes.clone(),
+            hasher,
+        })
     }
 
     fn now(&self) -> NaiveDateTime {
@@ -63,30 +69,29 @@ impl AuthService {
         format!("login:account:{}", token::digest(email))
     }
 
-    fn ip_key(context: &RequestContext) -> Option<String> {
-        context.client_ip.map(|ip| format!("login:ip:{ip}"))
+    /// Reserves one password check on the account and the client address, in one atomic step:
+    /// `TooManyAttempts` while either is locked out. The reservation counts as a failure until
+    /// [`AuthService::settle_attempt`] says otherwise, so a concurrent burst cannot verify more
+    /// passwords than the limits allow.
+    async fn reserve_attempt(&self, account: &str, context: &RequestContext) -> Result<Attempt, AuthError> {
+        let throttle = self.config.throttle;
+        let mut keys = vec![(account.to_owned(), self.policy(throttle.max_failures_per_account))];
+        if let Some(ip) = context.client_ip {
+            keys.push((format!("login:ip:{ip}"), self.policy(throttle.max_failures_per_ip)));
+        }
+        self.limiter.reserve(&keys).await.map_err(|retry| AuthError::TooManyAttempts { retry_after_secs: retry.secs() })
     }
 
-    /// Fails with `TooManyAttempts` while the account or the client address is locked out.
-    async fn check_throttle(&self, account: &str, ip: Option<&str>) -> Result<(), AuthError> {
-        let throttle = self.config.throttle;
-        let mut retry = self.limiter.check(account, self.policy(throttle.max_failures_per_account)).await.err();
-        if let Some(ip) = ip
-            && let Err(ip_retry) = self.limiter.check(ip, self.policy(throttle.max_failures_per_ip)).await
-        {
-            retry = Some(retry.map_or(ip_retry, |r| r.max(ip_retry)));
-        }
-        match retry {
-            Some(retry) => Err(AuthError::TooManyAttempts { retry_after_secs: retry.secs() }),
-            None => Ok(()),
-        }
-    }
-
-    async fn record_failure(&self, account: &str, ip: Option<&str>) {
-        let throttle = self.config.throttle;
-        self.limiter.record_failure(account, self.policy(throttle.max_failures_per_account)).await;
-        if let Some(ip) = ip {
-            self.limiter.record_failure(ip, self.policy(throttle.max_failures_per_ip)).await;
+    /// Keeps the reserved attempt as a failure when the password was wrong; otherwise releases
+    /// it, and after a success forgets the account's failures.
+    async fn settle_attempt<T>(&self, attempt: Attempt, account: &str, outcome: &Result<T, AuthError>) {
+        match outcome {
+            Err(AuthError::InvalidCredentials | AuthError::IncorrectPassword) => {}
+            Err(_) => self.limiter.release(&attempt).await,
+            Ok(_) => {
+                self.limiter.release(&attempt).await;
+                self.limiter.clear(account).await;
+            }
         }
     }
 
@@ -123,7 +128,7 @@ impl AuthService {
                 if principal.organization_id != Some(organization_id) {
                     return Err(AuthError::OrganizationNotFound);
                 }
-                Ok(Access::Key { admin: principal.has_scope(Scope::Admin) })
+                Ok(Access::Key { admin: principal.has_scope(ADMIN_SCOPE), created_by: principal.key_created_by })
             }
         }
     }
@@ -154,6 +159,7 @@ impl AuthService {
             organization_id: None,
             api_key_id: None,
             scopes: Vec::new(),
+            key_created_by: None,
             credential: Secret::new(token),
         })
     }
@@ -161,7 +167,7 @@ impl AuthService {
     async fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let (lookup, secret) = token::parse_api_key(key).ok_or(AuthError::Unauthenticated)?;
         let lookup = lookup.to_owned();
-        let row = self
+        let (row, creator_role) = self
             .db
             .run(move |conn| store::find_api_key_by_lookup(conn, &lookup).map_err(AuthError::from))
             .await?
@@ -178,23 +184,55 @@ impl AuthService {
             let id = row.id.clone();
             self.db.run(move |conn| store::touch_api_key(conn, &id, now).map_err(AuthError::from)).await?;
         }
+        // An `admin` key acts on its creator's authority: it stops granting admin rights when
+        // the creator is no longer an owner or admin of the organization.
+        let creator_manages = creator_role.as_deref().and_then(Role::parse).is_some_and(Role::can_manage);
+        let scopes = parse_scopes(&row.scopes).into_iter().filter(|s| s != ADMIN_SCOPE || creator_manages).collect();
         Ok(Principal {
             kind: PrincipalKind::ApiKey,
             user_id: None,
             session_id: None,
             organization_id: Some(parse_id(&row.organization_id)?),
             api_key_id: Some(parse_id(&row.id)?),
-            scopes: parse_scopes(&row.scopes)?,
+            scopes,
+            key_created_by: row.created_by.as_deref().map(parse_id).transpose()?,
             credential: Secret::new(key),
         })
+    }
+
+    /// Looks the account up and verifies its password, against a dummy hash when there is no
+    /// such account so that both cost the same. Returns the user, the password and whether the
+    /// stored hash needs upgrading.
+    async fn check_password(&self, email: String, password: Secret) -> Result<(UserRow, Secret, bool), AuthError> {
+        // An email Keel would never store has no account: no query (PostgreSQL refuses NUL bytes).
+        let storable = email.chars().all(text::is_allowed);
+        let user = match storable {
+            true => self.db.run(move |conn| store::find_user_by_email(conn, &email).map_err(AuthError::from)).await?,
+            false => None,
+        };
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        match self.hasher.verify(password.clone(), hash).await? {
+            Verified::Yes { rehash } => Ok((user.ok_or(AuthError::InvalidCredentials)?, password, rehash)),
+            Verified::No => {
+                tracing::info!("login failed");
+                Err(AuthError::InvalidCredentials)
+            }
+        }
     }
 }
 
 /// What a caller may do in one organization.
 #[derive(Debug, Clone, Copy)]
 enum Access {
-    User { user_id: UserId, role: Role },
-    Key { admin: bool },
+    User {
+        user_id: UserId,
+        role: Role,
+    },
+    /// An API key; `created_by` is the user on whose authority it acts.
+    Key {
+        admin: bool,
+        created_by: Option<UserId>,
+    },
 }
 
 impl Access {
@@ -202,14 +240,14 @@ impl Access {
     fn role(self) -> Role {
         match self {
             Self::User { role, .. } => role,
-            Self::Key { admin: true } => Role::Admin,
-            Self::Key { admin: false } => Role::Member,
+            Self::Key { admin: true, .. } => Role::Admin,
+            Self::Key { admin: false, .. } => Role::Member,
         }
     }
 
     fn require_manage(self) -> Result<(), AuthError> {
         match self {
-            Self::Key { admin: false } => Err(AuthError::InsufficientScope(Scope::Admin.as_str().into())),
+            Self::Key { admin: false, .. } => Err(AuthError::InsufficientScope(ADMIN_SCOPE.into())),
             _ if self.role().can_manage() => Ok(()),
             _ => Err(AuthError::PermissionDenied),
         }
@@ -225,6 +263,14 @@ impl Access {
             Self::Key { .. } => None,
         }
     }
+
+    /// The user a new API key is created on behalf of: the caller, or a key's own creator.
+    fn creator(self) -> Option<UserId> {
+        match self {
+            Self::User { user_id, .. } => Some(user_id),
+            Self::Key { created_by, .. } => created_by,
+        }
+    }
 }
 
 fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T, AuthError> {
@@ -235,10 +281,10 @@ fn parse_role(s: &str) -> Result<Role, AuthError> {
     Role::parse(s).ok_or_else(|| AuthError::Internal(format!("unknown role {s:?} in the database")))
 }
 
-fn parse_scopes(s: &str) -> Result<Vec<Scope>, AuthError> {
-    s.split_whitespace()
-        .map(|scope| Scope::parse(scope).ok_or_else(|| AuthError::Internal(format!("unknown scope {scope:?}"))))
-        .collect()
+/// Scopes are stored space-separated. A scope no registered domain declares any more stays on
+/// the key (it is shown as created) and simply grants nothing.
+fn parse_scopes(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
 }
 
 fn utc(at: NaiveDateTime) -> DateTime<Utc> {
@@ -271,7 +317,7 @@ fn api_key_of(row: &ApiKeyRow) -> Result<ApiKey, AuthError> {
         id: parse_id(&row.id)?,
         name: row.name.clone(),
         prefix: token::prefix_of(&row.lookup),
-        scopes: parse_scopes(&row.scopes)?,
+        scopes: parse_scopes(&row.scopes),
         created_by: row.created_by.as_deref().map(parse_id).transpose()?,
         created_at: utc(row.created_at),
         expires_at: row.expires_at.map(utc),
@@ -279,11 +325,12 @@ fn api_key_of(row: &ApiKeyRow) -> Result<ApiKey, AuthError> {
     })
 }
 
-/// Trims and lowercases an email, and checks its shape loosely (one `@`, a dot in the domain).
+/// Trims and lowercases an email, and checks its shape loosely (one `@`, a dot in the domain,
+/// no whitespace, control or bidirectional formatting characters).
 fn normalize_email(email: &str) -> Result<String, AuthError> {
     let email = email.trim().to_lowercase();
     let valid = email.chars().count() <= MAX_EMAIL_CHARS
-        && !email.chars().any(char::is_whitespace)
+        && email.chars().all(|c| text::is_allowed(c) && !c.is_whitespace())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && !domain.contains('@')
@@ -294,23 +341,17 @@ fn normalize_email(email: &str) -> Result<String, AuthError> {
     if valid { Ok(email) } else { Err(AuthError::validation("email", "A valid email address is required.")) }
 }
 
-/// Trims a display name and checks its length; empty means none.
+/// Trims a display name and checks it (see `shared::text`); empty means none.
 fn clean_name(field: &str, name: &str, required: bool) -> Result<Option<String>, AuthError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return if required {
-            Err(AuthError::validation(field, format!("`{field}` must not be empty.")))
-        } else {
-            Ok(None)
-        };
+    match text::clean(name, MAX_NAME_CHARS) {
+        Ok(None) if required => Err(text_error(field, TextError::Empty)),
+        Ok(name) => Ok(name),
+        Err(e) => Err(text_error(field, e)),
     }
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(AuthError::validation(
-            field,
-            format!("`{field}` must be at most {MAX_NAME_CHARS} characters, without control characters."),
-        ));
-    }
-    Ok(Some(name.to_owned()))
+}
+
+fn text_error(field: &str, error: TextError) -> AuthError {
+    AuthError::validation(field, format!("`{field}` {error}."))
 }
 
 fn page_cursor<T: std::str::FromStr>(page: &PageRequest) -> Result<Option<String>, AuthError> {
@@ -352,8 +393,9 @@ impl AuthApi for AuthService {
         let (user, org) = self
             .db
             .transaction(move |conn| {
-                store::insert_user(conn, &user)
-                    .map_err(|e| if is_unique_violation(&e) { AuthError::EmailTaken } else { e.into() })?;
+                if !store::insert_user_if_new(conn, &user)? {
+                    return Err(AuthError::EmailTaken);
+                }
                 store::insert_organization(conn, &org)?;
                 store::insert_membership(conn, &membership)?;
                 store::insert_session(conn, &session)?;
@@ -374,23 +416,11 @@ impl AuthApi for AuthService {
         }
         let email = request.email.trim().to_lowercase();
         let account_key = Self::account_key(&email);
-        let ip_key = Self::ip_key(&context);
-        self.check_throttle(&account_key, ip_key.as_deref()).await?;
-
-        let user = self.db.run(move |conn| store::find_user_by_email(conn, &email).map_err(AuthError::from)).await?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let password = request.password.clone();
-        let rehash = match self.hasher.verify(request.password, hash).await? {
-            Verified::Yes { rehash } => rehash,
-            Verified::No => {
-                self.record_failure(&account_key, ip_key.as_deref()).await;
-                tracing::info!("login failed");
-                return Err(AuthError::InvalidCredentials);
-            }
-        };
-        let user = user.ok_or(AuthError::InvalidCredentials)?;
+        let attempt = self.reserve_attempt(&account_key, &context).await?;
+        let outcome = self.check_password(email, request.password).await;
+        self.settle_attempt(attempt, &account_key, &outcome).await;
+        let (user, password, rehash) = outcome?;
         tracing::Span::current().record("user.id", user.id.as_str());
-        self.limiter.clear(&account_key).await;
 
         let new_hash = if rehash { Some(self.hasher.hash(password).await?) } else { None };
         let (session, token) = self.new_session(&user.id)?;
@@ -413,6 +443,7 @@ impl AuthApi for AuthService {
 
     async fn authenticate(&self, token: &Secret) -> Result<Principal, AuthError> {
         let token = token.expose();
+        // Anything else cannot be a token Keel issued: no query for it.
         if token::is_session_token(token) {
             self.authenticate_session(token).await
         } else if token.starts_with(token::API_KEY_PREFIX) {
@@ -452,12 +483,14 @@ impl AuthApi for AuthService {
             .await?
             .ok_or(AuthError::Unauthenticated)?;
         let account_key = Self::account_key(&user.email);
-        let ip_key = Self::ip_key(&context);
-        self.check_throttle(&account_key, ip_key.as_deref()).await?;
-        if self.hasher.verify(request.current_password, Some(user.password_hash)).await? == Verified::No {
-            self.record_failure(&account_key, ip_key.as_deref()).await;
-            return Err(AuthError::IncorrectPassword);
-        }
+        let attempt = self.reserve_attempt(&account_key, &context).await?;
+        let outcome = match self.hasher.verify(request.current_password, Some(user.password_hash.clone())).await {
+            Ok(Verified::No) => Err(AuthError::IncorrectPassword),
+            Ok(Verified::Yes { .. }) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.settle_attempt(attempt, &account_key, &outcome).await;
+        outcome?;
         let hash = self.hasher.hash(request.new_password).await?;
         let now = self.now();
         let revoked = self
@@ -508,7 +541,7 @@ impl AuthApi for AuthService {
                         id: parse_id(&key.id)?,
                         name: key.name.clone(),
                         prefix: token::prefix_of(&key.lookup),
-                        scopes: parse_scopes(&key.scopes)?,
+                        scopes: principal.scopes.clone(),
                     },
                 })
             }
@@ -567,7 +600,7 @@ impl AuthApi for AuthService {
             }
             PrincipalKind::ApiKey => {
                 let org_id = principal.organization_id.ok_or(AuthError::Unauthenticated)?;
-                let role = Access::Key { admin: principal.has_scope(Scope::Admin) }.role();
+                let role = Access::Key { admin: principal.has_scope(ADMIN_SCOPE), created_by: None }.role();
                 let id = org_id.to_string();
                 let org = match after {
                     Some(after) if after >= id => None,
@@ -621,8 +654,9 @@ impl AuthApi for AuthService {
                 let user = store::find_user_by_email(conn, &email)?.ok_or(AuthError::UserNotFound)?;
                 let membership =
                     MembershipRow { organization_id: org, user_id: user.id.clone(), role, created_at: now };
-                store::insert_membership(conn, &membership)
-                    .map_err(|e| if is_unique_violation(&e) { AuthError::AlreadyMember } else { e.into() })?;
+                if !store::insert_membership_if_new(conn, &membership)? {
+                    return Err(AuthError::AlreadyMember);
+                }
                 Ok::<_, AuthError>((membership, user))
             })
             .await?;
@@ -706,11 +740,15 @@ impl AuthApi for AuthService {
         let access = self.access(principal, organization_id).await?;
         access.require_manage()?;
         let name = clean_name("name", &request.name, true)?.unwrap_or_default();
-        let mut scopes = request.scopes.unwrap_or_else(Scope::defaults);
+        let mut scopes = request.scopes.unwrap_or_else(|| self.scopes.defaults());
         scopes.sort();
         scopes.dedup();
-        if scopes.is_empty() {
-            return Err(AuthError::validation("scopes", "An API key needs at least one scope."));
+        if let Some(unknown) = scopes.iter().find(|s| !self.scopes.contains(s)) {
+            let known = self.scopes.all().iter().map(|d| d.name).collect::<Vec<_>>().join(", ");
+            return Err(AuthError::validation(
+                "scopes",
+                format!("Unknown scope {unknown:?}; the scopes are: {known}."),
+            ));
         }
         let now = self.clock.now();
         if request.expires_at.is_some_and(|at| at <= now) {
@@ -722,11 +760,11 @@ impl AuthApi for AuthService {
         let row = ApiKeyRow {
             id: id.to_string(),
             organization_id: organization_id.to_string(),
-            created_by: access.user_id().map(|u| u.to_string()),
+            created_by: access.creator().map(|u| u.to_string()),
             name: name.clone(),
             lookup: generated.lookup,
             secret_digest: generated.secret_digest,
-            scopes: scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+            scopes: scopes.join(" "),
             created_at: now.naive_utc(),
             expires_at: request.expires_at.map(|at| at.naive_utc()),
             last_used_at: None,
@@ -790,8 +828,19 @@ mod tests {
     #[test]
     fn emails_are_trimmed_lowercased_and_checked() {
         assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "a b@example.com", "a@b@example.com", "ada@.com"]
-        {
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "a b@example.com",
+            "a@b@example.com",
+            "ada@.com",
+            "ada\u{0}@example.com",
+            "ada@exam\u{202E}ple.com",
+            "ada\u{1}@example.com",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(normalize_email(&format!("{}@example.com", "a".repeat(250))).is_err());
@@ -804,6 +853,7 @@ mod tests {
         assert_eq!(clean_name("name", "", false).unwrap(), None);
         assert!(clean_name("name", &"x".repeat(201), false).is_err());
         assert!(clean_name("name", "a\u{0}b", false).is_err());
+        assert!(clean_name("name", "a\u{202E}b", false).is_err());
     }
 
     #[test]
@@ -812,8 +862,10 @@ mod tests {
         assert!(Access::User { user_id: user, role: Role::Member }.require_manage().is_err());
         assert!(Access::User { user_id: user, role: Role::Admin }.require_manage().is_ok());
         assert!(Access::User { user_id: user, role: Role::Admin }.require_owner().is_err());
-        assert_eq!(Access::Key { admin: false }.require_manage(), Err(AuthError::InsufficientScope("admin".into())));
-        assert!(Access::Key { admin: true }.require_manage().is_ok());
-        assert!(Access::Key { admin: true }.require_owner().is_err());
+        let key = |admin| Access::Key { admin, created_by: Some(user) };
+        assert_eq!(key(false).require_manage(), Err(AuthError::InsufficientScope("admin".into())));
+        assert!(key(true).require_manage().is_ok());
+        assert!(key(true).require_owner().is_err());
+        assert_eq!(key(true).creator(), Some(user));
     }
 }

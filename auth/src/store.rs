@@ -5,7 +5,7 @@ use crate::error::AuthError;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use shared::db::{Conn, DbError};
+use shared::db::Conn;
 
 pub(crate) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 pub(crate) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -74,20 +74,7 @@ pub(crate) mod schema {
 
 use schema::{api_keys, memberships, organizations, sessions, users};
 
-impl From<DbError> for AuthError {
-    fn from(error: DbError) -> Self {
-        match error {
-            DbError::Unavailable(message) => Self::Unavailable(message),
-            other => Self::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<diesel::result::Error> for AuthError {
-    fn from(error: diesel::result::Error) -> Self {
-        Self::Internal(error.to_string())
-    }
-}
+shared::impl_from_db_errors!(AuthError);
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -147,8 +134,16 @@ pub(crate) struct ApiKeyRow {
 
 // --- users ---
 
-pub(crate) fn insert_user(conn: &mut Conn, row: &UserRow) -> QueryResult<()> {
-    diesel::insert_into(users::table).values(row).execute(conn).map(drop)
+/// Inserts the user unless the email is taken; false when it is. `ON CONFLICT DO NOTHING`
+/// rather than a caught unique violation, because PostgreSQL writes the duplicate key (the
+/// email) into its server log with every unique-violation error.
+pub(crate) fn insert_user_if_new(conn: &mut Conn, row: &UserRow) -> QueryResult<bool> {
+    let insert = diesel::insert_into(users::table).values(row).on_conflict(users::email).do_nothing();
+    let inserted = match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
+    Ok(inserted == 1)
 }
 
 pub(crate) fn find_user_by_email(conn: &mut Conn, email: &str) -> QueryResult<Option<UserRow>> {
@@ -185,6 +180,19 @@ pub(crate) fn lock_organization(conn: &mut Conn, id: &str, now: NaiveDateTime) -
 
 pub(crate) fn insert_membership(conn: &mut Conn, row: &MembershipRow) -> QueryResult<()> {
     diesel::insert_into(memberships::table).values(row).execute(conn).map(drop)
+}
+
+/// Inserts the membership unless the user is already a member; false when they are.
+pub(crate) fn insert_membership_if_new(conn: &mut Conn, row: &MembershipRow) -> QueryResult<bool> {
+    let insert = diesel::insert_into(memberships::table)
+        .values(row)
+        .on_conflict((memberships::organization_id, memberships::user_id))
+        .do_nothing();
+    let inserted = match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
+    Ok(inserted == 1)
 }
 
 pub(crate) fn find_role(conn: &mut Conn, organization_id: &str, user_id: &str) -> QueryResult<Option<String>> {
@@ -306,8 +314,22 @@ pub(crate) fn insert_api_key(conn: &mut Conn, row: &ApiKeyRow) -> QueryResult<()
     diesel::insert_into(api_keys::table).values(row).execute(conn).map(drop)
 }
 
-pub(crate) fn find_api_key_by_lookup(conn: &mut Conn, lookup: &str) -> QueryResult<Option<ApiKeyRow>> {
-    api_keys::table.filter(api_keys::lookup.eq(lookup)).select(ApiKeyRow::as_select()).first(conn).optional()
+/// The key with this lookup part, and its creator's current role in the key's organization
+/// (none when the creator left it or was deleted): one query.
+pub(crate) fn find_api_key_by_lookup(
+    conn: &mut Conn,
+    lookup: &str,
+) -> QueryResult<Option<(ApiKeyRow, Option<String>)>> {
+    api_keys::table
+        .left_join(
+            memberships::table.on(memberships::organization_id
+                .eq(api_keys::organization_id)
+                .and(api_keys::created_by.eq(memberships::user_id.nullable()))),
+        )
+        .filter(api_keys::lookup.eq(lookup))
+        .select((ApiKeyRow::as_select(), memberships::role.nullable()))
+        .first(conn)
+        .optional()
 }
 
 pub(crate) fn find_api_key(conn: &mut Conn, id: &str) -> QueryResult<Option<ApiKeyRow>> {

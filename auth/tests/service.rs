@@ -7,9 +7,11 @@ use auth::config::{Argon2Config, ThrottleConfig};
 use auth::*;
 use chrono::Duration;
 use diesel::prelude::*;
+use shared::backend_tests;
 use shared::db::{Conn, Db, DbError};
-use shared::ratelimit::InMemoryFailureLimiter;
-use shared::testing::{TestDatabase, backends};
+use shared::module::Module;
+use shared::scope::ScopeDef;
+use shared::testing::{TestBackend, TestDatabase};
 use shared::{ManualClock, PageRequest, Secret};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,27 +35,23 @@ fn config() -> AuthConfig {
     }
 }
 
-fn service_on(db: &Db, clock: &ManualClock, config: AuthConfig) -> AuthService {
-    let limiter = Arc::new(InMemoryFailureLimiter::new(Arc::new(clock.clone())));
-    AuthService::new(db.clone(), config, Arc::new(clock.clone()), limiter).unwrap()
+/// A scope another domain declares (as inference will), default for new keys.
+const INFERENCE: ScopeDef = ScopeDef { name: "inference", description: "Chat and embeddings.", default: true };
+
+async fn service_on(db: &Db, clock: &ManualClock, config: AuthConfig) -> AuthService {
+    let modules: Vec<Arc<dyn Module>> = vec![Arc::new(AuthModule::default())];
+    let mut platform = shared::testing::platform_with(&modules, Arc::new(clock.clone()));
+    platform.scopes = shared::scope::Scopes::new([auth::SCOPES, &[INFERENCE]].concat());
+    AuthService::new(db.clone(), config, &platform).await.unwrap()
 }
 
-fn fixtures_with(config: AuthConfig) -> Vec<Fixture> {
-    backends()
-        .iter()
-        .map(|backend| {
-            let database = TestDatabase::new(backend);
-            let db = Db::connect(&database.domain(auth::DOMAIN)).unwrap();
-            AuthService::migrate(&db).unwrap();
-            let clock = ManualClock::default();
-            let service = service_on(&db, &clock, config.clone());
-            Fixture { _database: database, db, clock, service }
-        })
-        .collect()
-}
-
-fn fixtures() -> Vec<Fixture> {
-    fixtures_with(config())
+async fn fixture(backend: &TestBackend) -> Fixture {
+    let modules: Vec<Arc<dyn Module>> = vec![Arc::new(AuthModule::default())];
+    let database = TestDatabase::migrated(backend, &modules);
+    let db = database.open(auth::DOMAIN).await;
+    let clock = ManualClock::default();
+    let service = service_on(&db, &clock, config()).await;
+    Fixture { _database: database, db, clock, service }
 }
 
 fn from_ip(ip: &str) -> RequestContext {
@@ -103,9 +101,9 @@ async fn stored_hash(db: &Db, email: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn login_lockout_per_account_holds_even_for_the_right_password_until_the_window_slides() {
-    for f in fixtures() {
+backend_tests! {
+    async fn login_lockout_per_account_holds_even_for_the_right_password_until_the_window_slides(backend) {
+        let f = fixture(&backend).await;
         signup(&f.service, "ada@example.com").await;
         for _ in 0..3 {
             let err = login(&f.service, "ada@example.com", "wrong password", from_ip("192.0.2.1")).await.unwrap_err();
@@ -120,9 +118,9 @@ async fn login_lockout_per_account_holds_even_for_the_right_password_until_the_w
     }
 }
 
-#[tokio::test]
-async fn login_lockout_per_client_ip_covers_every_account_and_unknown_emails() {
-    for f in fixtures() {
+backend_tests! {
+    async fn login_lockout_per_client_ip_covers_every_account_and_unknown_emails(backend) {
+        let f = fixture(&backend).await;
         signup(&f.service, "bob@example.com").await;
         for n in 0..5 {
             let email = format!("nobody{n}@example.com");
@@ -136,9 +134,9 @@ async fn login_lockout_per_client_ip_covers_every_account_and_unknown_emails() {
     }
 }
 
-#[tokio::test]
-async fn a_successful_login_clears_the_account_failures() {
-    for f in fixtures() {
+backend_tests! {
+    async fn a_successful_login_clears_the_account_failures(backend) {
+        let f = fixture(&backend).await;
         signup(&f.service, "cy@example.com").await;
         for _ in 0..2 {
             login(&f.service, "cy@example.com", "wrong password", RequestContext::default()).await.unwrap_err();
@@ -151,9 +149,9 @@ async fn a_successful_login_clears_the_account_failures() {
     }
 }
 
-#[tokio::test]
-async fn sessions_expire_after_their_ttl() {
-    for f in fixtures() {
+backend_tests! {
+    async fn sessions_expire_after_their_ttl(backend) {
+        let f = fixture(&backend).await;
         let signed = signup(&f.service, "dee@example.com").await;
         assert_eq!(signed.expires_at, f.clock_now_plus(3600));
         f.service.authenticate(&signed.token).await.unwrap();
@@ -169,16 +167,16 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn login_upgrades_a_hash_made_with_other_parameters() {
-    for f in fixtures() {
+backend_tests! {
+    async fn login_upgrades_a_hash_made_with_other_parameters(backend) {
+        let f = fixture(&backend).await;
         signup(&f.service, "eve@example.com").await;
         let old = stored_hash(&f.db, "eve@example.com").await;
         assert!(old.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{old}");
 
         let stronger =
             AuthConfig { argon2: Argon2Config { memory_kib: 2048, iterations: 2, parallelism: 1 }, ..config() };
-        let upgraded_service = service_on(&f.db, &f.clock, stronger);
+        let upgraded_service = service_on(&f.db, &f.clock, stronger).await;
         login(&upgraded_service, "eve@example.com", PASSWORD, RequestContext::default()).await.unwrap();
         let new = stored_hash(&f.db, "eve@example.com").await;
         assert!(new.starts_with("$argon2id$v=19$m=2048,t=2,p=1$"), "{new}");
@@ -188,9 +186,9 @@ async fn login_upgrades_a_hash_made_with_other_parameters() {
     }
 }
 
-#[tokio::test]
-async fn invalid_signups_store_nothing() {
-    for f in fixtures() {
+backend_tests! {
+    async fn invalid_signups_store_nothing(backend) {
+        let f = fixture(&backend).await;
         let cases = [
             ("not-an-email", PASSWORD.to_owned(), "email"),
             ("fay@example.com", "short".to_owned(), "password"),
@@ -213,9 +211,9 @@ async fn invalid_signups_store_nothing() {
     }
 }
 
-#[tokio::test]
-async fn changing_the_password_revokes_the_other_sessions_only() {
-    for f in fixtures() {
+backend_tests! {
+    async fn changing_the_password_revokes_the_other_sessions_only(backend) {
+        let f = fixture(&backend).await;
         let first = signup(&f.service, "gus@example.com").await;
         let second = login(&f.service, "gus@example.com", PASSWORD, RequestContext::default()).await.unwrap();
         let principal = f.service.authenticate(&second.token).await.unwrap();
@@ -242,9 +240,9 @@ async fn changing_the_password_revokes_the_other_sessions_only() {
     }
 }
 
-#[tokio::test]
-async fn api_keys_expire_and_record_last_use_at_most_once_a_minute() {
-    for f in fixtures() {
+backend_tests! {
+    async fn api_keys_expire_and_record_last_use_at_most_once_a_minute(backend) {
+        let f = fixture(&backend).await;
         let owner = signup(&f.service, "hal@example.com").await;
         let principal = f.service.authenticate(&owner.token).await.unwrap();
         let org = owner.organization.id;
@@ -255,7 +253,7 @@ async fn api_keys_expire_and_record_last_use_at_most_once_a_minute() {
             expires_at: Some(f.clock.now() + Duration::seconds(300)),
         };
         let key = f.service.create_api_key(&principal, org, request).await.unwrap();
-        assert_eq!(key.scopes, vec![Scope::Inference, Scope::Rag]);
+        assert_eq!(key.scopes, vec!["inference".to_owned()], "the declared defaults");
 
         let listed = f.service.list_api_keys(&principal, org, PageRequest::default()).await.unwrap();
         assert_eq!(listed.data[0].last_used_at, None);
@@ -282,14 +280,20 @@ async fn api_keys_expire_and_record_last_use_at_most_once_a_minute() {
             f.service.create_api_key(&principal, org, past).await,
             Err(AuthError::Validation { ref field, .. }) if field == "expires_at"
         ));
+        let unknown = CreateApiKeyRequest { name: "x".into(), scopes: Some(vec!["everything".into()]), expires_at: None };
+        assert!(matches!(
+            f.service.create_api_key(&principal, org, unknown).await,
+            Err(AuthError::Validation { ref field, .. }) if field == "scopes"
+        ));
+        // A key without scopes identifies its organization and may do nothing else.
         let none = CreateApiKeyRequest { name: "none".into(), scopes: Some(vec![]), expires_at: None };
-        assert!(matches!(f.service.create_api_key(&principal, org, none).await, Err(AuthError::Validation { .. })));
+        assert_eq!(f.service.create_api_key(&principal, org, none).await.unwrap().scopes, Vec::<String>::new());
     }
 }
 
-#[tokio::test]
-async fn a_tampered_api_key_is_refused() {
-    for f in fixtures() {
+backend_tests! {
+    async fn a_tampered_api_key_is_refused(backend) {
+        let f = fixture(&backend).await;
         let owner = signup(&f.service, "ivy@example.com").await;
         let principal = f.service.authenticate(&owner.token).await.unwrap();
         let request = CreateApiKeyRequest { name: "k".into(), scopes: None, expires_at: None };
@@ -304,9 +308,9 @@ async fn a_tampered_api_key_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn members_are_paginated_by_keyset() {
-    for f in fixtures() {
+backend_tests! {
+    async fn members_are_paginated_by_keyset(backend) {
+        let f = fixture(&backend).await;
         let owner = signup(&f.service, "jo@example.com").await;
         let principal = f.service.authenticate(&owner.token).await.unwrap();
         let org = owner.organization.id;
@@ -339,9 +343,9 @@ async fn members_are_paginated_by_keyset() {
     }
 }
 
-#[tokio::test]
-async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
-    for f in fixtures() {
+backend_tests! {
+    async fn two_owners_demoting_each_other_at_once_leave_one_owner(backend) {
+        let f = fixture(&backend).await;
         let a = signup(&f.service, "ka@example.com").await;
         let b = signup(&f.service, "kb@example.com").await;
         let pa = f.service.authenticate(&a.token).await.unwrap();
@@ -378,9 +382,9 @@ async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
     }
 }
 
-#[tokio::test]
-async fn api_key_scopes_govern_organization_management() {
-    for f in fixtures() {
+backend_tests! {
+    async fn api_key_scopes_govern_organization_management(backend) {
+        let f = fixture(&backend).await;
         let owner = signup(&f.service, "lu@example.com").await;
         let principal = f.service.authenticate(&owner.token).await.unwrap();
         let org = owner.organization.id;
@@ -397,7 +401,7 @@ async fn api_key_scopes_govern_organization_management() {
         assert_eq!(f.service.list_members(&plain, org, PageRequest::default()).await.unwrap().data.len(), 1);
         assert_eq!(f.service.logout(&plain).await.unwrap_err(), AuthError::SessionRequired);
 
-        let admin = CreateApiKeyRequest { name: "admin".into(), scopes: Some(vec![Scope::Admin]), expires_at: None };
+        let admin = CreateApiKeyRequest { name: "admin".into(), scopes: Some(vec!["admin".into()]), expires_at: None };
         let admin = f.service.create_api_key(&principal, org, admin).await.unwrap();
         let admin = f.service.authenticate(&admin.key).await.unwrap();
         let add = AddMemberRequest { email: "lv@example.com".into(), role: Role::Member };

@@ -1,8 +1,7 @@
-//! The actix application: shared app data, the gateway's own routes (`/healthz`, `/readyz`,
+//! The actix application: app data, the gateway's own routes (`/healthz`, `/readyz`,
 //! `/openapi.json`), each served domain's routes, request ids, and the 404 fallback.
 
-use crate::compose::Services;
-use crate::domain::Domain;
+use crate::compose::Built;
 use crate::error::GatewayError;
 use crate::middleware::request_id;
 use crate::openapi;
@@ -11,12 +10,11 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse};
-use auth::AuthApi;
 use serde::{Deserialize, Serialize};
 use shared::config::HttpConfig;
-use shared::http::{
-    TrustedProxies, envelope_response, json_config, not_found, path_config, payload_config, query_config,
-};
+use shared::http::{BodyLimit, Resource, TrustedProxies, envelope_response, not_found, path_config};
+use shared::module::Component;
+use shared::scope::Scopes;
 use shared::{ErrorEnvelope, ErrorKind};
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -24,35 +22,52 @@ use utoipa::ToSchema;
 /// Everything the application factory needs; cloned into each worker.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    services: Services,
-    domains: Vec<Domain>,
+    built: Vec<Built>,
+    /// The domains whose routes are served.
+    served: Vec<&'static str>,
     trusted_proxies: TrustedProxies,
-    body_limit_bytes: usize,
+    body_limit: BodyLimit,
     openapi_json: Bytes,
 }
 
 impl AppState {
-    /// `domains` are the domains whose routes are served (see [`Domain::select`]).
-    pub fn new(services: Services, domains: Vec<Domain>, http: &HttpConfig) -> Result<Self, GatewayError> {
-        let openapi_json = openapi::document(&domains).to_json().map_err(|e| GatewayError::OpenApi(e.to_string()))?;
+    /// `served` names the domains whose routes are served (see [`select`]).
+    pub fn new(built: Vec<Built>, served: Vec<&'static str>, http: &HttpConfig) -> Result<Self, GatewayError> {
+        let scopes = Scopes::new(built.iter().flat_map(|b| b.module.scopes().iter().copied()).collect());
+        let modules: Vec<_> = built.iter().filter(|b| served.contains(&b.module.name())).map(|b| &b.module).collect();
+        let document = openapi::document(&modules, &scopes);
+        let openapi_json = document.to_json().map_err(|e| GatewayError::OpenApi(e.to_string()))?;
         Ok(Self {
-            services,
-            domains,
+            built,
+            served,
             trusted_proxies: TrustedProxies(http.trusted_proxies.clone()),
-            body_limit_bytes: http.body_limit_bytes,
+            body_limit: BodyLimit(http.body_limit_bytes),
             openapi_json: Bytes::from(openapi_json),
         })
     }
 
-    pub fn domains(&self) -> &[Domain] {
-        &self.domains
+    pub fn served(&self) -> &[&'static str] {
+        &self.served
+    }
+
+    fn serves(&self, built: &Built) -> bool {
+        self.served.contains(&built.module.name())
     }
 }
 
-/// The domains whose readiness `/readyz` reports.
-struct Readiness {
-    auth: Option<Arc<dyn AuthApi>>,
+/// The domains to serve: `only` when given and non-empty, otherwise every registered domain;
+/// in registration order, without duplicates.
+pub fn select(only: Option<Vec<String>>) -> Result<Vec<&'static str>, GatewayError> {
+    let names = crate::config::DOMAIN_NAMES;
+    let Some(only) = only.filter(|o| !o.is_empty()) else { return Ok(names.to_vec()) };
+    if let Some(unknown) = only.iter().find(|o| !names.contains(&o.as_str())) {
+        return Err(GatewayError::UnknownDomain(unknown.clone()));
+    }
+    Ok(names.iter().copied().filter(|n| only.iter().any(|o| o == n)).collect())
 }
+
+/// The served domains whose readiness `/readyz` reports.
+struct Readiness(Vec<(&'static str, Arc<dyn Component>)>);
 
 /// The gateway's application, for `HttpServer::new` and for `actix_web::test::init_service`.
 pub fn app(
@@ -66,22 +81,28 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let serves = |domain| state.domains.contains(&domain);
-    let readiness = Readiness { auth: serves(Domain::Auth).then(|| state.services.auth.clone()) };
+    let readiness = Readiness(
+        state.built.iter().filter(|b| state.serves(b)).map(|b| (b.module.name(), b.component.clone())).collect(),
+    );
     let mut app = App::new()
-        .app_data(web::Data::from(state.services.auth.clone()))
         .app_data(web::Data::new(state.trusted_proxies.clone()))
+        .app_data(web::Data::new(state.body_limit))
         .app_data(web::Data::new(readiness))
         .app_data(web::Data::new(OpenApiJson(state.openapi_json.clone())))
-        .app_data(json_config(state.body_limit_bytes))
-        .app_data(payload_config(state.body_limit_bytes))
         .app_data(path_config())
-        .app_data(query_config())
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/openapi.json", web::get().to(openapi_json));
-    if serves(Domain::Auth) {
-        app = app.configure(auth::http::configure);
+        .configure(|cfg| {
+            Resource::new("/healthz").get(healthz).register(cfg);
+            Resource::new("/readyz").get(readyz).register(cfg);
+            Resource::new("/openapi.json").get(openapi_json).register(cfg);
+        });
+    // Every domain's contract is app data, served or not: other domains' routes use them.
+    for built in &state.built {
+        let component = built.component.clone();
+        app = app.configure(move |cfg| component.app_data(cfg));
+    }
+    for built in state.built.iter().filter(|b| state.serves(b)) {
+        let module = built.module.clone();
+        app = app.configure(move |cfg| module.routes(cfg));
     }
     app.default_service(web::to(not_found)).wrap(from_fn(request_id))
 }
@@ -120,20 +141,20 @@ async fn healthz() -> HttpResponse {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Ready to serve.", body = HealthResponse),
-        (status = 503, description = "A served domain cannot serve requests.", body = ErrorEnvelope),
+        (status = 503, description = "`not_ready`: a served domain cannot serve requests.", body = ErrorEnvelope),
     )
 )]
 async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
-    if let Some(auth) = &readiness.auth
-        && let Err(error) = auth.ready().await
-    {
-        tracing::warn!(domain = auth::DOMAIN, error.code = error.code(), error.cause = %error, "not ready");
-        return envelope_response(
-            ErrorKind::Unavailable,
-            "not_ready",
-            format!("Not ready: the {} domain is unavailable.", auth::DOMAIN),
-            None,
-        );
+    for (domain, component) in &readiness.0 {
+        if let Err(cause) = component.ready().await {
+            tracing::warn!(domain, error.cause = %cause, "not ready");
+            return envelope_response(
+                ErrorKind::Unavailable,
+                "not_ready",
+                format!("Not ready: the {domain} domain is unavailable."),
+                None,
+            );
+        }
     }
     HttpResponse::Ok().json(HealthResponse::ok())
 }
@@ -160,6 +181,7 @@ mod tests {
     use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
     use auth::*;
     use serde_json::{Value, json};
+    use shared::module::Contract;
     use shared::{Page, PageRequest, Secret};
 
     /// An auth domain whose only working method is `ready`.
@@ -254,8 +276,10 @@ mod tests {
     }
 
     fn state(ready: Result<(), AuthError>) -> AppState {
-        let services = Services { auth: Arc::new(FakeAuth { ready }) };
-        AppState::new(services, Domain::select(None), &HttpConfig::default()).unwrap()
+        let api: Arc<dyn AuthApi> = Arc::new(FakeAuth { ready });
+        let component = Contract::new(api, |api| Box::pin(async move { api.ready().await.map_err(|e| e.to_string()) }));
+        let built = vec![Built { module: Arc::new(AuthModule::default()), component }];
+        AppState::new(built, select(None).unwrap(), &HttpConfig::default()).unwrap()
     }
 
     fn request_id(response: &ServiceResponse<impl MessageBody>) -> String {

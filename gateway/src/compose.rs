@@ -1,83 +1,100 @@
-//! The composition root: the one place that knows the concrete types behind each domain's
-//! contract, and picks in-process or remote for each from the configuration.
+//! The composition root: builds every registered domain, in-process over its own database or
+//! remote through its client, and hands each one the contracts of the domains before it.
 
 use crate::config::GatewayConfig;
-use crate::domain::Domain;
 use crate::error::GatewayError;
-use auth::{AuthApi, AuthService, HttpAuthClient};
 use shared::SystemClock;
 use shared::db::Db;
+use shared::module::{Component, Contracts, Module, Platform};
 use shared::ratelimit::InMemoryFailureLimiter;
+use shared::scope::Scopes;
 use std::sync::Arc;
 
-/// Every domain's contract, ready to serve.
+/// A built domain.
 #[derive(Clone)]
-pub struct Services {
-    pub auth: Arc<dyn AuthApi>,
+pub struct Built {
+    pub module: Arc<dyn Module>,
+    pub component: Arc<dyn Component>,
 }
 
-impl std::fmt::Debug for Services {
+impl std::fmt::Debug for Built {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Services").finish_non_exhaustive()
+        f.debug_struct("Built").field("domain", &self.module.name()).finish_non_exhaustive()
+    }
+}
+
+/// What the platform gives the domains of this process.
+pub fn platform(config: &GatewayConfig, modules: &[Arc<dyn Module>]) -> Platform {
+    let clock = Arc::new(SystemClock);
+    Platform {
+        clock: clock.clone(),
+        failure_limiter: Arc::new(InMemoryFailureLimiter::new(clock)),
+        scopes: Scopes::new(modules.iter().flat_map(|m| m.scopes().iter().copied()).collect()),
+        remote: config.remote.clone(),
     }
 }
 
 /// Builds every domain: remote when its `url` is configured, otherwise in-process over its own
 /// database (migrated first when `database.migrate_on_start` is set).
-pub async fn build(config: &GatewayConfig) -> Result<Services, GatewayError> {
-    let auth: Arc<dyn AuthApi> = match &config.auth.url {
-        Some(url) => {
-            // The URL itself is not logged: it may carry credentials.
-            tracing::info!(domain = auth::DOMAIN, "using the remote auth service");
-            Arc::new(HttpAuthClient::new(url).map_err(|e| domain_error(Domain::Auth, e))?)
-        }
-        None => {
-            let db = open_auth_db(config).await?;
-            if config.database.migrate_on_start {
-                migrate_auth(&db).await?;
+pub async fn build(config: &GatewayConfig) -> Result<Vec<Built>, GatewayError> {
+    let modules = config.modules();
+    let platform = platform(config, &modules);
+    let mut contracts = Contracts::default();
+    let mut built = Vec::with_capacity(modules.len());
+    for module in modules {
+        let name = module.name();
+        let component = match module.remote_url() {
+            Some(url) => {
+                // The URL itself is not logged: it may carry credentials.
+                tracing::info!(domain = name, "using the remote service");
+                module.build_remote(url, &platform).map_err(|source| GatewayError::Domain { domain: name, source })?
             }
-            let clock = Arc::new(SystemClock);
-            let limiter = Arc::new(InMemoryFailureLimiter::new(clock.clone()));
-            Arc::new(
-                AuthService::new(db, config.auth.clone(), clock, limiter).map_err(|e| domain_error(Domain::Auth, e))?,
-            )
-        }
-    };
-    Ok(Services { auth })
+            None => {
+                let db = open(config, module.as_ref()).await?;
+                if config.database.migrate_on_start {
+                    migrate(module.as_ref(), &db).await?;
+                }
+                module
+                    .build_local(db, &platform, &contracts)
+                    .await
+                    .map_err(|source| GatewayError::Domain { domain: name, source })?
+            }
+        };
+        component.provide(&mut contracts);
+        built.push(Built { module, component });
+    }
+    Ok(built)
 }
 
 /// Applies the pending migrations of every in-process domain; returns how many ran per domain.
 /// A domain reached over HTTP is migrated by the process that serves it.
-pub async fn migrate(config: &GatewayConfig) -> Result<Vec<(Domain, usize)>, GatewayError> {
+pub async fn migrate_all(config: &GatewayConfig) -> Result<Vec<(&'static str, usize)>, GatewayError> {
     let mut applied = Vec::new();
-    if config.auth.url.is_none() {
-        let db = open_auth_db(config).await?;
-        applied.push((Domain::Auth, migrate_auth(&db).await?));
+    for module in config.modules().iter().filter(|m| m.remote_url().is_none()) {
+        let db = open(config, module.as_ref()).await?;
+        applied.push((module.name(), migrate(module.as_ref(), &db).await?));
     }
     Ok(applied)
 }
 
-async fn open_auth_db(config: &GatewayConfig) -> Result<Db, GatewayError> {
+async fn open(config: &GatewayConfig, module: &dyn Module) -> Result<Db, GatewayError> {
+    let domain = module.name();
     let settings = config
         .database
-        .for_domain(auth::DOMAIN, &config.auth.database)
-        .map_err(|source| GatewayError::DatabaseUrl { domain: Domain::Auth, source })?;
-    blocking(move || Db::connect(&settings))
-        .await?
-        .map_err(|source| GatewayError::Database { domain: Domain::Auth, source })
+        .for_domain(domain, module.database())
+        .map_err(|source| GatewayError::DatabaseUrl { domain, source })?;
+    blocking(move || Db::connect(&settings)).await?.map_err(|source| GatewayError::Database { domain, source })
 }
 
-async fn migrate_auth(db: &Db) -> Result<usize, GatewayError> {
+async fn migrate(module: &dyn Module, db: &Db) -> Result<usize, GatewayError> {
+    let domain = module.name();
+    let migrations = module.migrations();
     let db = db.clone();
-    let applied = blocking(move || AuthService::migrate(&db))
+    let applied = blocking(move || db.migrate(migrations.postgres, migrations.sqlite))
         .await?
-        .map_err(|source| GatewayError::Database { domain: Domain::Auth, source })?;
-    tracing::info!(domain = auth::DOMAIN, migrations.applied = applied, "database migrated");
+        .map_err(|source| GatewayError::Database { domain, source })?;
+    tracing::info!(domain, migrations.applied = applied, "database migrated");
     Ok(applied)
-}
-
-fn domain_error(domain: Domain, error: impl std::error::Error + Send + Sync + 'static) -> GatewayError {
-    GatewayError::Domain { domain, source: Box::new(error) }
 }
 
 /// Runs blocking start-up work (opening pools, migrating) off the async thread.

@@ -1,17 +1,17 @@
-//! `GatewayError`: why a gateway could not start, migrate or keep serving.
-
-use crate::domain::Domain;
+//! Why a gateway could not start, migrate or keep serving.
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Config(#[from] shared::config::ConfigError),
+    Config(#[from] crate::config::ConfigError),
     #[error("{domain} database settings: {source}")]
-    DatabaseUrl { domain: Domain, source: shared::config::DatabaseUrlError },
+    DatabaseUrl { domain: &'static str, source: shared::config::DatabaseUrlError },
     #[error("{domain} database: {source}")]
-    Database { domain: Domain, source: shared::db::DbError },
+    Database { domain: &'static str, source: shared::db::DbError },
     #[error("{domain} domain: {source}")]
-    Domain { domain: Domain, source: Box<dyn std::error::Error + Send + Sync> },
+    Domain { domain: &'static str, source: shared::module::BoxError },
+    #[error("unknown domain {0:?}; the domains are {known}", known = crate::config::DOMAIN_NAMES.join(", "))]
+    UnknownDomain(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("HTTP server: {0}")]

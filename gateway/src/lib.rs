@@ -8,15 +8,14 @@
 pub mod app;
 pub mod compose;
 pub mod config;
-pub mod domain;
+pub mod domains;
 pub mod error;
+pub mod guard;
 pub mod middleware;
 pub mod openapi;
 pub mod server;
 
-pub use app::{AppState, app};
-pub use compose::Services;
-pub use config::GatewayConfig;
-pub use domain::Domain;
+pub use app::{AppState, app, select};
+pub use config::{DOMAIN_NAMES, GatewayConfig};
 pub use error::GatewayError;
 pub use server::{RunningGateway, start};

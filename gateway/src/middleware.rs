@@ -4,7 +4,6 @@
 //! ends with one `request completed` line with the status and `duration_ms`. Headers, query
 //! strings and bodies are never logged: they carry tokens and passwords.
 
-use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -17,10 +16,6 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(shared::reques
 
 /// The longest request id taken from a client; a longer one is replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// The id of the request being handled, in the request's extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
 
 /// The caller's request id when it is sane (1 to 128 visible ASCII characters), otherwise a new
 /// UUIDv7.
@@ -48,7 +43,6 @@ pub async fn request_id(
         url.path = req.path(),
         request.id = %id,
     );
-    req.extensions_mut().insert(RequestId(id.clone()));
 
     // The id also travels with the task, for calls to remote domain services.
     let result = shared::request_id::scope(id.clone(), next.call(req).instrument(span.clone())).await;

@@ -1,6 +1,9 @@
-//! The OpenAPI 3.1 document of a gateway: its own routes merged with each served domain's.
+//! The OpenAPI 3.1 document of a gateway: its own routes merged with each served domain's, and
+//! the error responses every operation can get, added from one place (`shared::openapi`).
 
-use crate::domain::Domain;
+use shared::module::Module;
+use shared::scope::Scopes;
+use std::sync::Arc;
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -11,18 +14,17 @@ use utoipa::OpenApi;
                        `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`."
     ),
     paths(crate::app::healthz, crate::app::readyz, crate::app::openapi_json),
-    components(schemas(crate::app::HealthResponse, shared::ErrorEnvelope, shared::ErrorBody)),
+    components(schemas(crate::app::HealthResponse)),
     tags((name = "health", description = "Liveness, readiness and this document."))
 )]
 struct GatewayDoc;
 
-/// The document covering the gateway's routes and those of `domains`.
-pub fn document(domains: &[Domain]) -> utoipa::openapi::OpenApi {
+/// The document covering the gateway's routes and those of `served`.
+pub fn document(served: &[&Arc<dyn Module>], scopes: &Scopes) -> utoipa::openapi::OpenApi {
     let mut document = GatewayDoc::openapi();
-    for domain in domains {
-        match domain {
-            Domain::Auth => document.merge(auth::http::ApiDoc::openapi()),
-        }
+    for module in served {
+        document.merge(module.openapi());
     }
+    shared::openapi::platform_errors(&mut document, scopes);
     document
 }

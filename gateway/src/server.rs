@@ -1,16 +1,21 @@
 //! Starting and stopping the HTTP server.
 
-use crate::app::{AppState, app};
+use crate::app::{AppState, app, select};
 use crate::compose;
 use crate::config::GatewayConfig;
-use crate::domain::Domain;
 use crate::error::GatewayError;
-use actix_web::HttpServer;
-use actix_web::dev::ServerHandle;
-use std::future::Future;
+use crate::guard::{Guarded, Limits};
+use actix_http::HttpService;
+use actix_rt::net::TcpStream;
+use actix_server::Server;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::dev::{AppConfig, ServerHandle};
+use shared::config::HttpConfig;
+use std::future::{Future, ready};
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// A gateway serving in the background. Dropping it stops the server at once (without waiting
@@ -58,27 +63,23 @@ impl Drop for RunningGateway {
     }
 }
 
-/// Builds every domain (see [`compose::build`]), binds `config.http.addr`, and serves the
-/// routes of `only` (every domain when `None` or empty) in the background. Returns once the
-/// workers run: the address can be used at once.
+/// Binds `config.http.addr` (first, so that a busy port is reported before any other work),
+/// builds every domain (see [`compose::build`]) and serves the routes of `only` (every domain
+/// when `None` or empty) in the background. Returns once the workers run: the address can be
+/// used at once.
 ///
 /// Must run inside a Tokio runtime (`#[tokio::main]`, `#[actix_web::main]`, `#[tokio::test]`).
 /// Logging is not set up here: that belongs to the binary.
-pub async fn start(config: GatewayConfig, only: Option<Vec<Domain>>) -> Result<RunningGateway, GatewayError> {
-    let domains = Domain::select(only);
-    let services = compose::build(&config).await?;
-    let state = AppState::new(services, domains, &config.http)?;
-
+pub async fn start(config: GatewayConfig, only: Option<Vec<String>>) -> Result<RunningGateway, GatewayError> {
+    let served = select(only)?;
     let bind_error = |source| GatewayError::Bind { addr: config.http.addr.clone(), source };
     let listener = TcpListener::bind(&config.http.addr).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
 
-    let names: Vec<&str> = state.domains().iter().map(|d| d.as_str()).collect();
-    let mut server = HttpServer::new(move || app(state.clone())).shutdown_timeout(config.http.shutdown_timeout_secs);
-    if config.http.workers > 0 {
-        server = server.workers(config.http.workers);
-    }
-    let mut server = server.listen(listener).map_err(bind_error)?.run();
+    let built = compose::build(&config).await?;
+    let state = AppState::new(built, served, &config.http)?;
+    let names = state.served().to_vec();
+    let mut server = server(listener, state, &config.http).map_err(bind_error)?;
     let handle = server.handle();
     // The first poll starts the workers (building each one's app) and the accept thread, and
     // returns once they run: after it, connections are served even if the caller then blocks
@@ -93,4 +94,40 @@ pub async fn start(config: GatewayConfig, only: Option<Vec<Domain>>) -> Result<R
     let task = tokio::spawn(server);
     tracing::info!(http.addr = %addr, domains = ?names, "gateway listening");
     Ok(RunningGateway { addr, handle, task: Some(task) })
+}
+
+/// The HTTP/1.1 server: what `actix_web::HttpServer::listen` builds, with the guard of
+/// [`crate::guard`] between each connection and actix's codec.
+fn server(listener: TcpListener, state: AppState, http: &HttpConfig) -> std::io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let limits = Limits {
+        max_head_bytes: http.max_head_bytes,
+        head_timeout: Duration::from_millis(http.request_head_timeout_ms),
+    };
+    let mut builder = Server::build().shutdown_timeout(http.shutdown_timeout_secs);
+    if http.workers > 0 {
+        builder = builder.workers(http.workers);
+    }
+    let shutdown = builder.graceful_shutdown_signal();
+    let builder = builder.listen("keel-http", listener, move || {
+        let shutdown = shutdown.clone();
+        let application = app(state.clone()).into_factory().map_err(|error: actix_web::Error| error.error_response());
+        let http = HttpService::build()
+            .client_request_timeout(Duration::ZERO) // the guard times request heads
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .local_addr(addr)
+            .graceful_shutdown_signal(move || {
+                let signal = shutdown.clone();
+                async move { signal.notified().await }
+            })
+            // The app's config (host and address for URL generation) is not used by Keel's routes;
+            // actix keeps its constructor private, so the default stands in.
+            .h1(map_config(application, |_| AppConfig::default()));
+        fn_service(move |io: TcpStream| {
+            let peer = io.peer_addr().ok();
+            ready(Ok((Guarded::new(io, peer, limits), peer)))
+        })
+        .and_then(http)
+    })?;
+    Ok(builder.run())
 }

@@ -42,7 +42,12 @@ fn a_bad_configuration_exits_with_1_and_says_why() {
 
     let (code, _, stderr) = run(gateway().arg("migrate").env("KEEL_HTTP__NO_SUCH_KEY", "1"));
     assert_eq!(code, 1);
-    assert!(stderr.contains("no_such_key"), "{stderr}");
+    assert!(stderr.contains("KEEL_HTTP__NO_SUCH_KEY: unknown key"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, once: {stderr}");
+
+    let (code, _, stderr) = run(gateway().arg("migrate").env("KEEL_AUTH__SESSION_TTL_SECS", "99999999999999999"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("auth.session_ttl_secs (KEEL_AUTH__SESSION_TTL_SECS) must be from 60"), "{stderr}");
 
     let (code, _, stderr) = run(gateway().arg("migrate").env("KEEL_DATABASE__URL", "mysql://x"));
     assert_eq!(code, 1);

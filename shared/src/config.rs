@@ -56,6 +56,11 @@ pub struct PoolConfig {
     pub min_idle: Option<u32>,
     /// How long a request waits for a free connection before failing with `Unavailable`.
     pub connection_timeout_ms: u64,
+    /// The same wait while the database refuses connections: an outage answers 503 this fast.
+    pub connection_timeout_when_down_ms: u64,
+    /// A connection idle for longer than this is checked (`SELECT 1`) when it is checked out,
+    /// so that connections cut by a database restart are replaced before a request uses them.
+    pub check_idle_after_ms: u64,
     pub idle_timeout_secs: Option<u64>,
     pub max_lifetime_secs: Option<u64>,
 }
@@ -66,6 +71,8 @@ impl Default for PoolConfig {
             max_size: 16,
             min_idle: Some(1),
             connection_timeout_ms: 5_000,
+            connection_timeout_when_down_ms: 250,
+            check_idle_after_ms: 1_000,
             idle_timeout_secs: Some(600),
             max_lifetime_secs: Some(1_800),
         }
@@ -91,6 +98,54 @@ pub struct DomainDatabase {
     pub pool: PoolConfig,
     pub statement_timeout_ms: u64,
     pub busy_timeout_ms: u64,
+}
+
+/// `KEEL_A__B_C` for the key `a.b_c`: how the environment spells a configuration key.
+pub fn env_name(key: &str) -> String {
+    format!("KEEL_{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Checks that the value of `key` lies in `min..=max`; the message names the key both ways.
+pub fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} ({}) must be from {min} to {max}; it is {value}", env_name(key)))
+    }
+}
+
+/// An hour, in milliseconds: the upper bound of every timeout Keel waits on per request.
+const HOUR_MS: u64 = 3_600_000;
+
+impl DatabaseConfig {
+    /// Checks every value at start-up; the message names the key.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        // PostgreSQL's statement_timeout is a 32-bit number of milliseconds.
+        check_range(&key("statement_timeout_ms"), self.statement_timeout_ms, 0, i32::MAX as u64)?;
+        check_range(&key("busy_timeout_ms"), self.busy_timeout_ms, 0, i32::MAX as u64)?;
+        self.pool.validate(&key("pool"))
+    }
+}
+
+impl PoolConfig {
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        check_range(&key("max_size"), u64::from(self.max_size), 1, 10_000)?;
+        if let Some(min_idle) = self.min_idle {
+            check_range(&key("min_idle"), u64::from(min_idle), 0, u64::from(self.max_size))?;
+        }
+        check_range(&key("connection_timeout_ms"), self.connection_timeout_ms, 1, HOUR_MS)?;
+        check_range(&key("connection_timeout_when_down_ms"), self.connection_timeout_when_down_ms, 1, HOUR_MS)?;
+        check_range(&key("check_idle_after_ms"), self.check_idle_after_ms, 0, HOUR_MS)?;
+        if let Some(secs) = self.idle_timeout_secs {
+            check_range(&key("idle_timeout_secs"), secs, 1, 7 * 24 * 3600)?;
+        }
+        if let Some(secs) = self.max_lifetime_secs {
+            check_range(&key("max_lifetime_secs"), secs, 1, 7 * 24 * 3600)?;
+        }
+        Ok(())
+    }
 }
 
 /// A database URL that Keel cannot use.
@@ -153,6 +208,10 @@ pub struct HttpConfig {
     pub workers: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
+    /// How long a client may take to send a request's line and headers (then 408).
+    pub request_head_timeout_ms: u64,
+    /// The largest request line plus headers accepted, in bytes (then 431).
+    pub max_head_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -163,7 +222,20 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             workers: 0,
             shutdown_timeout_secs: 30,
+            request_head_timeout_ms: 5_000,
+            max_head_bytes: 32 * 1024,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        check_range("http.body_limit_bytes", self.body_limit_bytes as u64, 1, 1 << 30)?;
+        check_range("http.workers", self.workers as u64, 0, 1024)?;
+        check_range("http.shutdown_timeout_secs", self.shutdown_timeout_secs, 0, 3600)?;
+        check_range("http.request_head_timeout_ms", self.request_head_timeout_ms, 1, HOUR_MS)?;
+        // Below 1 KiB no real client gets through; actix itself stops at 128 KiB.
+        check_range("http.max_head_bytes", self.max_head_bytes as u64, 1024, 96 * 1024)
     }
 }
 
@@ -191,12 +263,39 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Timeouts of the clients that reach remote domain services (`[remote]`, `KEEL_REMOTE__*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Time to open a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time for a whole request and its answer, in milliseconds (streams: until the headers).
+    pub request_timeout_ms: u64,
+    /// How long an idle pooled connection is kept, in seconds.
+    pub pool_idle_timeout_secs: u64,
+}
+
+impl RemoteConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        check_range("remote.connect_timeout_ms", self.connect_timeout_ms, 1, HOUR_MS)?;
+        check_range("remote.request_timeout_ms", self.request_timeout_ms, 1, HOUR_MS)?;
+        check_range("remote.pool_idle_timeout_secs", self.pool_idle_timeout_secs, 0, 24 * 3600)
+    }
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self { connect_timeout_ms: 2_000, request_timeout_ms: 30_000, pool_idle_timeout_secs: 60 }
+    }
+}
+
 #[cfg(feature = "server")]
 pub use loader::{ConfigError, load};
 
 #[cfg(feature = "server")]
 mod loader {
     use figment::Figment;
+    use figment::error::Kind;
     use figment::providers::{Env, Format, Serialized, Toml};
     use serde::Serialize;
     use serde::de::DeserializeOwned;
@@ -206,8 +305,9 @@ mod loader {
     pub enum ConfigError {
         #[error("config file {0} does not exist")]
         MissingFile(String),
+        /// Every problem found, one per line, each naming its key as its source spells it.
         #[error("invalid configuration: {0}")]
-        Invalid(Box<figment::Error>),
+        Invalid(String),
     }
 
     /// Loads a config tree: defaults, then `file` if given, then `KEEL_*` environment variables.
@@ -221,7 +321,35 @@ mod loader {
         }
         // `KEEL_TEST_*` configure the test suites, not a process.
         let env = Env::prefixed("KEEL_").filter(|key| !key.starts_with("test_")).split("__");
-        figment.merge(env).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        figment.merge(env).extract().map_err(|e| ConfigError::Invalid(describe(e)))
+    }
+
+    /// One line per error: `KEEL_HTTP__ADRESS: unknown key; …` for a variable,
+    /// `http.adress in keel.toml: …` for a file key, `http.adress: …` otherwise.
+    fn describe(errors: figment::Error) -> String {
+        errors
+            .into_iter()
+            .map(|error| {
+                // The path already ends with the offending key.
+                let path = &error.path;
+                let message = match &error.kind {
+                    Kind::UnknownField(_, expected) => {
+                        format!("unknown key; the keys here are {}", expected.join(", "))
+                    }
+                    Kind::MissingField(_) => "missing".to_owned(),
+                    other => other.to_string(),
+                };
+                let key = path.join(".");
+                let from_env = error.metadata.as_ref().is_some_and(|m| m.name.contains("environment"));
+                let file = error.metadata.as_ref().and_then(|m| m.source.as_ref()).and_then(|s| s.file_path());
+                match (from_env, file) {
+                    (true, _) => format!("{}: {message}", super::env_name(&key)),
+                    (false, Some(file)) => format!("{key} in {}: {message}", file.display()),
+                    (false, None) => format!("{key}: {message}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

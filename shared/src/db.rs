@@ -1,14 +1,39 @@
 //! The database layer: one r2d2 pool per domain over an enum connection (PostgreSQL or SQLite),
 //! with every diesel call moved off the async workers onto the blocking pool.
+//!
+//! # Failures
+//! A lost, refused or timed-out connection is [`DbError::Unavailable`], which every domain maps
+//! to its `Unavailable` variant (503 with `Retry-After`), never to an internal error:
+//! - each connection watches its own queries (diesel instrumentation); one that failed because
+//!   the connection died is marked broken and dropped when it goes back to the pool, so the next
+//!   checkout gets a fresh one;
+//! - a connection that sat idle longer than `pool.check_idle_after_ms` is checked with `SELECT 1`
+//!   when it is checked out, so the first requests after a database restart get live
+//!   connections instead of the dead ones the pool kept;
+//! - while the database refuses connections, a checkout waits at most
+//!   `pool.connection_timeout_when_down_ms` instead of the full `pool.connection_timeout_ms`, so an
+//!   outage answers quickly.
+//!
+//! # SQL that differs per engine
+//! The query DSL, transactions, `Binary` (bytea/BLOB) and aggregates work on [`Conn`] for both
+//! engines; `RETURNING`, `ON CONFLICT` and row locks do not compile against the enum. A store
+//! function that needs them matches on the variant and calls the typed DSL on the inner
+//! connection (`Conn::Pg(c) => query.for_update().load(c)`), keeping one function per
+//! operation with both arms side by side. Row locks have no SQLite arm to write: SQLite write
+//! transactions are serialised in the process (see [`Db::transaction`]). Every such function is
+//! covered by a test that runs on both backends (`shared::backend_tests!`).
 
 use crate::config::{Backend, DomainDatabase, PoolConfig};
 use crate::secret::Secret;
-use diesel::connection::SimpleConnection;
-use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, PooledConnection, R2D2Connection};
+use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+use diesel::r2d2::{CustomizeConnection, HandleError, ManageConnection, Pool, PooledConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A connection to either backend. The query DSL, transactions and r2d2 work on it directly;
 /// the few statements that differ per engine match on the variant.
@@ -22,15 +47,23 @@ pub enum Conn {
 /// A failure of the database layer itself. Domains map it once, in their service.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// No connection could be had in time, or the server is down: retry later.
+    /// No connection could be had in time, the server is down or the connection was lost:
+    /// retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
-    Query(#[from] diesel::result::Error),
+    Query(diesel::result::Error),
     #[error("migration failed: {0}")]
     Migration(String),
     #[error("database task failed: {0}")]
     Task(String),
+}
+
+impl From<DieselError> for DbError {
+    /// Lost connections, statement timeouts and a locked SQLite file are unavailability, not bugs.
+    fn from(error: DieselError) -> Self {
+        if is_transient(&error) { Self::Unavailable(error.to_string()) } else { Self::Query(error) }
+    }
 }
 
 impl DbError {
@@ -38,11 +71,68 @@ impl DbError {
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, Self::Query(e) if is_unique_violation(e))
     }
+
+    /// The domain error this stands for: its `Unavailable` variant or its `Internal` one.
+    pub fn into_error<E: crate::error::DomainError>(self) -> E {
+        match self {
+            Self::Unavailable(detail) => E::unavailable(detail),
+            other => E::internal(other.to_string()),
+        }
+    }
+}
+
+/// Implements `From<DbError>` and `From<diesel::result::Error>` for a domain error, through
+/// [`DbError::into_error`].
+#[macro_export]
+macro_rules! impl_from_db_errors {
+    ($error:ty) => {
+        impl ::core::convert::From<$crate::db::DbError> for $error {
+            fn from(error: $crate::db::DbError) -> Self {
+                error.into_error()
+            }
+        }
+
+        impl ::core::convert::From<$crate::db::__private::DieselError> for $error {
+            fn from(error: $crate::db::__private::DieselError) -> Self {
+                $crate::db::DbError::from(error).into_error()
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use diesel::result::Error as DieselError;
 }
 
 /// Whether a diesel error is a unique-constraint violation, on either backend.
-pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
-    matches!(error, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+pub fn is_unique_violation(error: &DieselError) -> bool {
+    matches!(error, DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
+}
+
+/// Whether the connection died under the query (PostgreSQL restarted, the backend was
+/// terminated, the network dropped).
+fn is_connection_lost(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
+    )
+}
+
+/// Errors that say "not now" rather than "never": a lost connection, PostgreSQL's
+/// `statement_timeout` and an SQLite file locked beyond `busy_timeout`. Diesel does not expose
+/// SQLSTATE for the last two, so they are recognised by the server's (English) message.
+fn is_transient(error: &DieselError) -> bool {
+    if is_connection_lost(error) {
+        return true;
+    }
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message();
+            message.contains("statement timeout") || message.contains("database is locked")
+        }
+        _ => false,
+    }
 }
 
 /// A domain's database: its primary pool, an optional read-replica pool, and on SQLite a
@@ -58,13 +148,34 @@ struct Inner {
     primary: Pool<Manager>,
     replica: Option<Pool<Manager>>,
     sqlite_writer: Mutex<()>,
+    timeouts: Timeouts,
+    health: Arc<Health>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    normal: Duration,
+    when_down: Duration,
+}
+
+/// What the pools know of the server: whether the last attempt to connect failed, and how
+/// many queries ran (for tests and metrics).
+#[derive(Debug, Default)]
+struct Health {
+    connect_failing: AtomicBool,
+    queries: AtomicU64,
 }
 
 impl Inner {
     /// A connection from the primary, or from the replica when asked and configured.
     fn connection(&self, replica: bool) -> Result<PooledConnection<Manager>, DbError> {
         let pool = if replica { self.replica.as_ref().unwrap_or(&self.primary) } else { &self.primary };
-        pool.get().map_err(|e| DbError::Unavailable(e.to_string()))
+        let timeout = if self.health.connect_failing.load(Ordering::Relaxed) {
+            self.timeouts.when_down.min(self.timeouts.normal)
+        } else {
+            self.timeouts.normal
+        };
+        pool.get_timeout(timeout).map_err(|e| DbError::Unavailable(e.to_string()))
     }
 }
 
@@ -98,11 +209,13 @@ impl Db {
                 conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
             }
         }
-        let primary = build_pool(settings, settings.url.clone(), &settings.pool, format!("keel-{schema}"))?;
+        let health = Arc::new(Health::default());
+        let primary = build_pool(settings, settings.url.clone(), format!("keel-{schema}"), &health)?;
         let replica = match &settings.replica_url {
-            Some(url) => Some(build_pool(settings, url.clone(), &settings.pool, format!("keel-{schema}-replica"))?),
+            Some(url) => Some(build_pool(settings, url.clone(), format!("keel-{schema}-replica"), &health)?),
             None => None,
         };
+        let pool = &settings.pool;
         Ok(Self {
             inner: Arc::new(Inner {
                 domain: settings.domain.clone(),
@@ -110,6 +223,11 @@ impl Db {
                 primary,
                 replica,
                 sqlite_writer: Mutex::new(()),
+                timeouts: Timeouts {
+                    normal: Duration::from_millis(pool.connection_timeout_ms.max(1)),
+                    when_down: Duration::from_millis(pool.connection_timeout_when_down_ms.max(1)),
+                },
+                health,
             }),
         })
     }
@@ -118,10 +236,20 @@ impl Db {
         self.inner.backend
     }
 
+    /// The domain this database belongs to.
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    /// How many queries this database's connections have run since it was opened.
+    pub fn query_count(&self) -> u64 {
+        self.inner.health.queries.load(Ordering::Relaxed)
+    }
+
     /// Applies a domain's pending migrations (one set per backend); returns how many ran. Blocking.
     pub fn migrate(&self, postgres: EmbeddedMigrations, sqlite: EmbeddedMigrations) -> Result<usize, DbError> {
         let mut conn = self.inner.connection(false)?;
-        let applied = match &mut *conn {
+        let applied = match &mut **conn {
             Conn::Pg(c) => c.run_pending_migrations(postgres).map(|v| v.len()),
             Conn::Sqlite(c) => c.run_pending_migrations(sqlite).map(|v| v.len()),
         };
@@ -208,10 +336,16 @@ where
 fn build_pool(
     settings: &DomainDatabase,
     url: Secret,
-    pool: &PoolConfig,
     application_name: String,
+    health: &Arc<Health>,
 ) -> Result<Pool<Manager>, DbError> {
-    let manager = Manager { backend: settings.backend, url };
+    let pool: &PoolConfig = &settings.pool;
+    let manager = Manager {
+        backend: settings.backend,
+        url,
+        health: health.clone(),
+        check_idle_after: Duration::from_millis(pool.check_idle_after_ms),
+    };
     let customizer = Customizer {
         application_name,
         schema: settings.domain.clone(),
@@ -224,12 +358,75 @@ fn build_pool(
         .connection_timeout(Duration::from_millis(pool.connection_timeout_ms.max(1)))
         .idle_timeout(pool.idle_timeout_secs.map(Duration::from_secs))
         .max_lifetime(pool.max_lifetime_secs.map(Duration::from_secs))
-        // A checkout test costs a round trip per request; broken connections are caught by
-        // `has_broken` instead.
-        .test_on_check_out(false)
+        // Cheap: `is_valid` only costs a round trip for connections idle past the threshold.
+        .test_on_check_out(true)
         .connection_customizer(Box::new(customizer))
+        .error_handler(Box::new(ConnectErrors { domain: settings.domain.clone() }))
         .build(manager)
         .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
+/// Logs the pool's failed attempts to connect (r2d2 reports them through the `log` crate
+/// otherwise, which Keel does not collect).
+#[derive(Debug)]
+struct ConnectErrors {
+    domain: String,
+}
+
+impl HandleError<diesel::r2d2::Error> for ConnectErrors {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::warn!(db.domain = %self.domain, error = %error, "cannot open a database connection");
+    }
+}
+
+/// A pooled connection and what the pool needs to know about it.
+pub struct Pooled {
+    conn: Conn,
+    /// Set by the connection's instrumentation when a query found the connection dead.
+    lost: Arc<AtomicBool>,
+    /// When the connection last went back to the pool.
+    returned_at: Instant,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled")
+            .field("lost", &self.lost)
+            .field("returned_at", &self.returned_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Pooled {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+/// Watches every query of one connection: counts them, and flags the connection when the
+/// server went away under it.
+struct Watch {
+    lost: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+impl Instrumentation for Watch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::FinishQuery { error, .. } = event {
+            self.health.queries.fetch_add(1, Ordering::Relaxed);
+            if error.is_some_and(is_connection_lost) {
+                self.lost.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Opens connections of the configured backend (the derive's own `establish` would try each
@@ -237,28 +434,42 @@ fn build_pool(
 struct Manager {
     backend: Backend,
     url: Secret,
+    health: Arc<Health>,
+    check_idle_after: Duration,
 }
 
 impl ManageConnection for Manager {
-    type Connection = Conn;
+    type Connection = Pooled;
     type Error = diesel::r2d2::Error;
 
-    fn connect(&self) -> Result<Conn, Self::Error> {
+    fn connect(&self) -> Result<Pooled, Self::Error> {
         let conn = match self.backend {
             Backend::Postgres => PgConnection::establish(self.url.expose()).map(Conn::Pg),
             Backend::Sqlite => SqliteConnection::establish(self.url.expose()).map(Conn::Sqlite),
         };
-        conn.map_err(diesel::r2d2::Error::ConnectionError)
+        self.health.connect_failing.store(conn.is_err(), Ordering::Relaxed);
+        let mut conn = conn.map_err(diesel::r2d2::Error::ConnectionError)?;
+        let lost = Arc::new(AtomicBool::new(false));
+        conn.set_instrumentation(Watch { lost: lost.clone(), health: self.health.clone() });
+        Ok(Pooled { conn, lost, returned_at: Instant::now() })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), Self::Error> {
-        conn.batch_execute("SELECT 1").map_err(diesel::r2d2::Error::QueryError)
+    /// Called at checkout: a connection used recently is trusted; one idle for longer may have
+    /// been cut by a restart or a firewall and costs one round trip to check.
+    fn is_valid(&self, conn: &mut Pooled) -> Result<(), Self::Error> {
+        if conn.returned_at.elapsed() < self.check_idle_after {
+            return Ok(());
+        }
+        conn.conn.batch_execute("SELECT 1").map_err(diesel::r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        match conn {
-            Conn::Pg(c) => c.is_broken(),
-            Conn::Sqlite(c) => c.is_broken(),
+    /// Called when the connection goes back to the pool.
+    fn has_broken(&self, conn: &mut Pooled) -> bool {
+        conn.returned_at = Instant::now();
+        let lost = conn.lost.load(Ordering::Relaxed);
+        lost || match &mut conn.conn {
+            Conn::Pg(c) => diesel::r2d2::R2D2Connection::is_broken(c),
+            Conn::Sqlite(c) => diesel::r2d2::R2D2Connection::is_broken(c),
         }
     }
 }
@@ -272,9 +483,9 @@ struct Customizer {
     busy_timeout_ms: u64,
 }
 
-impl CustomizeConnection<Conn, diesel::r2d2::Error> for Customizer {
-    fn on_acquire(&self, conn: &mut Conn) -> Result<(), diesel::r2d2::Error> {
-        let sql = match conn {
+impl CustomizeConnection<Pooled, diesel::r2d2::Error> for Customizer {
+    fn on_acquire(&self, conn: &mut Pooled) -> Result<(), diesel::r2d2::Error> {
+        let sql = match &conn.conn {
             Conn::Pg(_) => format!(
                 "SET search_path TO \"{schema}\"; SET statement_timeout = {timeout}; \
                  SET application_name = '{application_name}';",
@@ -288,6 +499,6 @@ impl CustomizeConnection<Conn, diesel::r2d2::Error> for Customizer {
                 self.busy_timeout_ms
             ),
         };
-        conn.batch_execute(&sql).map_err(diesel::r2d2::Error::QueryError)
+        conn.conn.batch_execute(&sql).map_err(diesel::r2d2::Error::QueryError)
     }
 }

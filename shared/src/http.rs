@@ -1,49 +1,65 @@
-//! Actix helpers every domain's routes share: the error envelope as a response, extractor
-//! configs whose errors use that envelope, bearer tokens, and the client's IP address.
+//! Actix helpers every domain's routes share: domain errors as enveloped responses, JSON and
+//! query extractors whose every rejection uses the envelope (with `param` when the field is
+//! known), resources that answer 405 with `Allow`, bearer tokens, and the client's IP address.
 
-use crate::error::{ErrorEnvelope, ErrorKind};
+use crate::error::{DomainError, ErrorEnvelope, ErrorKind};
 use crate::secret::Secret;
 use actix_web::dev::Payload;
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::http::StatusCode;
+use actix_web::error::PathError;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use actix_web::http::{Method, StatusCode};
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder};
+use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
 use std::future::{Ready, ready};
 use std::net::IpAddr;
 
-/// A domain error as the HTTP layer sees it.
-pub trait ApiError: std::error::Error {
-    fn kind(&self) -> ErrorKind;
-    /// The stable, machine-readable code of the envelope.
-    fn code(&self) -> &'static str;
-    /// The request field the error is about.
-    fn param(&self) -> Option<String> {
-        None
-    }
-    /// Seconds until a retry may succeed, sent as `Retry-After`.
-    fn retry_after_secs(&self) -> Option<u64> {
-        None
-    }
+#[doc(hidden)]
+pub mod __private {
+    pub use actix_web;
+}
+
+/// Implements actix's `ResponseError` for a domain error type, through [`error_response`].
+#[macro_export]
+macro_rules! impl_response_error {
+    ($error:ty) => {
+        impl $crate::http::__private::actix_web::ResponseError for $error {
+            fn status_code(&self) -> $crate::http::__private::actix_web::http::StatusCode {
+                $crate::http::status_of(<$error as $crate::error::DomainError>::kind(self))
+            }
+
+            fn error_response(&self) -> $crate::http::__private::actix_web::HttpResponse {
+                $crate::http::error_response(self)
+            }
+        }
+    };
+}
+
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The response for a domain error. A 5xx body says nothing about its cause; the cause is
-/// logged here, once.
-pub fn error_response<E: ApiError>(error: &E) -> HttpResponse {
+/// logged here, once: an unavailable dependency as a warning, anything else as an error.
+pub fn error_response<E: DomainError>(error: &E) -> HttpResponse {
     let kind = error.kind();
-    let message = if kind.is_server_error() {
-        tracing::error!(error.code = error.code(), error.cause = %error, "request failed");
-        match kind {
-            ErrorKind::Unavailable => "The service is temporarily unavailable; retry later.".to_owned(),
-            _ => "The server failed to handle the request.".to_owned(),
+    match kind {
+        ErrorKind::Unavailable => {
+            tracing::warn!(error.code = error.code(), error.cause = %error, "dependency unavailable")
         }
-    } else {
-        error.to_string()
-    };
-    let mut response = envelope_response(kind, error.code(), message, error.param());
-    if let Some(secs) = error.retry_after_secs()
-        && let Ok(value) = HeaderValue::from_str(&secs.to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
+        _ if kind.is_server_error() => {
+            tracing::error!(error.code = error.code(), error.cause = %error, "request failed")
+        }
+        _ => {}
+    }
+    let mut response = envelope_response_of(kind, error.envelope());
+    if let Some(secs) = error.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if kind == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }
@@ -55,73 +71,270 @@ pub fn envelope_response(
     message: impl Into<String>,
     param: Option<String>,
 ) -> HttpResponse {
-    let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(ErrorEnvelope::new(kind, code, message, param))
+    envelope_response_of(kind, ErrorEnvelope::new(kind, code, message, param))
 }
 
-fn to_actix_error(response: HttpResponse) -> actix_web::Error {
-    actix_web::error::InternalError::from_response("request rejected", response).into()
+fn envelope_response_of(kind: ErrorKind, envelope: ErrorEnvelope) -> HttpResponse {
+    let mut response = HttpResponse::build(status_of(kind)).json(envelope);
+    if kind == ErrorKind::Unavailable {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::error::DEFAULT_RETRY_AFTER_SECS));
+    }
+    response
 }
 
-/// JSON bodies up to `limit` bytes; every rejection in the error envelope.
-pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default().limit(limit).error_handler(|err, _req| {
-        let response = match &err {
-            JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => envelope_response(
-                ErrorKind::PayloadTooLarge,
-                "payload_too_large",
-                "The request body is too large.",
-                None,
-            ),
-            JsonPayloadError::ContentType => envelope_response(
-                ErrorKind::UnsupportedMediaType,
-                "unsupported_media_type",
-                "The request body must be JSON (Content-Type: application/json).",
-                None,
-            ),
-            JsonPayloadError::Deserialize(e) if e.is_data() => {
-                envelope_response(ErrorKind::Unprocessable, "invalid_body", format!("Invalid request body: {e}"), None)
+/// A request rejected before it reached a handler (bad body, bad query string, ...).
+#[derive(Debug)]
+pub struct Rejection {
+    kind: ErrorKind,
+    code: &'static str,
+    message: String,
+    param: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>, param: Option<String>) -> Self {
+        Self { kind, code, message: message.into(), param }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl actix_web::ResponseError for Rejection {
+    fn status_code(&self) -> StatusCode {
+        status_of(self.kind)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        envelope_response(self.kind, self.code, self.message.clone(), self.param.clone())
+    }
+}
+
+/// The largest request body accepted, in bytes; registered as app data by the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
+
+impl Default for BodyLimit {
+    fn default() -> Self {
+        Self(64 * 1024)
+    }
+}
+
+/// A JSON request body. Unlike actix's `web::Json`, a body that does not fit the type names the
+/// offending field in the envelope's `param` (`invalid_body`), and every rejection is enveloped:
+/// 400 `invalid_json`, 413 `payload_too_large`, 415 `unsupported_media_type`, 422 `invalid_body`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T> Json<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = Rejection;
+    type Future = LocalBoxFuture<'static, Result<Self, Rejection>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req.app_data::<web::Data<BodyLimit>>().map_or_else(BodyLimit::default, |l| *l.get_ref());
+        let json = is_json(req);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let payload = payload.take();
+        Box::pin(async move {
+            if !json {
+                return Err(Rejection::new(
+                    ErrorKind::UnsupportedMediaType,
+                    "unsupported_media_type",
+                    "The request body must be JSON (Content-Type: application/json).",
+                    None,
+                ));
             }
-            JsonPayloadError::Deserialize(e) => {
-                envelope_response(ErrorKind::InvalidRequest, "invalid_json", format!("Malformed JSON: {e}"), None)
+            if declared.is_some_and(|n| n > limit.0) {
+                return Err(too_large());
             }
-            _ => envelope_response(
-                ErrorKind::InvalidRequest,
-                "invalid_body",
-                "The request body could not be read.",
-                None,
-            ),
+            let body = read_body(payload, limit.0).await?;
+            parse_json(&body).map(Json)
+        })
+    }
+}
+
+fn too_large() -> Rejection {
+    Rejection::new(ErrorKind::PayloadTooLarge, "payload_too_large", "The request body is too large.", None)
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_body(mut payload: Payload, limit: usize) -> Result<Bytes, Rejection> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| {
+            Rejection::new(ErrorKind::InvalidRequest, "invalid_body", "The request body could not be read.", None)
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Parses a JSON body into `T`, naming the failing field.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let param = field_of(error.path(), &error.inner().to_string());
+        json_rejection(error.into_inner(), param)
+    })?;
+    deserializer.end().map_err(|e| json_rejection(e, None))?;
+    Ok(value)
+}
+
+fn json_rejection(error: serde_json::Error, param: Option<String>) -> Rejection {
+    if error.is_data() {
+        Rejection::new(ErrorKind::Unprocessable, "invalid_body", format!("Invalid request body: {error}"), param)
+    } else {
+        Rejection::new(ErrorKind::InvalidRequest, "invalid_json", format!("Malformed JSON: {error}"), None)
+    }
+}
+
+/// The field a deserialization error is about: the path to it, or for a missing field (which
+/// serde reports at its parent) the parent's path joined with the field's name.
+fn field_of(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
+    let at = path.to_string();
+    let at = if at == "." { None } else { Some(at) };
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_owned);
+    match (at, missing) {
+        (Some(at), Some(field)) => Some(format!("{at}.{field}")),
+        (None, Some(field)) => Some(field),
+        (at, None) => at,
+    }
+}
+
+/// A query string. Every rejection is a 400 `invalid_query` naming the parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query<T>(pub T);
+
+impl<T> Query<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
+    type Error = Rejection;
+    type Future = Ready<Result<Self, Rejection>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(parse_query(req.query_string()).map(Query))
+    }
+}
+
+/// Parses a query string into `T`, naming the failing parameter.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, Rejection> {
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let param = field_of(error.path(), &error.inner().to_string());
+        let message = match &param {
+            Some(name) => format!("Invalid query parameter `{name}`: {}", error.inner()),
+            None => format!("Invalid query string: {}", error.inner()),
         };
-        to_actix_error(response)
+        Rejection::new(ErrorKind::InvalidRequest, "invalid_query", message, param)
     })
-}
-
-/// Raw payload limit for non-JSON bodies.
-pub fn payload_config(limit: usize) -> web::PayloadConfig {
-    web::PayloadConfig::default().limit(limit)
 }
 
 /// Path segments that do not parse (an id of the wrong shape) name nothing: 404.
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|_err: PathError, _req| {
-        to_actix_error(envelope_response(ErrorKind::NotFound, "not_found", "No such resource.", None))
-    })
-}
-
-pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
-        to_actix_error(envelope_response(
-            ErrorKind::InvalidRequest,
-            "invalid_query",
-            format!("Invalid query string: {err}"),
-            None,
-        ))
+        Rejection::new(ErrorKind::NotFound, "not_found", "No such resource.", None).into()
     })
 }
 
 /// The answer for a route that does not exist.
 pub async fn not_found() -> HttpResponse {
     envelope_response(ErrorKind::NotFound, "not_found", "No such route.", None)
+}
+
+/// One path with one handler per method. Any other method gets 405 `method_not_allowed` with
+/// an `Allow` header listing the methods the path has.
+#[must_use = "call `register`"]
+pub struct Resource {
+    resource: actix_web::Resource,
+    allow: Vec<Method>,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource").field("allow", &self.allow).finish_non_exhaustive()
+    }
+}
+
+macro_rules! method {
+    ($name:ident, $method:ident) => {
+        pub fn $name<F, Args>(self, handler: F) -> Self
+        where
+            F: Handler<Args>,
+            Args: FromRequest + 'static,
+            F::Output: Responder + 'static,
+        {
+            self.route(Method::$method, handler)
+        }
+    };
+}
+
+impl Resource {
+    pub fn new(path: &str) -> Self {
+        Self { resource: web::resource(path), allow: Vec::new() }
+    }
+
+    fn route<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.resource = self.resource.route(web::method(method.clone()).to(handler));
+        self.allow.push(method);
+        self
+    }
+
+    method!(get, GET);
+    method!(post, POST);
+    method!(put, PUT);
+    method!(patch, PATCH);
+    method!(delete, DELETE);
+
+    pub fn register(self, cfg: &mut web::ServiceConfig) {
+        let allow = self.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        cfg.service(self.resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move {
+                let mut response = envelope_response(
+                    ErrorKind::MethodNotAllowed,
+                    "method_not_allowed",
+                    format!("This route accepts {allow}."),
+                    None,
+                );
+                if let Ok(value) = HeaderValue::from_str(&allow) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                response
+            }
+        })));
+    }
 }
 
 /// The `Authorization: Bearer …` token of a request, if any.
@@ -188,6 +401,7 @@ impl FromRequest for ClientIp {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+    use serde::Deserialize;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -219,5 +433,60 @@ mod tests {
         let req = TestRequest::default().insert_header(("Authorization", "Bearer ")).to_http_request();
         assert!(bearer_token(&req).is_none());
         assert!(bearer_token(&TestRequest::default().to_http_request()).is_none());
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        email: String,
+        inner: Inner,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        count: u32,
+        tags: Vec<String>,
+    }
+
+    fn rejection(body: &str) -> (u16, &'static str, Option<String>) {
+        let r = parse_json::<Body>(body.as_bytes()).unwrap_err();
+        (r.kind.status(), r.code, r.param)
+    }
+
+    #[test]
+    fn json_rejections_name_the_field() {
+        assert_eq!(rejection(r#"{"inner": {"count": 1, "tags": []}}"#), (422, "invalid_body", Some("email".into())));
+        assert_eq!(rejection(r#"{"email": 7, "inner": {}}"#), (422, "invalid_body", Some("email".into())));
+        assert_eq!(
+            rejection(r#"{"email": "a", "inner": {"tags": []}}"#),
+            (422, "invalid_body", Some("inner.count".into()))
+        );
+        assert_eq!(
+            rejection(r#"{"email": "a", "inner": {"count": 1, "tags": [3]}}"#),
+            (422, "invalid_body", Some("inner.tags[0]".into()))
+        );
+        assert_eq!(rejection(r#"{"email": "a""#), (400, "invalid_json", None));
+        assert_eq!(
+            rejection(r#"{"email": "a", "inner": {"count": 1, "tags": []}} trailing"#),
+            (400, "invalid_json", None)
+        );
+        assert_eq!(rejection("[]"), (422, "invalid_body", None));
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Page {
+        limit: Option<u32>,
+        after: Option<String>,
+    }
+
+    #[test]
+    fn query_rejections_name_the_parameter_in_keels_words() {
+        let r = parse_query::<Page>("limit=-1").unwrap_err();
+        assert_eq!((r.kind.status(), r.code, r.param.as_deref()), (400, "invalid_query", Some("limit")));
+        assert!(r.message.starts_with("Invalid query parameter `limit`: "), "{}", r.message);
+        assert!(!r.message.contains("Query deserialize error"), "{}", r.message);
+        assert!(parse_query::<Page>("limit=5&after=x").is_ok());
     }
 }

@@ -4,22 +4,31 @@
 //! database or web-framework dependency, so a domain's contract can use them and still build
 //! without diesel and actix. Everything a server process needs sits behind the `server` feature.
 
+// The derive macros name `::shared::…`, which must resolve inside this crate too.
+extern crate self as shared;
+
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod id;
 pub mod page;
+pub mod scope;
 pub mod secret;
+pub mod text;
 
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
 pub mod db;
-#[cfg(feature = "server")]
+#[cfg(feature = "web")]
 pub mod http;
 #[cfg(feature = "server")]
+pub mod module;
+#[cfg(feature = "web")]
+pub mod openapi;
+#[cfg(feature = "server")]
 pub mod ratelimit;
-#[cfg(any(feature = "server", feature = "client"))]
+#[cfg(any(feature = "web", feature = "client"))]
 pub mod request_id;
 #[cfg(feature = "server")]
 pub mod telemetry;
@@ -27,7 +36,8 @@ pub mod telemetry;
 pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{ErrorBody, ErrorEnvelope, ErrorKind};
+pub use error::{DomainError, ErrorBody, ErrorEnvelope, ErrorKind};
+pub use macros::DomainError;
 pub use page::{Page, PageRequest};
 pub use secret::Secret;
 

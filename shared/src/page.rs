@@ -1,6 +1,6 @@
 //! Keyset pagination: `?limit=20&after=<last id of the previous page>`.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 pub const DEFAULT_PAGE_LIMIT: u32 = 20;
@@ -11,9 +11,45 @@ pub const MAX_PAGE_LIMIT: u32 = 100;
 #[into_params(parameter_in = Query)]
 pub struct PageRequest {
     /// How many items to return, 1 to 100 (default 20).
+    #[serde(default, deserialize_with = "limit", skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Return items after this id: the `next_after` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+}
+
+/// A page size from a query string (text) or JSON (a number), within `1..=MAX_PAGE_LIMIT`.
+fn limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    struct Limit;
+
+    impl serde::de::Visitor<'_> for Limit {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a whole number from 1 to {MAX_PAGE_LIMIT}")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            match u32::try_from(v) {
+                Ok(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n),
+                _ => Err(E::custom(format_args!("must be a whole number from 1 to {MAX_PAGE_LIMIT}"))),
+            }
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            self.visit_u64(u64::try_from(v).unwrap_or(0))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
+            match v.trim().parse::<i64>() {
+                Ok(n) => self.visit_i64(n),
+                Err(_) => Err(E::custom(format_args!("must be a whole number from 1 to {MAX_PAGE_LIMIT}"))),
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Limit).map(Some)
 }
 
 impl PageRequest {
@@ -77,6 +113,19 @@ mod tests {
         assert_eq!(doubled.data, vec![2, 4]);
         assert_eq!(doubled.next_after.as_deref(), Some("2"));
         assert_eq!(page.try_map(|n| if n == 2 { Err(n) } else { Ok(n) }), Err(2));
+    }
+
+    #[test]
+    fn limit_outside_the_range_is_refused_with_keels_words() {
+        for bad in ["limit=-1", "limit=0", "limit=101", "limit=lots", "limit=1.5"] {
+            let error = serde_urlencoded::from_str::<PageRequest>(bad).unwrap_err().to_string();
+            assert_eq!(error, "must be a whole number from 1 to 100", "{bad}");
+        }
+        let page: PageRequest = serde_urlencoded::from_str("limit=100&after=x").unwrap();
+        assert_eq!((page.limit, page.after.as_deref()), (Some(100), Some("x")));
+        let page: PageRequest = serde_json::from_str(r#"{"limit": 5}"#).unwrap();
+        assert_eq!(page.limit, Some(5));
+        assert_eq!(serde_urlencoded::to_string(&page).unwrap(), "limit=5");
     }
 
     #[test]

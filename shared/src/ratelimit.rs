@@ -1,16 +1,21 @@
 //! Failure throttling: too many failures for a key within a sliding window lock the key out
 //! until the oldest failure leaves the window.
 //!
+//! Check and count are one step: an attempt is *reserved* (counted as a failure) on all of its
+//! keys at once before the work it guards runs, and released when it succeeds. A burst of
+//! concurrent attempts therefore cannot all pass a check that none of them has counted yet.
+//!
 //! [`FailureLimiter`] is the seam: the in-process limiter below serves a single node, and a
-//! shared (Redis) limiter can replace it for a fleet without touching its callers.
+//! shared (Redis) limiter replaces it for a fleet without touching its callers.
 
 use crate::clock::Clock;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// How many failures a key may have within a window.
+/// How many failures a key may have within a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailurePolicy {
     pub max_failures: u32,
@@ -29,13 +34,23 @@ impl RetryAfter {
     }
 }
 
+/// One reserved attempt: counted as a failure on each of its keys until released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: String,
+    pub keys: Vec<String>,
+}
+
 #[async_trait]
 pub trait FailureLimiter: Send + Sync + std::fmt::Debug {
-    /// `Err` while `key` has reached `policy.max_failures` within `policy.window`.
-    async fn check(&self, key: &str, policy: FailurePolicy) -> Result<(), RetryAfter>;
-    /// Counts one failure for `key`.
-    async fn record_failure(&self, key: &str, policy: FailurePolicy);
-    /// Forgets the failures of `key` (after a success).
+    /// In one atomic step for all `keys`: forget failures older than each key's window; if any
+    /// key already holds `max_failures` entries, reserve nothing and return the longest
+    /// `RetryAfter` (until enough entries expire); otherwise add one entry (the attempt) to
+    /// every key and return it.
+    async fn reserve(&self, keys: &[(String, FailurePolicy)]) -> Result<Attempt, RetryAfter>;
+    /// The attempt succeeded: remove its entry from every one of its keys.
+    async fn release(&self, attempt: &Attempt);
+    /// Forget every entry of `key` (e.g. the account's after a successful login).
     async fn clear(&self, key: &str);
 }
 
@@ -44,66 +59,85 @@ pub trait FailureLimiter: Send + Sync + std::fmt::Debug {
 pub struct InMemoryFailureLimiter {
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<String, Entry>>,
+    next_id: AtomicU64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Entry {
-    window: Duration,
-    failures: VecDeque<DateTime<Utc>>,
+    /// (time, attempt id), oldest first.
+    failures: VecDeque<(DateTime<Utc>, String)>,
 }
 
 impl Entry {
-    fn prune(&mut self, now: DateTime<Utc>) {
-        while self.failures.front().is_some_and(|t| *t + self.window <= now) {
+    fn prune(&mut self, now: DateTime<Utc>, window: Duration) {
+        while self.failures.front().is_some_and(|(t, _)| *t + window <= now) {
             self.failures.pop_front();
         }
     }
+
+    /// When the key unlocks, if it is locked under `policy` now.
+    fn locked_until(&self, now: DateTime<Utc>, policy: FailurePolicy) -> Option<DateTime<Utc>> {
+        let max = policy.max_failures as usize;
+        if self.failures.len() < max {
+            return None;
+        }
+        // Enough of the oldest must expire to leave room for one more.
+        let excess = self.failures.len() + 1 - max;
+        let unlock_at = self.failures.get(excess - 1).map_or(now, |(t, _)| *t) + policy.window;
+        Some(unlock_at)
+    }
 }
 
-/// Past this many keys, an insert first drops every key whose failures have all expired, so
-/// a scan of many addresses cannot grow the map without bound.
+/// Past this many keys, a reservation first drops every key whose failures have all expired,
+/// so a scan of many addresses cannot grow the map without bound.
 const SWEEP_THRESHOLD: usize = 10_000;
 
 impl InMemoryFailureLimiter {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, entries: Mutex::new(HashMap::new()) }
+        Self { clock, entries: Mutex::new(HashMap::new()), next_id: AtomicU64::new(0) }
     }
 }
 
 #[async_trait]
 impl FailureLimiter for InMemoryFailureLimiter {
-    async fn check(&self, key: &str, policy: FailurePolicy) -> Result<(), RetryAfter> {
+    async fn reserve(&self, keys: &[(String, FailurePolicy)]) -> Result<Attempt, RetryAfter> {
         let now = self.clock.now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = entries.get_mut(key) else { return Ok(()) };
-        entry.window = policy.window;
-        entry.prune(now);
-        if entry.failures.len() < policy.max_failures as usize {
-            return Ok(());
-        }
-        // Locked until enough failures expire to drop below the limit.
-        let excess = entry.failures.len() + 1 - policy.max_failures as usize;
-        let unlock_at = entry.failures.get(excess - 1).copied().unwrap_or(now) + policy.window;
-        Err(RetryAfter(unlock_at - now))
-    }
-
-    async fn record_failure(&self, key: &str, policy: FailurePolicy) {
-        let now = self.clock.now();
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= SWEEP_THRESHOLD && !entries.contains_key(key) {
+        if entries.len() >= SWEEP_THRESHOLD {
+            let longest = keys.iter().map(|(_, p)| p.window).max().unwrap_or_else(Duration::zero);
             entries.retain(|_, entry| {
-                entry.prune(now);
+                entry.prune(now, longest);
                 !entry.failures.is_empty()
             });
         }
-        let entry =
-            entries.entry(key.to_owned()).or_insert_with(|| Entry { window: policy.window, failures: VecDeque::new() });
-        entry.window = policy.window;
-        entry.prune(now);
-        entry.failures.push_back(now);
-        // Only the newest `max_failures` matter for the lockout.
-        while entry.failures.len() > policy.max_failures.max(1) as usize {
-            entry.failures.pop_front();
+        let mut unlock_at: Option<DateTime<Utc>> = None;
+        for (key, policy) in keys {
+            if let Some(entry) = entries.get_mut(key) {
+                entry.prune(now, policy.window);
+                if let Some(at) = entry.locked_until(now, *policy) {
+                    unlock_at = Some(unlock_at.map_or(at, |u| u.max(at)));
+                }
+            }
+        }
+        if let Some(at) = unlock_at {
+            return Err(RetryAfter(at - now));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+        for (key, _) in keys {
+            entries.entry(key.clone()).or_default().failures.push_back((now, id.clone()));
+        }
+        Ok(Attempt { id, keys: keys.iter().map(|(k, _)| k.clone()).collect() })
+    }
+
+    async fn release(&self, attempt: &Attempt) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in &attempt.keys {
+            if let Some(entry) = entries.get_mut(key) {
+                entry.failures.retain(|(_, id)| *id != attempt.id);
+                if entry.failures.is_empty() {
+                    entries.remove(key);
+                }
+            }
         }
     }
 
@@ -119,34 +153,72 @@ mod tests {
 
     const POLICY: FailurePolicy = FailurePolicy { max_failures: 3, window: Duration::minutes(10) };
 
+    fn keys(names: &[&str]) -> Vec<(String, FailurePolicy)> {
+        names.iter().map(|n| (n.to_string(), POLICY)).collect()
+    }
+
     #[tokio::test]
     async fn locks_after_max_failures_until_the_window_slides() {
         let clock = ManualClock::default();
         let limiter = InMemoryFailureLimiter::new(Arc::new(clock.clone()));
-        for _ in 0..2 {
-            limiter.record_failure("k", POLICY).await;
+        for _ in 0..3 {
+            limiter.reserve(&keys(&["k"])).await.unwrap();
             clock.advance(Duration::minutes(1));
         }
-        assert!(limiter.check("k", POLICY).await.is_ok());
-        limiter.record_failure("k", POLICY).await;
-        // Failures at t=0, 1, 2 min; now t=2 min: locked until the first expires at t=10 min.
-        let retry = limiter.check("k", POLICY).await.unwrap_err();
-        assert_eq!(retry.secs(), 8 * 60);
-        assert!(limiter.check("other", POLICY).await.is_ok());
+        // Failures at t=0, 1, 2 min; now t=3 min: locked until the first expires at t=10 min.
+        let retry = limiter.reserve(&keys(&["k"])).await.unwrap_err();
+        assert_eq!(retry.secs(), 7 * 60);
+        assert!(limiter.reserve(&keys(&["other"])).await.is_ok());
 
-        clock.advance(Duration::minutes(8));
-        assert!(limiter.check("k", POLICY).await.is_ok());
+        clock.advance(Duration::minutes(7));
+        assert!(limiter.reserve(&keys(&["k"])).await.is_ok());
     }
 
     #[tokio::test]
-    async fn clear_forgets_failures() {
+    async fn released_attempts_do_not_count_and_clear_forgets_everything() {
+        let limiter = InMemoryFailureLimiter::new(Arc::new(ManualClock::default()));
+        for _ in 0..10 {
+            let attempt = limiter.reserve(&keys(&["k"])).await.unwrap();
+            limiter.release(&attempt).await;
+        }
+        for _ in 0..3 {
+            limiter.reserve(&keys(&["k"])).await.unwrap();
+        }
+        assert!(limiter.reserve(&keys(&["k"])).await.is_err());
+        limiter.clear("k").await;
+        assert!(limiter.reserve(&keys(&["k"])).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_locked_key_reserves_nothing_on_the_others() {
         let limiter = InMemoryFailureLimiter::new(Arc::new(ManualClock::default()));
         for _ in 0..3 {
-            limiter.record_failure("k", POLICY).await;
+            limiter.reserve(&keys(&["account"])).await.unwrap();
         }
-        assert!(limiter.check("k", POLICY).await.is_err());
-        limiter.clear("k").await;
-        assert!(limiter.check("k", POLICY).await.is_ok());
+        for _ in 0..5 {
+            assert!(limiter.reserve(&keys(&["ip", "account"])).await.is_err());
+        }
+        // The address counted none of the refused attempts.
+        for _ in 0..3 {
+            limiter.reserve(&keys(&["ip"])).await.unwrap();
+        }
+        assert!(limiter.reserve(&keys(&["ip"])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_burst_reserves_exactly_the_limit() {
+        let limiter = Arc::new(InMemoryFailureLimiter::new(Arc::new(ManualClock::default())));
+        let tasks: Vec<_> = (0..41)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.reserve(&keys(&["k"])).await.is_ok() })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += usize::from(task.await.unwrap());
+        }
+        assert_eq!(admitted, 3);
     }
 
     #[test]

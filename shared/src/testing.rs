@@ -1,11 +1,23 @@
 //! Test support: a fresh database per test, on SQLite always and on PostgreSQL when
 //! `KEEL_TEST_DATABASE_URL` is set. With `CI=true`, a missing PostgreSQL URL fails the run
 //! instead of silently testing less.
+//!
+//! [`backend_tests!`](crate::backend_tests) turns one test body into one test per backend,
+//! named `<test>::sqlite` and `<test>::postgres`, so a test log shows what ran where.
+//! On PostgreSQL, [`TestDatabase::migrated`] clones each test's database from a template that
+//! was migrated once per test process, instead of running every migration for every test.
 
 use crate::config::{DatabaseConfig, DatabaseOverride, DomainDatabase};
+use crate::db::Db;
+use crate::module::{Component, Contracts, Module, Platform};
+use crate::ratelimit::InMemoryFailureLimiter;
+use crate::scope::Scopes;
 use crate::secret::Secret;
+use crate::{Clock, SystemClock};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 pub const DATABASE_URL_VAR: &str = "KEEL_TEST_DATABASE_URL";
 pub const REDIS_URL_VAR: &str = "KEEL_TEST_REDIS_URL";
@@ -18,7 +30,7 @@ pub enum TestBackend {
     Postgres(String),
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -33,6 +45,16 @@ pub fn required_in_ci(var: &str) -> Option<String> {
     }
 }
 
+/// The PostgreSQL backend, when configured (in CI it must be). Without it a `::postgres` test
+/// says so on stderr and passes without running, which only happens outside CI.
+pub fn postgres() -> Option<TestBackend> {
+    let url = required_in_ci(DATABASE_URL_VAR).map(TestBackend::Postgres);
+    if url.is_none() {
+        eprintln!("skipped: {DATABASE_URL_VAR} is not set");
+    }
+    url
+}
+
 /// The backends every database test runs against.
 pub fn backends() -> Vec<TestBackend> {
     let mut backends = vec![TestBackend::Sqlite];
@@ -42,7 +64,34 @@ pub fn backends() -> Vec<TestBackend> {
     backends
 }
 
-/// A fresh, empty database, removed when dropped.
+/// One test per backend from one body: `backend_tests! { async fn name(backend) { … } }`
+/// defines the tests `name::sqlite` and `name::postgres`, each with `backend: TestBackend`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                #[tokio::test]
+                async fn sqlite() {
+                    let $backend = $crate::testing::TestBackend::Sqlite;
+                    $body
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    let Some($backend) = $crate::testing::postgres() else { return };
+                    $body
+                }
+            }
+        )*
+    };
+}
+
+/// A fresh database, removed when dropped.
 #[derive(Debug)]
 pub struct TestDatabase {
     config: DatabaseConfig,
@@ -51,7 +100,28 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// An empty database.
     pub fn new(backend: &TestBackend) -> Self {
+        Self::create(backend, None)
+    }
+
+    /// A database where every domain of `modules` is migrated. On PostgreSQL it is a copy of a
+    /// template migrated once per test process (and per set of domains).
+    pub fn migrated(backend: &TestBackend, modules: &[Arc<dyn Module>]) -> Self {
+        match backend {
+            TestBackend::Sqlite => {
+                let database = Self::create(backend, None);
+                migrate(&database.config, modules);
+                database
+            }
+            TestBackend::Postgres(admin_url) => {
+                let template = template(admin_url, modules);
+                Self::create(backend, Some(&template))
+            }
+        }
+    }
+
+    fn create(backend: &TestBackend, template: Option<&str>) -> Self {
         match backend {
             TestBackend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
@@ -64,10 +134,9 @@ impl TestDatabase {
             }
             TestBackend::Postgres(admin_url) => {
                 let name = format!("keel_test_{}", uuid::Uuid::now_v7().simple());
-                let mut admin = PgConnection::establish(admin_url)
-                    .unwrap_or_else(|e| panic!("cannot reach {DATABASE_URL_VAR}: {e}"));
-                admin
-                    .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                let template = template.map(|t| format!(" TEMPLATE \"{t}\"")).unwrap_or_default();
+                admin(admin_url)
+                    .batch_execute(&format!("CREATE DATABASE \"{name}\"{template}"))
                     .unwrap_or_else(|e| panic!("create test database: {e}"));
                 let config = DatabaseConfig {
                     url: Secret::new(with_database(admin_url, &name)),
@@ -94,6 +163,20 @@ impl TestDatabase {
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
     }
+
+    /// The name of the PostgreSQL database, if it is one.
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
+
+    /// Opens `domain`'s pools on this database (blocking work done off the runtime's thread).
+    pub async fn open(&self, domain: &str) -> Db {
+        let settings = self.domain(domain);
+        tokio::task::spawn_blocking(move || Db::connect(&settings))
+            .await
+            .unwrap_or_else(|e| panic!("open {e}"))
+            .unwrap_or_else(|e| panic!("open the test database: {e}"))
+    }
 }
 
 impl Drop for TestDatabase {
@@ -106,12 +189,86 @@ impl Drop for TestDatabase {
     }
 }
 
+fn admin(admin_url: &str) -> PgConnection {
+    PgConnection::establish(admin_url).unwrap_or_else(|e| panic!("cannot reach {DATABASE_URL_VAR}: {e}"))
+}
+
+/// Applies every module's migrations to its domain in `config`.
+fn migrate(config: &DatabaseConfig, modules: &[Arc<dyn Module>]) {
+    for module in modules {
+        let settings = config
+            .for_domain(module.name(), &DatabaseOverride::default())
+            .unwrap_or_else(|e| panic!("test database config: {e}"));
+        let db = Db::connect(&settings).unwrap_or_else(|e| panic!("open {}: {e}", module.name()));
+        let migrations = module.migrations();
+        db.migrate(migrations.postgres, migrations.sqlite).unwrap_or_else(|e| panic!("migrate {}: {e}", module.name()));
+    }
+}
+
+/// The template of this process for these domains: built on first use, named after the process
+/// so that concurrent test processes never share one; templates of processes that are gone are
+/// dropped when a new one is built.
+fn template(admin_url: &str, modules: &[Arc<dyn Module>]) -> String {
+    static TEMPLATES: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let mut names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+    names.sort_unstable();
+    let key = names.join("_");
+    let templates = TEMPLATES.get_or_init(Default::default);
+    let mut templates = templates.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(name) = templates.get(&key) {
+        return name.clone();
+    }
+    drop_orphan_templates(admin_url);
+    let name = format!("keel_tpl_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    admin(admin_url)
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .unwrap_or_else(|e| panic!("create template database: {e}"));
+    // No idle connections kept (`min_idle = 0`), and the pools close when `migrate` returns: a
+    // template must have no open connection when it is copied.
+    let config = DatabaseConfig {
+        url: Secret::new(with_database(admin_url, &name)),
+        pool: small_pool(),
+        ..DatabaseConfig::default()
+    };
+    migrate(&config, modules);
+    templates.insert(key, name.clone());
+    name
+}
+
+/// Drops the templates whose process has exited (Linux: no `/proc/<pid>`).
+fn drop_orphan_templates(admin_url: &str) {
+    use diesel::prelude::*;
+    use diesel::sql_types::Text;
+
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        datname: String,
+    }
+
+    let mut conn = admin(admin_url);
+    let Ok(names) =
+        diesel::sql_query("SELECT datname::text AS datname FROM pg_database WHERE datname LIKE 'keel_tpl_%'")
+            .load::<Name>(&mut conn)
+    else {
+        return;
+    };
+    for Name { datname } in names {
+        let pid = datname.strip_prefix("keel_tpl_").and_then(|rest| rest.split('_').next());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"));
+        }
+    }
+}
+
 fn small_pool() -> crate::config::PoolConfig {
     crate::config::PoolConfig { max_size: 4, min_idle: Some(0), ..Default::default() }
 }
 
 /// The same server URL with another database name.
-fn with_database(url: &str, database: &str) -> String {
+pub fn with_database(url: &str, database: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             parsed.set_path(&format!("/{database}"));
@@ -119,6 +276,37 @@ fn with_database(url: &str, database: &str) -> String {
         }
         Err(e) => panic!("{DATABASE_URL_VAR} is not a URL: {e}"),
     }
+}
+
+/// The platform a test builds domains with: the system clock, an in-process failure limiter,
+/// and the scopes of `modules`.
+pub fn platform(modules: &[Arc<dyn Module>]) -> Platform {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    platform_with(modules, clock)
+}
+
+/// Like [`platform`], with the given clock.
+pub fn platform_with(modules: &[Arc<dyn Module>], clock: Arc<dyn Clock>) -> Platform {
+    Platform {
+        clock: clock.clone(),
+        failure_limiter: Arc::new(InMemoryFailureLimiter::new(clock)),
+        scopes: Scopes::new(modules.iter().flat_map(|m| m.scopes().iter().copied()).collect()),
+        remote: Default::default(),
+    }
+}
+
+/// Builds `modules` in-process on `database` the way the gateway does (each with the contracts
+/// of the ones before it) and returns every contract they provide.
+pub async fn build(modules: &[Arc<dyn Module>], database: &TestDatabase, platform: &Platform) -> Contracts {
+    let mut contracts = Contracts::default();
+    for module in modules {
+        let component: Arc<dyn Component> = module
+            .build_local(database.open(module.name()).await, platform, &contracts)
+            .await
+            .unwrap_or_else(|e| panic!("build {}: {e}", module.name()));
+        component.provide(&mut contracts);
+    }
+    contracts
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
+use shared::backend_tests;
 use shared::config::Backend;
 use shared::db::{Conn, Db, DbError};
-use shared::testing::{TestDatabase, backends};
+use shared::testing::TestDatabase;
 
 #[derive(QueryableByName)]
 struct One {
@@ -16,9 +17,8 @@ fn text(conn: &mut Conn, sql: &str) -> Result<String, DbError> {
     Ok(diesel::sql_query(sql).get_result::<One>(conn)?.value)
 }
 
-#[tokio::test]
-async fn each_domain_gets_its_own_schema_or_file_with_the_right_session_settings() {
-    for backend in backends() {
+backend_tests! {
+    async fn each_domain_gets_its_own_schema_or_file_with_the_right_session_settings(backend) {
         let database = TestDatabase::new(&backend);
         let settings = database.domain("alpha");
         let db = Db::connect(&settings).unwrap();
@@ -57,9 +57,8 @@ async fn each_domain_gets_its_own_schema_or_file_with_the_right_session_settings
     }
 }
 
-#[tokio::test]
-async fn a_failed_transaction_rolls_back_and_unique_violations_are_recognised() {
-    for backend in backends() {
+backend_tests! {
+    async fn a_failed_transaction_rolls_back_and_unique_violations_are_recognised(backend) {
         let database = TestDatabase::new(&backend);
         let db = Db::connect(&database.domain("gamma")).unwrap();
         db.run(|conn| {
@@ -81,13 +80,17 @@ async fn a_failed_transaction_rolls_back_and_unique_violations_are_recognised() 
     }
 }
 
-#[tokio::test]
-async fn reads_go_to_the_replica_when_one_is_configured() {
-    for backend in backends() {
-        if backend == shared::testing::TestBackend::Sqlite {
-            continue;
-        }
+backend_tests! {
+    async fn reads_go_to_the_replica_when_one_is_configured(backend) {
         let database = TestDatabase::new(&backend);
+        if backend == shared::testing::TestBackend::Sqlite {
+            // SQLite has no replicas: configuring one is refused up front.
+            let mut config = database.config();
+            config.replica_url = Some(config.url.clone());
+            let refused = config.for_domain("delta", &Default::default()).unwrap_err();
+            assert_eq!(refused.to_string(), "a read replica needs PostgreSQL");
+            return;
+        }
         let mut settings = database.domain("delta");
         let db = Db::connect(&settings).unwrap();
         db.run(|conn| {

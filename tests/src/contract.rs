@@ -221,31 +221,27 @@ pub async fn auth_contract(api: Arc<dyn AuthApi>) {
     // --- API keys: create, use, list, revoke.
     let key = api.create_api_key(&session, acme.id, key_request.clone()).await.unwrap();
     assert_eq!(key.name, "ci");
-    assert_eq!(key.scopes, vec![Scope::Inference, Scope::Rag], "the default scopes");
+    assert_eq!(key.scopes, Vec::<String>::new(), "the defaults the registered domains declare: none yet");
     assert_eq!(key.expires_at, None);
     assert!(key.prefix.starts_with("keel_sk_"), "{}", key.prefix);
     assert!(key.key.expose().starts_with(&key.prefix));
     assert!(key.key.expose().len() > key.prefix.len() + 32, "the secret part follows the prefix");
     let past = CreateApiKeyRequest { expires_at: Some(Utc::now() - Duration::minutes(1)), ..key_request.clone() };
     assert_validation(api.create_api_key(&session, acme.id, past).await, "expires_at");
-    let no_scopes = CreateApiKeyRequest { scopes: Some(vec![]), ..key_request.clone() };
-    assert_validation(api.create_api_key(&session, acme.id, no_scopes).await, "scopes");
+    let unknown_scope = CreateApiKeyRequest { scopes: Some(vec!["everything".into()]), ..key_request.clone() };
+    assert_validation(api.create_api_key(&session, acme.id, unknown_scope).await, "scopes");
 
     let key_principal = api.authenticate(&key.key).await.unwrap();
     assert_eq!(key_principal.kind, PrincipalKind::ApiKey);
     assert_eq!((key_principal.organization_id, key_principal.api_key_id), (Some(acme.id), Some(key.id)));
     assert_eq!((key_principal.user_id, key_principal.session_id), (None, None));
-    assert_eq!(key_principal.scopes, vec![Scope::Inference, Scope::Rag]);
+    assert_eq!(key_principal.scopes, Vec::<String>::new());
+    assert_eq!(key_principal.key_created_by, Some(ada.user.id));
     assert_eq!(
         api.me(&key_principal).await.unwrap(),
         MeResponse::ApiKey {
             organization: acme.clone(),
-            api_key: KeyIdentity {
-                id: key.id,
-                name: "ci".into(),
-                prefix: key.prefix.clone(),
-                scopes: vec![Scope::Inference, Scope::Rag]
-            },
+            api_key: KeyIdentity { id: key.id, name: "ci".into(), prefix: key.prefix.clone(), scopes: Vec::new() },
         }
     );
     // A tampered secret with a valid lookup part is refused.
@@ -274,7 +270,7 @@ pub async fn auth_contract(api: Arc<dyn AuthApi>) {
     let listed_key = &listed.data[0];
     assert_eq!(
         (listed_key.id, listed_key.name.as_str(), listed_key.prefix.as_str(), listed_key.scopes.clone()),
-        (key.id, "ci", key.prefix.as_str(), vec![Scope::Inference, Scope::Rag])
+        (key.id, "ci", key.prefix.as_str(), Vec::<String>::new())
     );
     assert_eq!(
         (listed_key.created_by, listed_key.created_at, listed_key.expires_at),
@@ -293,6 +289,37 @@ pub async fn auth_contract(api: Arc<dyn AuthApi>) {
     assert_eq!(api.authenticate(&key.key).await.unwrap_err(), AuthError::Unauthenticated, "a revoked key is refused");
     assert_eq!(api.revoke_api_key(&session, acme.id, key.id).await.unwrap_err(), AuthError::ApiKeyNotFound);
     assert!(api.list_api_keys(&session, acme.id, first_page()).await.unwrap().data.is_empty());
+
+    // --- An admin key acts on its creator's authority: it stops granting admin rights when the
+    // creator is no longer an owner or admin, while the organization's other scopes keep working.
+    let admin_request =
+        CreateApiKeyRequest { name: "bob's admin key".into(), scopes: Some(vec!["admin".into()]), expires_at: None };
+    let bob_key = api.create_api_key(&bob_session, acme.id, admin_request).await.unwrap();
+    let bob_key_principal = api.authenticate(&bob_key.key).await.unwrap();
+    assert_eq!(bob_key_principal.scopes, vec!["admin".to_owned()]);
+    let add_carol = AddMemberRequest { email: "carol@example.com".into(), role: Role::Member };
+    api.add_member(&bob_key_principal, acme.id, add_carol.clone()).await.unwrap();
+    api.remove_member(&session, acme.id, carol.user.id).await.unwrap();
+    api.remove_member(&session, acme.id, bob.user.id).await.unwrap();
+    let orphaned = api.authenticate(&bob_key.key).await.expect("the key still identifies its organization");
+    assert_eq!(orphaned.scopes, Vec::<String>::new(), "admin is no longer granted");
+    assert_eq!(
+        api.add_member(&orphaned, acme.id, add_carol.clone()).await.unwrap_err(),
+        AuthError::InsufficientScope("admin".into())
+    );
+    let readd_bob = AddMemberRequest { email: "bob@example.com".into(), role: Role::Admin };
+    assert_eq!(
+        api.add_member(&orphaned, acme.id, readd_bob.clone()).await.unwrap_err(),
+        AuthError::InsufficientScope("admin".into()),
+        "the key cannot bring its creator back"
+    );
+    let listed = api.list_api_keys(&session, acme.id, first_page()).await.unwrap();
+    assert_eq!(listed.data[0].created_by, Some(bob.user.id), "keys remember who created them");
+    assert_eq!(listed.data[0].scopes, vec!["admin".to_owned()], "the listing shows the scopes as created");
+    // Back as an admin, the creator's key is an admin key again.
+    api.add_member(&session, acme.id, readd_bob).await.unwrap();
+    assert_eq!(api.authenticate(&bob_key.key).await.unwrap().scopes, vec!["admin".to_owned()]);
+    api.revoke_api_key(&session, acme.id, bob_key.id).await.unwrap();
 
     // --- Logout revokes the session used, and only it.
     api.logout(&session).await.unwrap();

@@ -1,12 +1,10 @@
 //! Gateways and services for tests: in-process, auth-only, or remote, on a given test database.
 
 use auth::config::Argon2Config;
-use auth::{AuthApi, AuthConfig, AuthService};
-use gateway::{Domain, GatewayConfig, RunningGateway};
-use shared::SystemClock;
-use shared::db::Db;
-use shared::ratelimit::InMemoryFailureLimiter;
-use shared::testing::TestDatabase;
+use auth::{AuthApi, AuthConfig, AuthModule};
+use gateway::{GatewayConfig, RunningGateway};
+use shared::module::Module;
+use shared::testing::{TestBackend, TestDatabase};
 use std::sync::Arc;
 
 /// argon2 parameters that make a hash take about a millisecond.
@@ -25,19 +23,21 @@ pub fn gateway_config(database: &TestDatabase) -> GatewayConfig {
     config
 }
 
-/// The in-process auth service over `database`, migrated.
+/// Every registered domain with its default configuration: what a test database is migrated for.
+pub fn modules() -> Vec<Arc<dyn Module>> {
+    GatewayConfig::default().modules()
+}
+
+/// A fresh database with every registered domain migrated.
+pub fn database(backend: &TestBackend) -> TestDatabase {
+    TestDatabase::migrated(backend, &modules())
+}
+
+/// The in-process auth service over `database`, built by its module as the gateway builds it.
 pub async fn auth_service(database: &TestDatabase, config: AuthConfig) -> Arc<dyn AuthApi> {
-    let settings = database.domain(auth::DOMAIN);
-    let db = tokio::task::spawn_blocking(move || {
-        let db = Db::connect(&settings).unwrap();
-        AuthService::migrate(&db).unwrap();
-        db
-    })
-    .await
-    .unwrap();
-    let clock = Arc::new(SystemClock);
-    let limiter = Arc::new(InMemoryFailureLimiter::new(clock.clone()));
-    Arc::new(AuthService::new(db, config, clock, limiter).unwrap())
+    let modules: Vec<Arc<dyn Module>> = vec![Arc::new(AuthModule::new(config))];
+    let platform = shared::testing::platform(&self::modules());
+    shared::testing::build(&modules, database, &platform).await.get::<dyn AuthApi>().unwrap()
 }
 
 /// A gateway serving in the background; stopped when dropped.
@@ -48,7 +48,8 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts a gateway with `config`, serving `only` (every domain when `None`).
-    pub async fn start(config: GatewayConfig, only: Option<Vec<Domain>>) -> Self {
+    pub async fn start(config: GatewayConfig, only: Option<&[&str]>) -> Self {
+        let only = only.map(|names| names.iter().map(|n| n.to_string()).collect());
         Self { running: gateway::start(config, only).await.unwrap() }
     }
 
@@ -59,7 +60,7 @@ impl TestGateway {
 
     /// Only the auth domain, in-process over `database` (`gateway serve --only auth`).
     pub async fn auth_only(database: &TestDatabase) -> Self {
-        Self::start(gateway_config(database), Some(vec![Domain::Auth])).await
+        Self::start(gateway_config(database), Some(&[auth::DOMAIN])).await
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -137,4 +138,35 @@ fn postgres_dump(url: &str, schema: &str) -> Vec<u8> {
 /// Whether `needle` occurs anywhere in `haystack`.
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The PostgreSQL server's log file, when `database` is on PostgreSQL and the log can be read:
+/// `pg_current_logfile()` with a logging collector, else Debian's
+/// `/var/log/postgresql/postgresql-<cluster_name with - for />.log`. In CI it must be found.
+pub fn postgres_log(database: &TestDatabase) -> Option<std::path::PathBuf> {
+    use diesel::prelude::*;
+    use diesel::sql_types::{Nullable, Text};
+
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Nullable<Text>)]
+        value: Option<String>,
+    }
+
+    if !database.is_postgres() {
+        return None;
+    }
+    let mut conn = PgConnection::establish(database.domain(auth::DOMAIN).url.expose()).unwrap();
+    let mut setting = |sql: &str| diesel::sql_query(sql).get_result::<Setting>(&mut conn).unwrap().value;
+    let data_directory = setting("SELECT current_setting('data_directory') AS value");
+    let candidates = [
+        setting("SELECT pg_current_logfile() AS value")
+            .map(|f| std::path::Path::new(&data_directory.unwrap_or_default()).join(f)),
+        setting("SELECT current_setting('cluster_name') AS value")
+            .filter(|c| !c.is_empty())
+            .map(|c| format!("/var/log/postgresql/postgresql-{}.log", c.replace('/', "-")).into()),
+    ];
+    let found = candidates.into_iter().flatten().find(|path| std::fs::File::open(path).is_ok());
+    assert!(found.is_some() || !shared::testing::in_ci(), "the PostgreSQL server log cannot be read");
+    found
 }

@@ -10,4 +10,4 @@ pub mod contract;
 pub mod harness;
 
 pub use client::{Client, Reply};
-pub use harness::{TestGateway, fast_auth_config, gateway_config};
+pub use harness::{TestGateway, database, fast_auth_config, gateway_config};

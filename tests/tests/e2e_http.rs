@@ -7,11 +7,12 @@
 
 use auth::OrganizationId;
 use auth::config::ThrottleConfig;
-use gateway::{Domain, GatewayConfig};
+use gateway::GatewayConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::testing::{TestDatabase, backends};
-use tests::harness::{TestGateway, contains, gateway_config, stored_bytes};
+use shared::backend_tests;
+use shared::testing::TestBackend;
+use tests::harness::{TestGateway, contains, database, gateway_config, stored_bytes};
 use tests::{Client, Reply};
 
 const PASSWORD: &str = "correct horse battery";
@@ -145,7 +146,7 @@ async fn public_api_flow(api: &Client) {
 
     // API keys: the full key once, then never again.
     let keys_path = format!("/v1/organizations/{acme_id}/api-keys");
-    let created = api.post(&keys_path, Some(&token), &json!({"name": "ci", "scopes": ["inference", "admin"]})).await;
+    let created = api.post(&keys_path, Some(&token), &json!({"name": "ci", "scopes": ["admin"]})).await;
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(keys(&created.body), ["created_at", "expires_at", "id", "key", "name", "prefix", "scopes"]);
     let key = str_of(&created.body, "/key").to_owned();
@@ -158,7 +159,7 @@ async fn public_api_flow(api: &Client) {
         json!({
             "kind": "api_key",
             "organization": acme.body,
-            "api_key": {"id": key_id, "name": "ci", "prefix": prefix, "scopes": ["inference", "admin"]},
+            "api_key": {"id": key_id, "name": "ci", "prefix": prefix, "scopes": ["admin"]},
         })
     );
     let listed = api.get(&keys_path, Some(&key)).await;
@@ -188,19 +189,17 @@ async fn public_api_flow(api: &Client) {
     assert_eq!(login(api, "ada@example.com", "another fine password").await.status, 200);
 }
 
-#[tokio::test]
-async fn the_public_api_works_end_to_end() {
-    for backend in backends() {
-        let database = TestDatabase::new(&backend);
+backend_tests! {
+    async fn the_public_api_works_end_to_end(backend) {
+        let database = database(&backend);
         let gateway = TestGateway::in_process(&database).await;
         public_api_flow(&gateway.client()).await;
     }
 }
 
-#[tokio::test]
-async fn another_organizations_member_gets_404_on_every_org_scoped_route() {
-    for backend in backends() {
-        let database = TestDatabase::new(&backend);
+backend_tests! {
+    async fn another_organizations_member_gets_404_on_every_org_scoped_route(backend) {
+        let database = database(&backend);
         let gateway = TestGateway::in_process(&database).await;
         let api = gateway.client();
 
@@ -267,31 +266,32 @@ async fn another_organizations_member_gets_404_on_every_org_scoped_route() {
     }
 }
 
-#[tokio::test]
-async fn bad_bodies_get_the_envelope_and_store_nothing() {
-    for backend in backends() {
-        let database = TestDatabase::new(&backend);
+backend_tests! {
+    async fn bad_bodies_get_the_envelope_and_store_nothing(backend) {
+        let database = database(&backend);
         let gateway = TestGateway::in_process(&database).await;
         let api = gateway.client();
         let signup_path = "/v1/auth/signup";
         let email = "eve@example.com";
         let json_type = "application/json";
 
-        let cases: Vec<(String, &str, u16, &str)> = vec![
+        // (body, content type, status, code, param)
+        let cases: Vec<(String, &str, u16, &str, Option<&str>)> = vec![
             // Malformed JSON.
-            (format!(r#"{{"email": "{email}", "password": "{PASSWORD}""#), json_type, 400, "invalid_json"),
-            ("not json at all".into(), json_type, 400, "invalid_json"),
-            // Missing fields.
-            (format!(r#"{{"email": "{email}"}}"#), json_type, 422, "invalid_body"),
+            (format!(r#"{{"email": "{email}", "password": "{PASSWORD}""#), json_type, 400, "invalid_json", None),
+            ("not json at all".into(), json_type, 400, "invalid_json", None),
+            // Missing fields: `param` names the field.
+            (format!(r#"{{"email": "{email}"}}"#), json_type, 422, "invalid_body", Some("password")),
             // Wrong types.
-            (format!(r#"{{"email": "{email}", "password": 12345678}}"#), json_type, 422, "invalid_body"),
-            (format!(r#"{{"email": ["{email}"], "password": "{PASSWORD}"}}"#), json_type, 422, "invalid_body"),
+            (format!(r#"{{"email": "{email}", "password": 12345678}}"#), json_type, 422, "invalid_body", Some("password")),
+            (format!(r#"{{"email": ["{email}"], "password": "{PASSWORD}"}}"#), json_type, 422, "invalid_body", Some("email")),
             // Larger than http.body_limit_bytes (64 KiB).
             (
                 format!(r#"{{"email": "{email}", "password": "{PASSWORD}", "name": "{}"}}"#, "n".repeat(70_000)),
                 json_type,
                 413,
                 "payload_too_large",
+                None,
             ),
             // Not JSON.
             (
@@ -299,23 +299,49 @@ async fn bad_bodies_get_the_envelope_and_store_nothing() {
                 "text/plain",
                 415,
                 "unsupported_media_type",
+                None,
             ),
-            (format!("email={email}&password=x"), "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+            (format!("email={email}&password=x"), "application/x-www-form-urlencoded", 415, "unsupported_media_type", None),
             // Well-formed but invalid: a password longer than 128 characters is refused, not hashed.
             (
                 format!(r#"{{"email": "{email}", "password": "{}"}}"#, "p".repeat(129)),
                 json_type,
                 422,
                 "validation_failed",
+                Some("password"),
+            ),
+            // Text Keel would store must not carry NUL, control or bidi-override characters.
+            (
+                format!(r#"{{"email": "eve\u0000@example.com", "password": "{PASSWORD}"}}"#),
+                json_type,
+                422,
+                "validation_failed",
+                Some("email"),
+            ),
+            (
+                format!(r#"{{"email": "{email}", "password": "{PASSWORD}", "name": "Eve\u202Egnp.exe"}}"#),
+                json_type,
+                422,
+                "validation_failed",
+                Some("name"),
+            ),
+            (
+                format!(r#"{{"email": "{email}", "password": "{PASSWORD}", "name": "Eve\u0007"}}"#),
+                json_type,
+                422,
+                "validation_failed",
+                Some("name"),
             ),
         ];
-        for (body, content_type, status, code) in cases {
+        for (body, content_type, status, code, param) in cases {
             let reply = raw(&api, signup_path, None, content_type, body).await;
             reply.assert_error(status, code);
             assert_eq!(reply.body["error"]["type"], "invalid_request_error", "{}", reply.body);
-            let param = if code == "validation_failed" { json!("password") } else { Value::Null };
-            assert_eq!(reply.body["error"]["param"], param, "{}", reply.body);
+            assert_eq!(reply.body["error"]["param"], json!(param), "{}", reply.body);
         }
+        // Logging in with such an email is just a wrong login, and queries nothing.
+        let nul_login = json!({"email": "eve\u{0}@example.com", "password": PASSWORD});
+        api.post("/v1/auth/login", None, &nul_login).await.assert_error(401, "invalid_credentials");
 
         // Nothing was stored: the account does not exist, and a valid signup then succeeds.
         login(&api, email, PASSWORD).await.assert_error(401, "invalid_credentials");
@@ -331,7 +357,9 @@ async fn bad_bodies_get_the_envelope_and_store_nothing() {
         assert_eq!(api.get("/v1/organizations", Some(&token)).await.body, orgs_before);
         let keys_path = format!("/v1/organizations/{org}/api-keys");
         let bad_scopes = json!({"name": "k", "scopes": ["everything"]});
-        api.post(&keys_path, Some(&token), &bad_scopes).await.assert_error(422, "invalid_body");
+        let refused = api.post(&keys_path, Some(&token), &bad_scopes).await;
+        refused.assert_error(422, "validation_failed");
+        assert_eq!(refused.body["error"]["param"], "scopes");
         let bad_date = json!({"name": "k", "expires_at": "tomorrow"});
         api.post(&keys_path, Some(&token), &bad_date).await.assert_error(422, "invalid_body");
         let bad_role = json!({"email": email, "role": "god"});
@@ -344,10 +372,9 @@ async fn bad_bodies_get_the_envelope_and_store_nothing() {
     }
 }
 
-#[tokio::test]
-async fn the_database_holds_no_usable_secret() {
-    for backend in backends() {
-        let database = TestDatabase::new(&backend);
+backend_tests! {
+    async fn the_database_holds_no_usable_secret(backend) {
+        let database = database(&backend);
         let gateway = TestGateway::in_process(&database).await;
         let api = gateway.client();
 
@@ -383,10 +410,9 @@ async fn the_database_holds_no_usable_secret() {
     }
 }
 
-#[tokio::test]
-async fn failed_logins_are_throttled_per_account_and_per_address() {
-    for backend in backends() {
-        let database = TestDatabase::new(&backend);
+backend_tests! {
+    async fn failed_logins_are_throttled_per_account_and_per_address(backend) {
+        let database = database(&backend);
         let mut config = gateway_config(&database);
         config.auth.throttle = ThrottleConfig { window_secs: 900, max_failures_per_account: 3, max_failures_per_ip: 6 };
         let gateway = TestGateway::start(config, None).await;
@@ -415,7 +441,7 @@ async fn failed_logins_are_throttled_per_account_and_per_address() {
 
 #[tokio::test]
 async fn request_ids_health_readiness_and_the_openapi_document() {
-    let database = TestDatabase::new(&backends()[0]);
+    let database = database(&TestBackend::Sqlite);
     let gateway = TestGateway::in_process(&database).await;
     let api = gateway.client();
 
@@ -491,10 +517,9 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
     }
 }
 
-#[tokio::test]
-async fn a_gateway_with_a_remote_auth_service_serves_the_same_api() {
-    for backend in backends() {
-        let database = TestDatabase::new(&backend);
+backend_tests! {
+    async fn a_gateway_with_a_remote_auth_service_serves_the_same_api(backend) {
+        let database = database(&backend);
 
         // A: the auth service alone; it trusts B as a proxy, so it throttles by the real client.
         let mut a_config = gateway_config(&database);
@@ -503,7 +528,7 @@ async fn a_gateway_with_a_remote_auth_service_serves_the_same_api() {
         let ip_limit = 5;
         a_config.auth.throttle =
             ThrottleConfig { window_secs: 900, max_failures_per_account: 100, max_failures_per_ip: ip_limit };
-        let a = TestGateway::start(a_config, Some(vec![Domain::Auth])).await;
+        let a = TestGateway::start(a_config, Some(&[auth::DOMAIN])).await;
 
         // B: every route, auth through A. Its database URL points nowhere: B must not use one.
         let mut b_config = GatewayConfig::default();
@@ -512,7 +537,7 @@ async fn a_gateway_with_a_remote_auth_service_serves_the_same_api() {
         // The test client stands for a proxy in front of B, so that it can speak for several addresses.
         b_config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         b_config.database.url = "postgres://nobody@127.0.0.1:1/nothing".into();
-        b_config.auth.url = Some(a.url());
+        b_config.auth.url = Some(a.url().into());
         let b = TestGateway::start(b_config, None).await;
         let (via_a, via_b) = (a.client(), b.client());
 
@@ -581,7 +606,7 @@ async fn a_graceful_stop_finishes_the_requests_in_flight() {
     use std::io::Write;
     use std::net::TcpStream;
 
-    let database = TestDatabase::new(&backends()[0]);
+    let database = database(&TestBackend::Sqlite);
     let gateway = TestGateway::in_process(&database).await;
     let addr = gateway.running.addr;
 
@@ -621,4 +646,171 @@ async fn a_graceful_stop_finishes_the_requests_in_flight() {
     // The account exists.
     let again = TestGateway::in_process(&database).await;
     assert_eq!(login(&again.client(), "late@example.com", PASSWORD).await.status, 200);
+}
+
+/// Sends raw bytes on a fresh connection and reads the whole answer until the server closes.
+fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.to_owned(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn every_status_keel_sends_carries_the_envelope() {
+    let database = database(&TestBackend::Sqlite);
+    let gateway = TestGateway::in_process(&database).await;
+    let api = gateway.client();
+
+    // A known path with another method: 405 with Allow, in the envelope.
+    let reply = api.delete("/v1/auth/signup", None).await;
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("POST"));
+    let reply = Client::send(api.request(Method::PUT, "/v1/organizations", None)).await;
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("GET, POST"));
+    assert!(reply.header("x-request-id").is_some());
+    // An unknown path is still a 404.
+    api.delete("/v1/auth/nothing", None).await.assert_error(404, "not_found");
+
+    // Rejected before routing: too large a head, a malformed head, and they still get the
+    // envelope (the codec alone would answer with an empty body).
+    let addr = gateway.running.addr;
+    let huge = format!("GET /healthz HTTP/1.1\r\nHost: keel\r\nCookie: {}\r\n\r\n", "c".repeat(200_000));
+    let (head, body) = tokio::task::spawn_blocking(move || exchange(addr, huge.as_bytes())).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let many: String = (0..120).map(|n| format!("X-H{n}: v\r\n")).collect();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: keel\r\n{many}\r\n");
+    let (head, body) = tokio::task::spawn_blocking(move || exchange(addr, request.as_bytes())).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    let (head, body) =
+        tokio::task::spawn_blocking(move || exchange(addr, b"GARBAGE\x01 / HTTP/1.1\r\n\r\n")).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    // The server is unharmed.
+    assert_eq!(api.get("/healthz", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_openapi_document_types_every_error_from_one_place() {
+    let database = database(&TestBackend::Sqlite);
+    let gateway = TestGateway::in_process(&database).await;
+    let document = gateway.client().get("/openapi.json", None).await.body;
+    let envelope = json!({"$ref": "#/components/schemas/ErrorEnvelope"});
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            let has = |status: &str| responses.contains_key(status);
+            let what = format!("{method} {path}");
+            for (status, response) in responses {
+                let description = response["description"].as_str().unwrap_or_default();
+                assert!(!description.trim().is_empty(), "{what} {status} has no description");
+                if status.starts_with('4') || status.starts_with('5') || status == "default" {
+                    assert_eq!(response["content"]["application/json"]["schema"], envelope, "{what} {status}");
+                }
+            }
+            assert!(has("default"), "{what}: no default error response");
+            if operation.get("security").is_some() {
+                assert!(has("401"), "{what}: authenticated but no 401");
+            }
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(has(status), "{what}: has a body but no {status}");
+                }
+            }
+            if path.starts_with("/v1/") {
+                assert!(has("503") && has("500"), "{what}: touches a database but documents no 503/500");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "{checked} operations");
+    // Domain codes carry their status from the error table.
+    let signup = &document["paths"]["/v1/auth/signup"]["post"]["responses"];
+    assert!(signup["409"]["description"].as_str().unwrap().contains("`email_taken`"));
+    assert!(signup["422"]["description"].as_str().unwrap().contains("`validation_failed`"));
+    assert!(signup["422"]["description"].as_str().unwrap().contains("`invalid_body`"));
+    let login = &document["paths"]["/v1/auth/login"]["post"]["responses"];
+    assert!(login["429"]["description"].as_str().unwrap().contains("`too_many_attempts`"));
+}
+
+/// Sends `attempts` logins at once and counts the answers by status.
+async fn burst(api: &Client, attempts: Vec<(String, String, String)>) -> std::collections::BTreeMap<u16, usize> {
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(ip, email, password)| {
+            let api = api.clone();
+            tokio::spawn(async move { login_from(&api, &ip, &email, &password).await.status })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.await.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+backend_tests! {
+    async fn a_concurrent_burst_of_logins_cannot_bypass_the_throttle(backend) {
+        let database = database(&backend);
+        let mut config = gateway_config(&database);
+        config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        config.auth.throttle = ThrottleConfig { window_secs: 900, max_failures_per_account: 10, max_failures_per_ip: 10 };
+        let gateway = TestGateway::start(config, None).await;
+        let api = gateway.client();
+        signup(&api, "ada@example.com").await;
+
+        // Per account: 40 wrong passwords and the right one, at once, from 41 addresses.
+        let mut attempts: Vec<_> = (0..40)
+            .map(|n| (format!("198.51.100.{n}"), "ada@example.com".to_owned(), format!("wrong password {n}")))
+            .collect();
+        attempts.insert(20, ("198.51.100.200".into(), "ada@example.com".into(), PASSWORD.into()));
+        let counts = burst(&api, attempts).await;
+        let checked = counts.get(&401).copied().unwrap_or(0) + counts.get(&200).copied().unwrap_or(0);
+        assert!(checked <= 10, "at most 10 passwords checked: {counts:?}");
+        assert_eq!(counts.get(&429).copied().unwrap_or(0), 41 - checked, "{counts:?}");
+        // The lockout holds, for the right password too (unless it was among the ten, which
+        // clears the account's failures).
+        if !counts.contains_key(&200) {
+            login(&api, "ada@example.com", PASSWORD).await.assert_error(429, "too_many_attempts");
+        }
+
+        // Per address: 40 wrong logins on 40 accounts, at once, from one address.
+        let attempts =
+            (0..40).map(|n| ("203.0.113.9".to_owned(), format!("nobody{n}@example.com"), "wrong".to_owned())).collect();
+        let counts = burst(&api, attempts).await;
+        assert_eq!((counts.get(&401), counts.get(&429)), (Some(&10), Some(&30)), "{counts:?}");
+    }
+
+    async fn a_duplicate_signup_leaves_no_email_in_the_database_log(backend) {
+        let database = database(&backend);
+        let gateway = TestGateway::in_process(&database).await;
+        let api = gateway.client();
+        let email = format!("dup-{}@example.com", uuid::Uuid::now_v7().simple());
+        let log = tests::harness::postgres_log(&database);
+        let before = log.as_ref().map(|path| std::fs::metadata(path).unwrap().len());
+        signup(&api, &email).await;
+        for _ in 0..3 {
+            let again = api.post("/v1/auth/signup", None, &json!({"email": email, "password": PASSWORD})).await;
+            again.assert_error(409, "email_taken");
+        }
+        if let (Some(path), Some(before)) = (log, before) {
+            use std::io::{Read, Seek};
+            let mut file = std::fs::File::open(path).unwrap();
+            file.seek(std::io::SeekFrom::Start(before)).unwrap();
+            let mut written = String::new();
+            file.read_to_string(&mut written).unwrap();
+            assert!(!written.contains(&email), "the server log holds the email:\n{written}");
+        }
+    }
 }

@@ -1,0 +1,10 @@
+//! The registered domains: adding a domain to Keel is one line here, after the domains it
+//! depends on. Each line gives the section name (`[auth]`, `KEEL_AUTH__*`, `--only auth`), the
+//! domain's config type and its module (see `shared::module::Module`).
+
+use crate::config::register_domains;
+
+register_domains! {
+    /// `[auth]`, `KEEL_AUTH__*`: accounts, sessions, organizations, API keys.
+    auth: auth::AuthConfig => auth::AuthModule,
+}
