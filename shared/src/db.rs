@@ -168,14 +168,23 @@ struct Health {
 
 impl Inner {
     /// A connection from the primary, or from the replica when asked and configured.
+    ///
+    /// The wait is cut in slices of `connection_timeout_when_down`: as soon as an attempt to
+    /// connect has failed (the database refuses or is unreachable), the checkout gives up
+    /// instead of waiting out the full timeout; a pool that is merely busy is waited for.
     fn connection(&self, replica: bool) -> Result<PooledConnection<Manager>, DbError> {
         let pool = if replica { self.replica.as_ref().unwrap_or(&self.primary) } else { &self.primary };
-        let timeout = if self.health.connect_failing.load(Ordering::Relaxed) {
-            self.timeouts.when_down.min(self.timeouts.normal)
-        } else {
-            self.timeouts.normal
-        };
-        pool.get_timeout(timeout).map_err(|e| DbError::Unavailable(e.to_string()))
+        let deadline = Instant::now() + self.timeouts.normal;
+        loop {
+            let slice = self.timeouts.when_down.min(deadline.saturating_duration_since(Instant::now()));
+            match pool.get_timeout(slice.max(Duration::from_millis(1))) {
+                Ok(conn) => return Ok(conn),
+                Err(e) if self.health.connect_failing.load(Ordering::Relaxed) || Instant::now() >= deadline => {
+                    return Err(DbError::Unavailable(e.to_string()));
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 

@@ -1,5 +1,7 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The database layer against real engines: SQLite always, PostgreSQL when configured.
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use shared::backend_tests;
@@ -111,5 +113,75 @@ backend_tests! {
         assert_eq!(count, "0", "the replica pool uses the domain's schema too");
         // Without a replica, run_read uses the primary.
         assert_eq!(db.run_read(app).await.unwrap(), "keel-delta");
+    }
+}
+
+/// Runs `sql` on a connection of its own (not from the pool).
+fn out_of_band(database: &TestDatabase, sql: &str) {
+    let url = database.domain("epsilon").url;
+    let mut conn = diesel::PgConnection::establish(url.expose()).unwrap();
+    conn.batch_execute(sql).unwrap();
+}
+
+backend_tests! {
+    async fn lost_connections_are_unavailable_never_internal_and_the_pool_replaces_them(backend) {
+        let database = TestDatabase::new(&backend);
+        let mut settings = database.domain("epsilon");
+        settings.pool.max_size = 4;
+        // No idle check, to see what a connection that died under a burst does.
+        settings.pool.check_idle_after_ms = 3_600_000;
+        let db = Db::connect(&settings).unwrap();
+        let name = database.postgres_name().map(str::to_owned);
+        let Some(name) = name else {
+            // SQLite: a file locked by another writer beyond busy_timeout is unavailability.
+            settings.busy_timeout_ms = 50;
+            let db = Db::connect(&settings).unwrap();
+            db.run(|c| c.batch_execute("CREATE TABLE t (x INTEGER)").map_err(DbError::from)).await.unwrap();
+            let mut locker = diesel::SqliteConnection::establish(settings.url.expose()).unwrap();
+            locker.batch_execute("BEGIN EXCLUSIVE").unwrap();
+            let locked = db.run(|c| c.batch_execute("INSERT INTO t VALUES (1)").map_err(DbError::from)).await;
+            assert!(matches!(locked, Err(DbError::Unavailable(_))), "{locked:?}");
+            locker.batch_execute("ROLLBACK").unwrap();
+            db.run(|c| c.batch_execute("INSERT INTO t VALUES (1)").map_err(DbError::from)).await.unwrap();
+            return;
+        };
+        // Four connections in the pool.
+        let burst = (0..4).map(|_| db.run(|c| c.batch_execute("SELECT pg_sleep(0.05)").map_err(DbError::from)));
+        for result in futures_util::future::join_all(burst).await {
+            result.unwrap();
+        }
+        out_of_band(
+            &database,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND application_name = 'keel-epsilon'"
+            ),
+        );
+        // Each dead connection fails its request as unavailable, once, and is dropped.
+        let mut lost = 0;
+        for _ in 0..12 {
+            match db.run(|c| c.batch_execute("SELECT 1").map_err(DbError::from)).await {
+                Ok(()) => {}
+                Err(DbError::Unavailable(_)) => lost += 1,
+                Err(other) => panic!("a lost connection must be unavailable: {other:?}"),
+            }
+        }
+        assert!(lost <= 4, "{lost} failures for 4 dead connections");
+        db.ping().await.unwrap();
+
+        // With the idle check on, connections cut while idle never reach a query.
+        settings.pool.check_idle_after_ms = 0;
+        let db = Db::connect(&settings).unwrap();
+        db.ping().await.unwrap();
+        out_of_band(
+            &database,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND application_name = 'keel-epsilon'"
+            ),
+        );
+        for _ in 0..8 {
+            db.run(|c| c.batch_execute("SELECT 1").map_err(DbError::from)).await.unwrap();
+        }
     }
 }

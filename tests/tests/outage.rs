@@ -1,0 +1,183 @@
+//! Real PostgreSQL outages, on the real server: a restart with warm pools, and a stop. The
+//! server is always started again before a test ends (a guard does it even on panic). These
+//! tests stop the server other tests use, so they live in their own test binary (cargo runs
+//! test binaries one at a time) and take a lock among themselves.
+//!
+//! They need `pg_ctlcluster` (Debian's PostgreSQL) and the right to run it; with `CI=true`
+//! their absence is a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use shared::testing::{DATABASE_URL_VAR, TestBackend, in_ci, required_in_ci};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tests::harness::{TestGateway, database, gateway_config};
+use tests::{Client, Reply};
+
+static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The local PostgreSQL cluster, controlled with `pg_ctlcluster`.
+#[derive(Clone)]
+struct Cluster {
+    version: String,
+}
+
+impl Cluster {
+    fn find() -> Option<Self> {
+        required_in_ci(DATABASE_URL_VAR)?;
+        let version = std::fs::read_dir("/etc/postgresql")
+            .ok()
+            .and_then(|dir| dir.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).max());
+        let usable = version.is_some() && Command::new("pg_ctlcluster").arg("--help").output().is_ok();
+        assert!(usable || !in_ci(), "the outage tests need pg_ctlcluster in CI");
+        if !usable {
+            eprintln!("skipped: no pg_ctlcluster here");
+        }
+        version.filter(|_| usable).map(|version| Self { version })
+    }
+
+    fn ctl(&self, action: &str) {
+        let mut command = Command::new("pg_ctlcluster");
+        command.args(["--skip-systemctl-redirect", &self.version, "main", action]);
+        if action != "start" {
+            command.args(["--", "-m", "fast"]);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "pg_ctlcluster {action}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    fn accepting(&self) -> bool {
+        Command::new("pg_isready").args(["-q", "-h", "127.0.0.1"]).status().is_ok_and(|s| s.success())
+    }
+
+    fn wait_accepting(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.accepting() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Starts the server again whatever happens to the test.
+struct Restore(Cluster);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if !self.0.accepting() {
+            let _ = Command::new("pg_ctlcluster")
+                .args(["--skip-systemctl-redirect", &self.0.version, "main", "start"])
+                .status();
+        }
+        self.0.wait_accepting();
+    }
+}
+
+async fn signup(api: &Client) -> String {
+    let body = json!({"email": "ada@example.com", "password": "correct horse battery"});
+    let reply = api.post("/v1/auth/signup", None, &body).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["token"].as_str().unwrap().to_owned()
+}
+
+/// Fills the pool: enough requests at once that every connection is in use.
+async fn warm(api: &Client, token: &str) {
+    let requests = (0..16).map(|_| api.get("/v1/auth/me", Some(token)));
+    for reply in futures_util::future::join_all(requests).await {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+}
+
+#[track_caller]
+fn assert_unavailable(reply: &Reply) {
+    reply.assert_error(503, "service_unavailable");
+    assert_eq!(reply.body["error"]["message"], "The service is temporarily unavailable; retry later.");
+    assert!(reply.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", reply.headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_heal_by_themselves_after_a_postgresql_restart() {
+    let _lock = SERVER.lock().await;
+    let Some(cluster) = Cluster::find() else { return };
+    let backend = TestBackend::Postgres(std::env::var(DATABASE_URL_VAR).unwrap());
+    let database = database(&backend);
+    // Dropped before the database, so that the server is up to drop it.
+    let _restore = Restore(cluster.clone());
+    let mut config = gateway_config(&database);
+    config.database.pool.check_idle_after_ms = 200;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let token = signup(&api).await;
+    warm(&api, &token).await;
+
+    tokio::task::spawn_blocking(move || {
+        cluster.ctl("restart");
+        cluster.wait_accepting();
+    })
+    .await
+    .unwrap();
+    // Idle a little longer than `check_idle_after_ms`, as a pool does between bursts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Every connection the pool held died with the server; none of them reaches a request.
+    for n in 0..20 {
+        let reply = api.get("/v1/auth/me", Some(&token)).await;
+        assert_eq!(reply.status, 200, "request {n} after the restart: {}", reply.body);
+    }
+    warm(&api, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_answers_503_with_retry_after_quickly_and_then_heals() {
+    let _lock = SERVER.lock().await;
+    let Some(cluster) = Cluster::find() else { return };
+    let backend = TestBackend::Postgres(std::env::var(DATABASE_URL_VAR).unwrap());
+    let database = database(&backend);
+    // Dropped before the database, so that the server is up to drop it.
+    let _restore = Restore(cluster.clone());
+    let config = gateway_config(&database);
+    let pool_timeout = Duration::from_millis(config.database.pool.connection_timeout_ms);
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let token = signup(&api).await;
+    warm(&api, &token).await;
+
+    let stopping = cluster.clone();
+    tokio::task::spawn_blocking(move || stopping.ctl("stop")).await.unwrap();
+
+    // Lost connections first, then refused ones: all answer 503 with Retry-After, none 500,
+    // and none waits for the pool's full checkout timeout.
+    for n in 0..12 {
+        let started = Instant::now();
+        let reply = api.get("/v1/auth/me", Some(&token)).await;
+        assert_unavailable(&reply);
+        assert!(started.elapsed() < pool_timeout, "request {n} waited {:?}", started.elapsed());
+    }
+    let login = json!({"email": "ada@example.com", "password": "correct horse battery"});
+    assert_unavailable(&api.post("/v1/auth/login", None, &login).await);
+    api.get("/readyz", None).await.assert_error(503, "not_ready");
+    assert_eq!(api.get("/healthz", None).await.status, 200, "the process itself is alive");
+
+    // Back up: the pool reconnects by itself.
+    tokio::task::spawn_blocking(move || {
+        cluster.ctl("start");
+        cluster.wait_accepting();
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = api.get("/v1/auth/me", Some(&token)).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_unavailable(&reply);
+        assert!(Instant::now() < deadline, "the pool did not heal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(api.get("/v1/auth/me", Some(&token)).await.status, 200);
+    }
+    assert_eq!(api.get("/readyz", None).await.status, 200);
+}
