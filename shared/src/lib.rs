@@ -11,6 +11,8 @@ pub mod id;
 pub mod page;
 pub mod secret;
 
+#[cfg(feature = "server")]
+pub mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
@@ -19,6 +21,8 @@ pub mod db;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod ratelimit;
+#[cfg(feature = "server")]
+pub mod redis;
 #[cfg(any(feature = "server", feature = "client"))]
 pub mod request_id;
 #[cfg(feature = "server")]

@@ -1,6 +1,6 @@
 //! Test support: a fresh database per test, on SQLite always and on PostgreSQL when
-//! `KEEL_TEST_DATABASE_URL` is set. With `CI=true`, a missing PostgreSQL URL fails the run
-//! instead of silently testing less.
+//! `KEEL_TEST_DATABASE_URL` is set; a Redis handle when `KEEL_TEST_REDIS_URL` is set. With
+//! `CI=true`, a missing PostgreSQL or Redis URL fails the run instead of silently testing less.
 
 use crate::config::{DatabaseConfig, DatabaseOverride, DomainDatabase};
 use crate::secret::Secret;
@@ -40,6 +40,30 @@ pub fn backends() -> Vec<TestBackend> {
         backends.push(TestBackend::Postgres(url));
     }
     backends
+}
+
+/// The Redis server the Redis suites run against (`KEEL_TEST_REDIS_URL`); in CI its absence is
+/// a failure, elsewhere those suites are skipped.
+pub fn redis_url() -> Option<String> {
+    required_in_ci(REDIS_URL_VAR)
+}
+
+/// A Redis handle for one test: short timeouts, and a key prefix of its own so tests (and test
+/// runs) never see each other's keys or messages. `None` when no Redis is configured.
+pub async fn test_redis() -> Option<crate::redis::Redis> {
+    let url = redis_url()?;
+    let config = crate::redis::RedisConfig {
+        url: Some(Secret::new(url)),
+        health_interval_ms: 100,
+        key_prefix: format!("keel_test_{}", uuid::Uuid::now_v7().simple()),
+        ..Default::default()
+    };
+    let redis = crate::redis::Redis::from_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{REDIS_URL_VAR}: {e}"))
+        .unwrap_or_else(|| panic!("{REDIS_URL_VAR}: no url"));
+    assert!(redis.is_up(), "cannot reach {REDIS_URL_VAR}");
+    Some(redis)
 }
 
 /// A fresh, empty database, removed when dropped.
