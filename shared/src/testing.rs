@@ -48,13 +48,16 @@ pub fn redis_url() -> Option<String> {
     required_in_ci(REDIS_URL_VAR)
 }
 
-/// A Redis handle for one test: short timeouts, and a key prefix of its own so tests (and test
-/// runs) never see each other's keys or messages. `None` when no Redis is configured.
+/// A Redis handle for one test: a key prefix of its own so tests (and test runs) never see each
+/// other's keys or messages, a quick health check, and a command timeout generous enough that a
+/// busy CI machine does not look like a Redis outage. `None` when no Redis is configured.
 pub async fn test_redis() -> Option<crate::redis::Redis> {
     let url = redis_url()?;
     let config = crate::redis::RedisConfig {
         url: Some(Secret::new(url)),
         health_interval_ms: 100,
+        command_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
         key_prefix: format!("keel_test_{}", uuid::Uuid::now_v7().simple()),
         ..Default::default()
     };
