@@ -16,6 +16,8 @@ pub mod scope;
 pub mod secret;
 pub mod text;
 
+#[cfg(feature = "server")]
+pub mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
@@ -28,6 +30,8 @@ pub mod module;
 pub mod openapi;
 #[cfg(feature = "server")]
 pub mod ratelimit;
+#[cfg(feature = "server")]
+pub mod redis;
 #[cfg(any(feature = "web", feature = "client"))]
 pub mod request_id;
 #[cfg(feature = "server")]

@@ -7,6 +7,19 @@
 //!
 //! [`FailureLimiter`] is the seam: the in-process limiter below serves a single node, and a
 //! shared (Redis) limiter replaces it for a fleet without touching its callers.
+//!
+//! Request rate limits (GCRA, in process and over Redis) live in the submodules: [`gcra`],
+//! [`redis`], [`headers`], [`config`].
+
+pub mod config;
+pub mod gcra;
+pub mod headers;
+pub mod redis;
+
+pub use config::RateLimitConfig;
+pub use gcra::{Decision, LocalRateLimiter, Quota, RateKey, RateLimiter, Subject};
+pub use headers::{insert_rate_limit_headers, rate_limit_headers};
+pub use redis::{Fallback, RedisFailureLimiter, RedisRateLimiter};
 
 use crate::clock::Clock;
 use async_trait::async_trait;

@@ -1,6 +1,6 @@
 //! Test support: a fresh database per test, on SQLite always and on PostgreSQL when
-//! `KEEL_TEST_DATABASE_URL` is set. With `CI=true`, a missing PostgreSQL URL fails the run
-//! instead of silently testing less.
+//! `KEEL_TEST_DATABASE_URL` is set; a Redis handle when `KEEL_TEST_REDIS_URL` is set. With
+//! `CI=true`, a missing PostgreSQL or Redis URL fails the run instead of silently testing less.
 //!
 //! [`backend_tests!`](crate::backend_tests) turns one test body into one test per backend,
 //! named `<test>::sqlite` and `<test>::postgres`, so a test log shows what ran where.
@@ -62,6 +62,32 @@ pub fn backends() -> Vec<TestBackend> {
         backends.push(TestBackend::Postgres(url));
     }
     backends
+}
+
+/// The Redis server the Redis suites run against (`KEEL_TEST_REDIS_URL`); in CI its absence is
+/// a failure, elsewhere those suites are skipped.
+pub fn redis_url() -> Option<String> {
+    required_in_ci(REDIS_URL_VAR)
+}
+
+/// A Redis handle for one test: a key prefix of its own so tests (and test runs) never see each
+/// other's keys or messages, a quick health check, and a command timeout generous enough that a
+/// busy CI machine does not look like a Redis outage. `None` when no Redis is configured.
+pub async fn test_redis() -> Option<crate::redis::Redis> {
+    let url = redis_url()?;
+    let config = crate::redis::RedisConfig {
+        url: Some(Secret::new(url)),
+        health_interval_ms: 100,
+        command_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
+        key_prefix: format!("keel_test_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let redis = crate::redis::Redis::from_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{REDIS_URL_VAR}: {e}"))
+        .unwrap_or_else(|| panic!("{REDIS_URL_VAR}: no url"));
+    assert!(redis.is_up(), "cannot reach {REDIS_URL_VAR}");
+    Some(redis)
 }
 
 /// One test per backend from one body: `backend_tests! { async fn name(backend) { … } }`
