@@ -104,6 +104,10 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// For an API key: the user who created it, on whose authority an `admin` key acts.
     pub key_created_by: Option<UserId>,
+    /// For a session: whether the user is a platform administrator (`gateway admin grant-admin`).
+    /// Always false for an API key.
+    #[serde(default)]
+    pub platform_admin: bool,
     #[serde(skip)]
     #[schema(ignore)]
     pub credential: Secret,

@@ -57,6 +57,24 @@ impl AuthService {
         })
     }
 
+    /// Flags (or unflags) the account with `email` as a platform administrator: the operator's
+    /// `gateway admin grant-admin EMAIL`, run where the auth domain's database is. Not part of
+    /// `AuthApi`: no HTTP route grants it. Errors: `UserNotFound`.
+    pub async fn set_platform_admin(db: &Db, email: &str, admin: bool) -> Result<User, AuthError> {
+        let email = normalize_email(email)?;
+        let now = chrono::Utc::now().naive_utc();
+        let user = db
+            .transaction(move |conn| {
+                if !store::set_platform_admin(conn, &email, admin, now)? {
+                    return Err(AuthError::UserNotFound);
+                }
+                store::find_user_by_email(conn, &email)?.ok_or(AuthError::UserNotFound)
+            })
+            .await?;
+        tracing::info!(user.id = %user.id, platform_admin = admin, "platform administrator flag changed");
+        user_of(&user)
+    }
+
     fn now(&self) -> NaiveDateTime {
         self.clock.now().naive_utc()
     }
@@ -143,7 +161,7 @@ impl AuthService {
     async fn authenticate_session(&self, token: &str) -> Result<Principal, AuthError> {
         let digest = token::digest(token);
         let lookup = digest.clone();
-        let row = self
+        let (row, platform_admin) = self
             .db
             .run(move |conn| store::find_session_by_digest(conn, &lookup).map_err(AuthError::from))
             .await?
@@ -160,6 +178,7 @@ impl AuthService {
             api_key_id: None,
             scopes: Vec::new(),
             key_created_by: None,
+            platform_admin,
             credential: Secret::new(token),
         })
     }
@@ -196,6 +215,7 @@ impl AuthService {
             api_key_id: Some(parse_id(&row.id)?),
             scopes,
             key_created_by: row.created_by.as_deref().map(parse_id).transpose()?,
+            platform_admin: false,
             credential: Secret::new(key),
         })
     }
@@ -375,7 +395,15 @@ impl AuthApi for AuthService {
         let user_id = UserId::new();
         tracing::Span::current().record("user.id", tracing::field::display(user_id));
         let display = name.clone().unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned());
-        let user = UserRow { id: user_id.to_string(), email, name, password_hash, created_at: now, updated_at: now };
+        let user = UserRow {
+            id: user_id.to_string(),
+            email,
+            name,
+            password_hash,
+            created_at: now,
+            updated_at: now,
+            platform_admin: false,
+        };
         let org = OrganizationRow {
             id: OrganizationId::new().to_string(),
             name: format!("{display}'s organization"),

@@ -19,6 +19,7 @@ pub(crate) mod schema {
             password_hash -> Text,
             created_at -> Timestamp,
             updated_at -> Timestamp,
+            platform_admin -> Bool,
         }
     }
 
@@ -68,6 +69,7 @@ pub(crate) mod schema {
     }
 
     diesel::joinable!(memberships -> users (user_id));
+    diesel::joinable!(sessions -> users (user_id));
     diesel::joinable!(memberships -> organizations (organization_id));
     diesel::allow_tables_to_appear_in_same_query!(users, organizations, memberships, sessions, api_keys);
 }
@@ -85,6 +87,7 @@ pub(crate) struct UserRow {
     pub password_hash: String,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub platform_admin: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -152,6 +155,15 @@ pub(crate) fn find_user_by_email(conn: &mut Conn, email: &str) -> QueryResult<Op
 
 pub(crate) fn find_user(conn: &mut Conn, id: &str) -> QueryResult<Option<UserRow>> {
     users::table.find(id).select(UserRow::as_select()).first(conn).optional()
+}
+
+/// Flags or unflags the account with this email as a platform administrator; false when
+/// there is no such account.
+pub(crate) fn set_platform_admin(conn: &mut Conn, email: &str, admin: bool, now: NaiveDateTime) -> QueryResult<bool> {
+    diesel::update(users::table.filter(users::email.eq(email)))
+        .set((users::platform_admin.eq(admin), users::updated_at.eq(now)))
+        .execute(conn)
+        .map(|n| n == 1)
 }
 
 pub(crate) fn update_password_hash(conn: &mut Conn, id: &str, hash: &str, now: NaiveDateTime) -> QueryResult<()> {
@@ -280,8 +292,14 @@ pub(crate) fn insert_session(conn: &mut Conn, row: &SessionRow) -> QueryResult<(
     diesel::insert_into(sessions::table).values(row).execute(conn).map(drop)
 }
 
-pub(crate) fn find_session_by_digest(conn: &mut Conn, digest: &str) -> QueryResult<Option<SessionRow>> {
-    sessions::table.filter(sessions::token_digest.eq(digest)).select(SessionRow::as_select()).first(conn).optional()
+/// The session with this token digest and whether its user is a platform administrator.
+pub(crate) fn find_session_by_digest(conn: &mut Conn, digest: &str) -> QueryResult<Option<(SessionRow, bool)>> {
+    sessions::table
+        .inner_join(users::table)
+        .filter(sessions::token_digest.eq(digest))
+        .select((SessionRow::as_select(), users::platform_admin))
+        .first(conn)
+        .optional()
 }
 
 pub(crate) fn revoke_session(conn: &mut Conn, id: &str, now: NaiveDateTime) -> QueryResult<()> {

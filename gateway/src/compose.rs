@@ -77,6 +77,24 @@ pub async fn migrate_all(config: &GatewayConfig) -> Result<Vec<(&'static str, us
     Ok(applied)
 }
 
+/// Flags (or unflags) an account as a platform administrator, on the auth domain's database
+/// (migrated first). Refused when auth runs elsewhere: the command runs where its data is.
+pub async fn set_platform_admin(config: &GatewayConfig, email: &str, admin: bool) -> Result<auth::User, GatewayError> {
+    let modules = config.modules();
+    let Some(module) = modules.iter().find(|m| m.name() == auth::DOMAIN) else {
+        return Err(GatewayError::UnknownDomain(auth::DOMAIN.into()));
+    };
+    if module.remote_url().is_some() {
+        let message = "auth.url is set: run this command where the auth domain runs";
+        return Err(GatewayError::Domain { domain: auth::DOMAIN, source: message.into() });
+    }
+    let db = open(config, module.as_ref()).await?;
+    migrate(module.as_ref(), &db).await?;
+    auth::AuthService::set_platform_admin(&db, email, admin)
+        .await
+        .map_err(|e| GatewayError::Domain { domain: auth::DOMAIN, source: Box::new(e) })
+}
+
 async fn open(config: &GatewayConfig, module: &dyn Module) -> Result<Db, GatewayError> {
     let domain = module.name();
     let settings = config

@@ -3,6 +3,7 @@
 //! ```text
 //! gateway [--config FILE] [serve [--addr ADDR] [--only DOMAIN...]]   (serve is the default)
 //! gateway [--config FILE] migrate
+//! gateway [--config FILE] admin grant-admin EMAIL | revoke-admin EMAIL
 //! ```
 
 use clap::builder::PossibleValuesParser;
@@ -27,6 +28,17 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the pending database migrations of every in-process domain, then exit.
     Migrate,
+    /// Operator commands, run where the domain's database is.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Make an existing account a platform administrator (e.g. to grant billing credit).
+    GrantAdmin { email: String },
+    /// Take platform administration away from an account.
+    RevokeAdmin { email: String },
 }
 
 #[derive(Debug, Default, Args)]
@@ -70,6 +82,15 @@ async fn run(command: Command, config: GatewayConfig) -> Result<(), GatewayError
             let running = gateway::start(config, Some(args.only)).await?;
             running.wait().await?;
             tracing::info!("gateway stopped");
+            Ok(())
+        }
+        Command::Admin(command) => {
+            let (email, admin) = match command {
+                AdminCommand::GrantAdmin { email } => (email, true),
+                AdminCommand::RevokeAdmin { email } => (email, false),
+            };
+            let user = gateway::compose::set_platform_admin(&config, &email, admin).await?;
+            tracing::info!(user.id = %user.id, platform_admin = admin, "done");
             Ok(())
         }
         Command::Migrate => {

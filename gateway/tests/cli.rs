@@ -67,6 +67,18 @@ fn migrate_creates_the_database_and_is_idempotent() {
     assert!(stdout.contains("\"migrations.applied\":0"), "nothing left to apply: {stdout}");
 }
 
+#[test]
+fn grant_admin_needs_an_existing_account_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("data").display());
+    let (code, stdout, _) =
+        run(gateway().args(["admin", "grant-admin", "nobody@example.com"]).env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 1);
+    assert!(stdout.contains("No account with this email"), "{stdout}");
+    let (code, _, stderr) = run(gateway().args(["admin", "grant-admin"]));
+    assert_eq!(code, 2, "{stderr}");
+}
+
 /// One HTTP/1.1 request over a fresh connection, with a bearer token; returns the raw answer.
 fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();

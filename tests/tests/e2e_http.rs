@@ -792,6 +792,22 @@ backend_tests! {
         assert_eq!((counts.get(&401), counts.get(&429)), (Some(&10), Some(&30)), "{counts:?}");
     }
 
+    async fn platform_administrators_are_flagged_by_the_operator_only(backend) {
+        let database = database(&backend);
+        let config = gateway_config(&database);
+        let gateway = TestGateway::start(config.clone(), None).await;
+        let api = gateway.client();
+        let (token, _, _) = signup(&api, "root@example.com").await;
+        let principal = api.get("/v1/auth/principal", Some(&token)).await;
+        assert_eq!(principal.body["platform_admin"], false);
+        gateway::compose::set_platform_admin(&config, " ROOT@example.com", true).await.unwrap();
+        assert_eq!(api.get("/v1/auth/principal", Some(&token)).await.body["platform_admin"], true);
+        gateway::compose::set_platform_admin(&config, "root@example.com", false).await.unwrap();
+        assert_eq!(api.get("/v1/auth/principal", Some(&token)).await.body["platform_admin"], false);
+        let missing = gateway::compose::set_platform_admin(&config, "ghost@example.com", true).await.unwrap_err();
+        assert!(missing.to_string().contains("No account with this email"), "{missing}");
+    }
+
     async fn a_duplicate_signup_leaves_no_email_in_the_database_log(backend) {
         let database = database(&backend);
         let gateway = TestGateway::in_process(&database).await;
