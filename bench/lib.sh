@@ -21,6 +21,12 @@ BENCH_PASSWORD="bench-password-$$-correct-horse"
 
 SERVER_PID=""
 BENCH_TMP=""
+# KEEL_BENCH_SERVER_CPUS / KEEL_BENCH_LOAD_CPUS pin the gateway and the load tool (taskset -c
+# lists), so that on a small machine they do not compete for the same core.
+SERVER_PIN=()
+LOAD_PIN=()
+[ -n "${KEEL_BENCH_SERVER_CPUS:-}" ] && SERVER_PIN=(taskset -c "$KEEL_BENCH_SERVER_CPUS")
+[ -n "${KEEL_BENCH_LOAD_CPUS:-}" ] && LOAD_PIN=(taskset -c "$KEEL_BENCH_LOAD_CPUS")
 BG_PIDS=()
 
 log() { printf '%s\n' "$*" >&2; }
@@ -79,6 +85,12 @@ ensure_tools() {
 }
 
 build_gateway() {
+    # KEEL_BENCH_GATEWAY names a prebuilt binary, e.g. an older release to compare with.
+    if [ -n "${KEEL_BENCH_GATEWAY:-}" ]; then
+        GATEWAY_BIN=$KEEL_BENCH_GATEWAY
+        [ -x "$GATEWAY_BIN" ] || die "no binary at $GATEWAY_BIN"
+        return 0
+    fi
     log "building the release gateway"
     (cd "$REPO_DIR" && cargo build --release -p gateway)
     local target_dir
@@ -107,7 +119,7 @@ start_gateway() {
         KEEL_DATABASE__URL="$database_url" \
         KEEL_TELEMETRY__FORMAT=json \
         RUST_LOG="${KEEL_BENCH_RUST_LOG:-warn}" \
-        "$GATEWAY_BIN" serve >"$BENCH_TMP/gateway.log" 2>&1 &
+        ${SERVER_PIN[@]+"${SERVER_PIN[@]}"} "$GATEWAY_BIN" serve >"$BENCH_TMP/gateway.log" 2>&1 &
     SERVER_PID=$!
     local i
     for ((i = 0; i < 100; i++)); do
@@ -160,7 +172,7 @@ load() {
         local -a args=(--no-tui --output-format json -z "${seconds}s" -w -c "$concurrency" -t 60s -m "$method")
         [ -n "$body" ] && args+=(-d "$body" -T application/json)
         [ -n "$token" ] && args+=(-H "Authorization: Bearer $token")
-        timeout $((seconds + 90)) oha "${args[@]}" "$url" >"$out" || die "oha failed for $label"
+        timeout $((seconds + 90)) ${LOAD_PIN[@]+"${LOAD_PIN[@]}"} oha "${args[@]}" "$url" >"$out" || die "oha failed for $label"
         read -r rps p50 p99 bad errors < <(jq -r '[
             (.summary.requestsPerSec // 0),
             ((.latencyPercentiles.p50 // 0) * 1000),
@@ -171,7 +183,7 @@ load() {
     else
         local threads=$((concurrency < 2 ? concurrency : 2))
         BENCH_METHOD=$method BENCH_BODY=$body BENCH_TOKEN=$token \
-            timeout $((seconds + 90)) wrk -t "$threads" -c "$concurrency" -d "${seconds}s" --timeout 60s \
+            timeout $((seconds + 90)) ${LOAD_PIN[@]+"${LOAD_PIN[@]}"} wrk -t "$threads" -c "$concurrency" -d "${seconds}s" --timeout 60s \
             -s "$BENCH_DIR/wrk.lua" "$url" >"$out" || die "wrk failed for $label"
         read -r rps p50 p99 bad errors < <(awk '$1 == "RESULT" { print $2, $3, $4, $5, $6 }' "$out")
         [ -n "${rps:-}" ] || die "wrk printed no RESULT line for $label: $(cat "$out")"
