@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use shared::Secret;
+use shared::cache::CacheConfig;
 use shared::config::{DatabaseOverride, check_range};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +20,15 @@ pub struct AuthConfig {
     /// instead of starving the other requests of CPU.
     pub hash_concurrency: usize,
     pub throttle: ThrottleConfig,
+    /// The credential cache (sessions, API keys): how stale a revoked credential can be served
+    /// (see docs/PLATFORM.md for the bounds; `l1_ttl_ms` bounds a lost invalidation).
+    pub cache: CacheConfig,
+}
+
+/// Credentials live shorter than the platform's defaults: `l1_ttl_ms` bounds how long a
+/// revocation whose invalidation message was lost can go unseen, `l2_ttl_ms` the double fault.
+pub fn credential_cache_defaults() -> CacheConfig {
+    CacheConfig { l1_max_entries: 200_000, l1_ttl_ms: 10_000, l1_degraded_ttl_ms: 1_000, l2_ttl_ms: 60_000 }
 }
 
 impl Default for AuthConfig {
@@ -30,6 +40,7 @@ impl Default for AuthConfig {
             argon2: Argon2Config::default(),
             hash_concurrency: 0,
             throttle: ThrottleConfig::default(),
+            cache: credential_cache_defaults(),
         }
     }
 }
@@ -47,6 +58,10 @@ impl AuthConfig {
             return Err("auth.argon2.memory_kib must be at least 8 × auth.argon2.parallelism".into());
         }
         check_range("auth.throttle.window_secs", self.throttle.window_secs, 1, 30 * 24 * 3600)?;
+        check_range("auth.cache.l1_max_entries", self.cache.l1_max_entries, 1, 100_000_000)?;
+        check_range("auth.cache.l1_ttl_ms", self.cache.l1_ttl_ms, 1, 3_600_000)?;
+        check_range("auth.cache.l1_degraded_ttl_ms", self.cache.l1_degraded_ttl_ms, 1, 3_600_000)?;
+        check_range("auth.cache.l2_ttl_ms", self.cache.l2_ttl_ms, 1, 24 * 3_600_000)?;
         check_range(
             "auth.throttle.max_failures_per_account",
             u64::from(self.throttle.max_failures_per_account),

@@ -12,6 +12,8 @@ pub mod error;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+mod credentials;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod module;

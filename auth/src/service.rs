@@ -2,6 +2,7 @@
 
 use crate::api::*;
 use crate::config::AuthConfig;
+use crate::credentials::Credentials;
 use crate::error::AuthError;
 use crate::password::{Hasher, MAX_PASSWORD_CHARS, Verified, validate_new_password};
 use crate::store::{self, ApiKeyRow, MembershipRow, OrganizationRow, SessionRow, UserRow};
@@ -16,9 +17,6 @@ use shared::text::{self, TextError};
 use shared::{Clock, Page, PageRequest, Secret};
 use std::sync::Arc;
 
-/// `last_used_at` of an API key is written at most this often, so that a busy key does not
-/// turn every request into a write.
-const LAST_USED_RESOLUTION_SECS: i64 = 60;
 const MAX_EMAIL_CHARS: usize = 254;
 const MAX_NAME_CHARS: usize = 200;
 
@@ -29,6 +27,7 @@ pub struct AuthService {
     limiter: Arc<dyn FailureLimiter>,
     scopes: Scopes,
     hasher: Hasher,
+    credentials: Credentials,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -47,7 +46,9 @@ impl AuthService {
     /// used for unknown accounts) on the hashing threads, so it takes a few milliseconds.
     pub async fn new(db: Db, config: AuthConfig, platform: &Platform) -> Result<Self, AuthError> {
         let hasher = Hasher::new(&config.argon2, config.hash_concurrency).await?;
+        let credentials = Credentials::new(db.clone(), &config.cache, platform);
         Ok(Self {
+            credentials,
             db,
             config,
             clock: platform.clock.clone(),
@@ -60,17 +61,28 @@ impl AuthService {
     /// Flags (or unflags) the account with `email` as a platform administrator: the operator's
     /// `gateway admin grant-admin EMAIL`, run where the auth domain's database is. Not part of
     /// `AuthApi`: no HTTP route grants it. Errors: `UserNotFound`.
-    pub async fn set_platform_admin(db: &Db, email: &str, admin: bool) -> Result<User, AuthError> {
+    /// The user's cached sessions are invalidated through `platform` (every process, when Redis
+    /// is configured; otherwise they pick the change up within `auth.cache.l1_ttl_ms`).
+    pub async fn set_platform_admin(
+        db: &Db,
+        platform: &Platform,
+        config: &AuthConfig,
+        email: &str,
+        admin: bool,
+    ) -> Result<User, AuthError> {
         let email = normalize_email(email)?;
-        let now = chrono::Utc::now().naive_utc();
-        let user = db
+        let now = platform.clock.now().naive_utc();
+        let (user, sessions) = db
             .transaction(move |conn| {
                 if !store::set_platform_admin(conn, &email, admin, now)? {
                     return Err(AuthError::UserNotFound);
                 }
-                store::find_user_by_email(conn, &email)?.ok_or(AuthError::UserNotFound)
+                let user = store::find_user_by_email(conn, &email)?.ok_or(AuthError::UserNotFound)?;
+                let sessions = store::live_session_digests(conn, &user.id)?;
+                Ok((user, sessions))
             })
             .await?;
+        Credentials::new(db.clone(), &config.cache, platform).forget_sessions(&sessions).await;
         tracing::info!(user.id = %user.id, platform_admin = admin, "platform administrator flag changed");
         user_of(&user)
     }
@@ -160,14 +172,8 @@ impl AuthService {
 
     async fn authenticate_session(&self, token: &str) -> Result<Principal, AuthError> {
         let digest = token::digest(token);
-        let lookup = digest.clone();
-        let (row, platform_admin) = self
-            .db
-            .run(move |conn| store::find_session_by_digest(conn, &lookup).map_err(AuthError::from))
-            .await?
-            .ok_or(AuthError::Unauthenticated)?;
-        if !token::digests_match(&row.token_digest, &digest) || row.revoked_at.is_some() || row.expires_at <= self.now()
-        {
+        let row = self.credentials.session(&digest).await?.ok_or(AuthError::Unauthenticated)?;
+        if !token::digests_match(&row.token_digest, &digest) || row.revoked || row.expires_at <= self.now() {
             return Err(AuthError::Unauthenticated);
         }
         Ok(Principal {
@@ -178,19 +184,15 @@ impl AuthService {
             api_key_id: None,
             scopes: Vec::new(),
             key_created_by: None,
-            platform_admin,
+            platform_admin: row.platform_admin,
             credential: Secret::new(token),
         })
     }
 
     async fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let (lookup, secret) = token::parse_api_key(key).ok_or(AuthError::Unauthenticated)?;
-        let lookup = lookup.to_owned();
-        let (row, creator_role) = self
-            .db
-            .run(move |conn| store::find_api_key_by_lookup(conn, &lookup).map_err(AuthError::from))
-            .await?
-            .ok_or(AuthError::Unauthenticated)?;
+        let cached = self.credentials.api_key(lookup).await?.ok_or(AuthError::Unauthenticated)?;
+        let (row, creator_role) = (&cached.row, &cached.creator_role);
         let now = self.now();
         if !token::digests_match(&row.secret_digest, &token::digest(secret))
             || row.revoked_at.is_some()
@@ -198,11 +200,7 @@ impl AuthService {
         {
             return Err(AuthError::Unauthenticated);
         }
-        let stale = row.last_used_at.is_none_or(|at| now - at >= Duration::seconds(LAST_USED_RESOLUTION_SECS));
-        if stale {
-            let id = row.id.clone();
-            self.db.run(move |conn| store::touch_api_key(conn, &id, now).map_err(AuthError::from)).await?;
-        }
+        self.credentials.touch(row, now);
         // An `admin` key acts on its creator's authority: it stops granting admin rights when
         // the creator is no longer an owner or admin of the organization.
         let creator_manages = creator_role.as_deref().and_then(Role::parse).is_some_and(Role::can_manage);
@@ -488,7 +486,9 @@ impl AuthApi for AuthService {
         let now = self.now();
         self.db
             .run(move |conn| store::revoke_session(conn, &session_id.to_string(), now).map_err(AuthError::from))
-            .await
+            .await?;
+        self.credentials.forget_sessions(&[token::digest(principal.credential.expose())]).await;
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(user.id))]
@@ -528,7 +528,8 @@ impl AuthApi for AuthService {
                 store::revoke_other_sessions(conn, &user.id, &session_id.to_string(), now).map_err(AuthError::from)
             })
             .await?;
-        tracing::info!(sessions.revoked = revoked, "password changed");
+        self.credentials.forget_sessions(&revoked).await;
+        tracing::info!(sessions.revoked = revoked.len(), "password changed");
         Ok(())
     }
 
@@ -551,18 +552,14 @@ impl AuthApi for AuthService {
                 })
             }
             PrincipalKind::ApiKey => {
-                let key_id = principal.api_key_id.ok_or(AuthError::Unauthenticated)?.to_string();
+                // Both from the credential cache: a key's /me costs no query when it is warm.
+                let (lookup, _) =
+                    token::parse_api_key(principal.credential.expose()).ok_or(AuthError::Unauthenticated)?;
                 let org_id = principal.organization_id.ok_or(AuthError::Unauthenticated)?.to_string();
-                let (key, org) = self
-                    .db
-                    .run(move |conn| {
-                        Ok::<_, AuthError>((
-                            store::find_api_key(conn, &key_id)?,
-                            store::find_organization(conn, &org_id)?,
-                        ))
-                    })
-                    .await?;
-                let (key, org) = key.zip(org).ok_or(AuthError::Unauthenticated)?;
+                let key = self.credentials.api_key(lookup).await?.map(|k| k.row);
+                let org = self.credentials.organization(&org_id).await?;
+                let (key, org) =
+                    key.zip(org).filter(|(k, _)| k.revoked_at.is_none()).ok_or(AuthError::Unauthenticated)?;
                 Ok(MeResponse::ApiKey {
                     organization: organization_of(&org)?,
                     api_key: KeyIdentity {
@@ -632,7 +629,7 @@ impl AuthApi for AuthService {
                 let id = org_id.to_string();
                 let org = match after {
                     Some(after) if after >= id => None,
-                    _ => self.db.run(move |conn| store::find_organization(conn, &id).map_err(AuthError::from)).await?,
+                    _ => self.credentials.organization(&id).await?,
                 };
                 let data = org.map(|o| Membership { id: org_id, name: o.name, role }).into_iter().collect();
                 Ok(Page { data, has_more: false, next_after: None })
@@ -685,9 +682,13 @@ impl AuthApi for AuthService {
                 if !store::insert_membership_if_new(conn, &membership)? {
                     return Err(AuthError::AlreadyMember);
                 }
-                Ok::<_, AuthError>((membership, user))
+                let keys = store::key_lookups_created_by(conn, &membership.organization_id, &user.id)?;
+                Ok::<_, AuthError>(((membership, user), keys))
             })
             .await?;
+        let (row, keys) = row;
+        // Keys the user created here before leaving act on their authority again.
+        self.credentials.forget_api_keys(&keys).await;
         member_of(&row)
     }
 
@@ -720,9 +721,12 @@ impl AuthApi for AuthService {
                 }
                 store::update_role(conn, &org, &user, new_role.as_str())?;
                 membership.role = new_role.as_str().to_owned();
-                Ok((membership, user_row))
+                let keys = store::key_lookups_created_by(conn, &org, &user)?;
+                Ok(((membership, user_row), keys))
             })
             .await?;
+        let (row, keys) = row;
+        self.credentials.forget_api_keys(&keys).await;
         member_of(&row)
     }
 
@@ -741,7 +745,8 @@ impl AuthApi for AuthService {
         let actor_is_owner = access.role() == Role::Owner;
         let now = self.now();
         let (org, user) = (organization_id.to_string(), user_id.to_string());
-        self.db
+        let keys = self
+            .db
             .transaction(move |conn| {
                 store::lock_organization(conn, &org, now)?;
                 let role = store::find_role(conn, &org, &user)?.ok_or(AuthError::MemberNotFound)?;
@@ -753,9 +758,13 @@ impl AuthApi for AuthService {
                         return Err(AuthError::LastOwner);
                     }
                 }
-                store::delete_membership(conn, &org, &user).map_err(AuthError::from)
+                store::delete_membership(conn, &org, &user)?;
+                store::key_lookups_created_by(conn, &org, &user).map_err(AuthError::from)
             })
-            .await
+            .await?;
+        // The user's admin keys here stop granting admin at once.
+        self.credentials.forget_api_keys(&keys).await;
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(organization.id = %organization_id, api_key.id))]
@@ -835,11 +844,12 @@ impl AuthApi for AuthService {
         self.access(principal, organization_id).await?.require_manage()?;
         let now = self.now();
         let (org, key) = (organization_id.to_string(), key_id.to_string());
-        let revoked =
-            self.db.run(move |conn| store::revoke_api_key(conn, &org, &key, now).map_err(AuthError::from)).await?;
-        if !revoked {
-            return Err(AuthError::ApiKeyNotFound);
-        }
+        let lookup = self
+            .db
+            .transaction(move |conn| store::revoke_api_key(conn, &org, &key, now).map_err(AuthError::from))
+            .await?
+            .ok_or(AuthError::ApiKeyNotFound)?;
+        self.credentials.forget_api_keys(&[lookup]).await;
         tracing::info!("api key revoked");
         Ok(())
     }

@@ -5,6 +5,7 @@ use crate::error::AuthError;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use serde::{Deserialize, Serialize};
 use shared::db::Conn;
 
 pub(crate) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -90,7 +91,7 @@ pub(crate) struct UserRow {
     pub platform_admin: bool,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = organizations)]
 pub(crate) struct OrganizationRow {
     pub id: String,
@@ -119,7 +120,7 @@ pub(crate) struct SessionRow {
     pub revoked_at: Option<NaiveDateTime>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = api_keys)]
 pub(crate) struct ApiKeyRow {
     pub id: String,
@@ -309,21 +310,45 @@ pub(crate) fn revoke_session(conn: &mut Conn, id: &str, now: NaiveDateTime) -> Q
         .map(drop)
 }
 
-/// Revokes every live session of a user except `keep`.
+/// Revokes every live session of a user except `keep`; returns their token digests (to drop
+/// them from the credential cache). Run it in a transaction.
 pub(crate) fn revoke_other_sessions(
     conn: &mut Conn,
     user_id: &str,
     keep: &str,
     now: NaiveDateTime,
-) -> QueryResult<usize> {
-    diesel::update(
-        sessions::table
-            .filter(sessions::user_id.eq(user_id))
-            .filter(sessions::id.ne(keep))
-            .filter(sessions::revoked_at.is_null()),
-    )
-    .set(sessions::revoked_at.eq(now))
-    .execute(conn)
+) -> QueryResult<Vec<String>> {
+    let live = sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::id.ne(keep))
+        .filter(sessions::revoked_at.is_null());
+    let digests = live.select(sessions::token_digest).load(conn)?;
+    diesel::update(live).set(sessions::revoked_at.eq(now)).execute(conn)?;
+    Ok(digests)
+}
+
+/// The token digests of a user's live sessions.
+pub(crate) fn live_session_digests(conn: &mut Conn, user_id: &str) -> QueryResult<Vec<String>> {
+    sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null())
+        .select(sessions::token_digest)
+        .load(conn)
+}
+
+/// The lookup parts of the live keys a user created in an organization: the keys whose
+/// effective scopes follow that user's role there.
+pub(crate) fn key_lookups_created_by(
+    conn: &mut Conn,
+    organization_id: &str,
+    user_id: &str,
+) -> QueryResult<Vec<String>> {
+    api_keys::table
+        .filter(api_keys::organization_id.eq(organization_id))
+        .filter(api_keys::created_by.eq(user_id))
+        .filter(api_keys::revoked_at.is_null())
+        .select(api_keys::lookup)
+        .load(conn)
 }
 
 // --- API keys ---
@@ -350,10 +375,6 @@ pub(crate) fn find_api_key_by_lookup(
         .optional()
 }
 
-pub(crate) fn find_api_key(conn: &mut Conn, id: &str) -> QueryResult<Option<ApiKeyRow>> {
-    api_keys::table.find(id).select(ApiKeyRow::as_select()).first(conn).optional()
-}
-
 /// Up to `limit` live (unrevoked) keys of an organization after `after`, in id order.
 pub(crate) fn list_api_keys(
     conn: &mut Conn,
@@ -374,22 +395,21 @@ pub(crate) fn list_api_keys(
     query.load(conn)
 }
 
-/// Revokes a live key of the organization; false when there is none.
+/// Revokes a live key of the organization; its lookup part, or none when there is no such key.
+/// Run it in a transaction.
 pub(crate) fn revoke_api_key(
     conn: &mut Conn,
     organization_id: &str,
     id: &str,
     now: NaiveDateTime,
-) -> QueryResult<bool> {
-    diesel::update(
-        api_keys::table
-            .filter(api_keys::id.eq(id))
-            .filter(api_keys::organization_id.eq(organization_id))
-            .filter(api_keys::revoked_at.is_null()),
-    )
-    .set(api_keys::revoked_at.eq(now))
-    .execute(conn)
-    .map(|n| n == 1)
+) -> QueryResult<Option<String>> {
+    let live = api_keys::table
+        .filter(api_keys::id.eq(id))
+        .filter(api_keys::organization_id.eq(organization_id))
+        .filter(api_keys::revoked_at.is_null());
+    let Some(lookup) = live.select(api_keys::lookup).first::<String>(conn).optional()? else { return Ok(None) };
+    diesel::update(live).set(api_keys::revoked_at.eq(now)).execute(conn)?;
+    Ok(Some(lookup))
 }
 
 pub(crate) fn touch_api_key(conn: &mut Conn, id: &str, now: NaiveDateTime) -> QueryResult<()> {

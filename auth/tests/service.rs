@@ -255,22 +255,32 @@ backend_tests! {
         let key = f.service.create_api_key(&principal, org, request).await.unwrap();
         assert_eq!(key.scopes, vec!["inference".to_owned()], "the declared defaults");
 
-        let listed = f.service.list_api_keys(&principal, org, PageRequest::default()).await.unwrap();
-        assert_eq!(listed.data[0].last_used_at, None);
+        // The last use is written in the background (the request does not wait for it).
+        let last_used = || async {
+            f.service.list_api_keys(&principal, org, PageRequest::default()).await.unwrap().data[0].last_used_at
+        };
+        let written = |expected| async move {
+            for _ in 0..500 {
+                if last_used().await == expected {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("last_used_at never became {expected:?}");
+        };
+        assert_eq!(last_used().await, None);
         f.service.authenticate(&key.key).await.unwrap();
-        let first_use =
-            f.service.list_api_keys(&principal, org, PageRequest::default()).await.unwrap().data[0].last_used_at;
-        assert_eq!(first_use, Some(f.clock.now()));
+        let first_use = Some(f.clock.now());
+        written(first_use).await;
 
         f.clock.advance(Duration::seconds(30));
         f.service.authenticate(&key.key).await.unwrap();
-        let listed = f.service.list_api_keys(&principal, org, PageRequest::default()).await.unwrap();
-        assert_eq!(listed.data[0].last_used_at, first_use, "not rewritten within a minute");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(last_used().await, first_use, "not rewritten within a minute");
 
         f.clock.advance(Duration::seconds(31));
         f.service.authenticate(&key.key).await.unwrap();
-        let listed = f.service.list_api_keys(&principal, org, PageRequest::default()).await.unwrap();
-        assert_eq!(listed.data[0].last_used_at, Some(f.clock.now()));
+        written(Some(f.clock.now())).await;
 
         f.clock.advance(Duration::seconds(300));
         assert_eq!(f.service.authenticate(&key.key).await.unwrap_err(), AuthError::Unauthenticated);
@@ -419,5 +429,40 @@ backend_tests! {
         assert_eq!(orgs.data.len(), 1);
         assert_eq!(orgs.data[0].id, org);
         assert_eq!(orgs.data[0].role, Role::Admin);
+    }
+}
+
+backend_tests! {
+    async fn a_cached_credential_costs_no_database_query(backend) {
+        let f = fixture(&backend).await;
+        let owner = signup(&f.service, "nq@example.com").await;
+        let session = f.service.authenticate(&owner.token).await.unwrap();
+        let org = owner.organization.id;
+        let request = CreateApiKeyRequest { name: "hot".into(), scopes: None, expires_at: None };
+        let key = f.service.create_api_key(&session, org, request).await.unwrap();
+        // Warm: the first use loads the key, its organization and records its use.
+        let principal = f.service.authenticate(&key.key).await.unwrap();
+        f.service.me(&principal).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+        let before = f.db.query_count();
+        for _ in 0..100 {
+            let principal = f.service.authenticate(&key.key).await.unwrap();
+            assert!(matches!(f.service.me(&principal).await.unwrap(), MeResponse::ApiKey { .. }));
+            f.service.authenticate(&owner.token).await.unwrap();
+        }
+        assert_eq!(f.db.query_count(), before, "no query for cached credentials");
+
+        // Revocations reach the cache at once: the next request is refused.
+        f.service.revoke_api_key(&session, org, key.id).await.unwrap();
+        assert_eq!(f.service.authenticate(&key.key).await.unwrap_err(), AuthError::Unauthenticated);
+        f.service.logout(&session).await.unwrap();
+        assert_eq!(f.service.authenticate(&owner.token).await.unwrap_err(), AuthError::Unauthenticated);
+        // An unknown key is looked up once, then answered from the cache too.
+        let forged = Secret::new(format!("keel_sk_{}_{}", "a".repeat(16), "b".repeat(64)));
+        assert_eq!(f.service.authenticate(&forged).await.unwrap_err(), AuthError::Unauthenticated);
+        let before = f.db.query_count();
+        assert_eq!(f.service.authenticate(&forged).await.unwrap_err(), AuthError::Unauthenticated);
+        assert_eq!(f.db.query_count(), before);
     }
 }

@@ -4,9 +4,14 @@
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use shared::SystemClock;
+use shared::cache::{CacheBackplane, RedisBackplane};
 use shared::db::Db;
 use shared::module::{Component, Contracts, Module, Platform};
-use shared::ratelimit::InMemoryFailureLimiter;
+use shared::ratelimit::{
+    FailureLimiter, Fallback, InMemoryFailureLimiter, LocalRateLimiter, RateLimiter, RedisFailureLimiter,
+    RedisRateLimiter,
+};
+use shared::redis::Redis;
 use shared::scope::Scopes;
 use std::sync::Arc;
 
@@ -23,22 +28,39 @@ impl std::fmt::Debug for Built {
     }
 }
 
-/// What the platform gives the domains of this process.
-pub fn platform(config: &GatewayConfig, modules: &[Arc<dyn Module>]) -> Platform {
+/// What the platform gives the domains of this process. With `redis.url` set, throttling, rate
+/// limits and cache invalidation are shared through Redis (each with an in-process fallback
+/// while Redis is unreachable); without it, everything stays in the process.
+pub async fn platform(config: &GatewayConfig, modules: &[Arc<dyn Module>]) -> Result<Platform, GatewayError> {
     let clock = Arc::new(SystemClock);
-    Platform {
-        clock: clock.clone(),
-        failure_limiter: Arc::new(InMemoryFailureLimiter::new(clock)),
+    let redis = Redis::from_config(&config.redis).await.map_err(|e| GatewayError::Redis(e.to_string()))?;
+    let local_failures: Arc<dyn FailureLimiter> = Arc::new(InMemoryFailureLimiter::new(clock.clone()));
+    let (failure_limiter, rate_limiter, cache_backplane): (_, Arc<dyn RateLimiter>, _) = match &redis {
+        Some(redis) => {
+            let fallback = Fallback::new();
+            let failures: Arc<dyn FailureLimiter> =
+                Arc::new(RedisFailureLimiter::new(redis.clone(), local_failures, fallback.clone()));
+            let backplane: Arc<dyn CacheBackplane> = RedisBackplane::start(redis.clone());
+            (failures, Arc::new(RedisRateLimiter::new(redis.clone(), fallback)), Some(backplane))
+        }
+        None => (local_failures, Arc::new(LocalRateLimiter::new()), None),
+    };
+    Ok(Platform {
+        clock,
+        failure_limiter,
         scopes: Scopes::new(modules.iter().flat_map(|m| m.scopes().iter().copied()).collect()),
         remote: config.remote.clone(),
-    }
+        redis,
+        cache_backplane,
+        rate_limiter,
+    })
 }
 
 /// Builds every domain: remote when its `url` is configured, otherwise in-process over its own
 /// database (migrated first when `database.migrate_on_start` is set).
 pub async fn build(config: &GatewayConfig) -> Result<Vec<Built>, GatewayError> {
     let modules = config.modules();
-    let platform = platform(config, &modules);
+    let platform = platform(config, &modules).await?;
     let mut contracts = Contracts::default();
     let mut built = Vec::with_capacity(modules.len());
     for module in modules {
@@ -90,7 +112,8 @@ pub async fn set_platform_admin(config: &GatewayConfig, email: &str, admin: bool
     }
     let db = open(config, module.as_ref()).await?;
     migrate(module.as_ref(), &db).await?;
-    auth::AuthService::set_platform_admin(&db, email, admin)
+    let platform = platform(config, &modules).await?;
+    auth::AuthService::set_platform_admin(&db, &platform, &config.auth, email, admin)
         .await
         .map_err(|e| GatewayError::Domain { domain: auth::DOMAIN, source: Box::new(e) })
 }

@@ -20,6 +20,10 @@ macro_rules! register_domains {
             pub database: ::shared::config::DatabaseConfig,
             /// `[remote]`, `KEEL_REMOTE__*`: timeouts of the clients of remote domains.
             pub remote: ::shared::config::RemoteConfig,
+            /// `[redis]`, `KEEL_REDIS__*`: shared cache, limits and invalidation across processes.
+            pub redis: ::shared::redis::RedisConfig,
+            /// `[rate_limits]`, `KEEL_RATE_LIMITS__*`: request quotas per route class and subject.
+            pub rate_limits: ::shared::ratelimit::RateLimitConfig,
             $($(#[$doc])* pub $name: $config,)*
         }
 
@@ -64,6 +68,7 @@ impl GatewayConfig {
         self.http.validate()?;
         self.database.validate("database")?;
         self.remote.validate()?;
+        self.rate_limits.validate()?;
         for module in self.modules() {
             module.validate()?;
             if module.remote_url().is_none() {

@@ -4,10 +4,12 @@
 //! its migrations, routes, OpenAPI document and readiness. The gateway keeps a list of modules
 //! and iterates it for composition, `--only`, `migrate`, `/readyz` and `/openapi.json`.
 
+use crate::cache::CacheBackplane;
 use crate::clock::Clock;
 use crate::config::{DatabaseOverride, RemoteConfig};
 use crate::db::Db;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{FailureLimiter, RateLimiter};
+use crate::redis::Redis;
 use crate::scope::{ScopeDef, Scopes};
 use crate::secret::Secret;
 use actix_web::web;
@@ -30,11 +32,21 @@ pub struct Platform {
     pub scopes: Scopes,
     /// Timeouts of the clients of remote domains.
     pub remote: RemoteConfig,
+    /// The process's Redis handle, when `redis.url` is configured.
+    pub redis: Option<Redis>,
+    /// Shared L2 and cross-process invalidation for caches (`shared::cache::Cache::new`), when
+    /// Redis is configured; `None` keeps caches in-process.
+    pub cache_backplane: Option<Arc<dyn CacheBackplane>>,
+    /// Request rate limits (GCRA): in-process, or on Redis with an in-process fallback.
+    pub rate_limiter: Arc<dyn RateLimiter>,
 }
 
 impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Platform").field("scopes", &self.scopes).finish_non_exhaustive()
+        f.debug_struct("Platform")
+            .field("scopes", &self.scopes)
+            .field("redis", &self.redis.is_some())
+            .finish_non_exhaustive()
     }
 }
 

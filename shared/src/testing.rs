@@ -318,6 +318,9 @@ pub fn platform_with(modules: &[Arc<dyn Module>], clock: Arc<dyn Clock>) -> Plat
         failure_limiter: Arc::new(InMemoryFailureLimiter::new(clock)),
         scopes: Scopes::new(modules.iter().flat_map(|m| m.scopes().iter().copied()).collect()),
         remote: Default::default(),
+        redis: None,
+        cache_backplane: None,
+        rate_limiter: Arc::new(crate::ratelimit::LocalRateLimiter::new()),
     }
 }
 

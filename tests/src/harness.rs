@@ -3,7 +3,9 @@
 use auth::config::Argon2Config;
 use auth::{AuthApi, AuthConfig, AuthModule};
 use gateway::{GatewayConfig, RunningGateway};
+use shared::Secret;
 use shared::module::Module;
+use shared::redis::RedisConfig;
 use shared::testing::{TestBackend, TestDatabase};
 use std::sync::Arc;
 
@@ -16,11 +18,27 @@ pub fn fast_auth_config() -> AuthConfig {
 }
 
 /// A gateway on `127.0.0.1:0` over `database`, with cheap hashing and two workers.
+/// A gateway on `127.0.0.1:0` over `database`, with cheap hashing, two workers, and Redis when
+/// `KEEL_TEST_REDIS_URL` is set (required in CI), under a key prefix of its own: gateways made
+/// from one config share their Redis state like processes of one deployment; others do not.
 pub fn gateway_config(database: &TestDatabase) -> GatewayConfig {
     let mut config = GatewayConfig { database: database.config(), auth: fast_auth_config(), ..Default::default() };
     config.http.addr = "127.0.0.1:0".into();
     config.http.workers = 2;
+    config.redis = redis_config();
     config
+}
+
+/// Redis settings for one test deployment: `KEEL_TEST_REDIS_URL` and a fresh key prefix; no URL
+/// (in-process everything) when the variable is not set outside CI.
+pub fn redis_config() -> RedisConfig {
+    RedisConfig {
+        url: shared::testing::redis_url().map(Secret::new),
+        key_prefix: format!("keel_test_{}", uuid::Uuid::now_v7().simple()),
+        // A busy CI machine must not look like a Redis outage.
+        command_timeout_ms: 1_000,
+        ..RedisConfig::default()
+    }
 }
 
 /// Every registered domain with its default configuration: what a test database is migrated for.

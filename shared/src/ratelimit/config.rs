@@ -28,13 +28,11 @@ pub struct RateLimitConfig {
 /// The class whose quota applies to classes without their own.
 pub const DEFAULT_CLASS: &str = "default";
 
+/// On, with no quota: nothing is limited until a class (each domain's routes form the class
+/// named after the domain) or `default` gets one. Inference's per-plan limits come from billing.
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            classes: BTreeMap::from([(DEFAULT_CLASS.to_owned(), Quota::new(600, 60))]),
-            overrides: BTreeMap::new(),
-        }
+        Self { enabled: true, classes: BTreeMap::new(), overrides: BTreeMap::new() }
     }
 }
 

@@ -50,6 +50,8 @@ pub enum Subject {
     Organization(String),
     /// An API key, by its public id (never the secret).
     ApiKey(String),
+    /// A user acting through a session, by id.
+    User(String),
     /// A client address (for anonymous routes).
     ClientIp(IpAddr),
 }
@@ -60,6 +62,7 @@ impl fmt::Display for Subject {
         match self {
             Self::Organization(id) => write!(f, "org:{id}"),
             Self::ApiKey(id) => write!(f, "key:{id}"),
+            Self::User(id) => write!(f, "user:{id}"),
             Self::ClientIp(ip) => write!(f, "ip:{ip}"),
         }
     }
