@@ -1,6 +1,8 @@
 //! The database layer: one r2d2 pool per domain over an enum connection (PostgreSQL or SQLite),
 //! with every diesel call moved off the async workers onto the blocking pool.
 
+pub mod listen;
+
 use crate::config::{Backend, DomainDatabase, PoolConfig};
 use crate::secret::Secret;
 use diesel::connection::SimpleConnection;
