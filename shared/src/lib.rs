@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod jobs;
 pub mod page;
 pub mod secret;
 
