@@ -226,6 +226,35 @@ impl Jobs {
         }
     }
 
+    /// Runs a worker's own bookkeeping (claims, outcomes, heartbeats, lease recovery) in one
+    /// transaction. On PostgreSQL it commits with `synchronous_commit = off`: the commit does
+    /// not wait for the WAL flush (about 5 ms on this project's machines), and a server crash
+    /// can lose at most the last fraction of a second of such commits, never reorder them. Losing
+    /// one only makes a job run again (a lost claim or outcome) or recovers its lease earlier
+    /// (a lost heartbeat): the at-least-once contract holds. Enqueues, cancels and retries stay
+    /// synchronous. On SQLite, `Db::transaction` also takes the process's write lock.
+    pub(crate) async fn bookkeeping<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.inner.backend {
+            Backend::Postgres => {
+                self.inner
+                    .db
+                    .transaction(move |conn| {
+                        diesel::connection::SimpleConnection::batch_execute(
+                            conn,
+                            "SET LOCAL synchronous_commit = off",
+                        )?;
+                        f(conn)
+                    })
+                    .await
+            }
+            Backend::Sqlite => self.inner.db.transaction(f).await,
+        }
+    }
+
     /// Wakes this process's idle worker of `queue` on SQLite. Called inside the enqueueing
     /// transaction: the worker's claim needs the same in-process SQLite write lock, so it reads the
     /// job only once the transaction is over. PostgreSQL wakes workers with `NOTIFY` on commit.

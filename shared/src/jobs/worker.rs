@@ -394,6 +394,8 @@ async fn claim(
     let now = shared.jobs.inner.clock.now();
     let lease_until = now + shared.config.lease();
     let (queue, kinds, token, worker) = (queue.clone(), kinds.clone(), token.clone(), shared.worker_id.clone());
+    // On PostgreSQL the claim is one statement that sets its own asynchronous commit; on SQLite
+    // `write` takes the process's write lock.
     shared
         .jobs
         .write(move |conn| {
@@ -587,9 +589,7 @@ async fn write_outcomes(shared: &Arc<Shared>, batch: &[Finished]) -> Result<(), 
     let now = now.naive_utc();
     let (completed_counts, failed_counts, released_count) = shared
         .jobs
-        .inner
-        .db
-        .transaction(move |conn| {
+        .bookkeeping(move |conn| {
             let mut completed_counts = Vec::new();
             for (token, ids) in &completed {
                 completed_counts.push((token.clone(), ids.len(), store::complete(conn, token, ids)?));
@@ -664,12 +664,12 @@ async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let tokens = shared.held_tokens();
         if !tokens.is_empty() {
             let until = (now + shared.config.lease()).naive_utc();
-            if let Err(error) = shared.jobs.write(move |conn| Ok(store::heartbeat(conn, &tokens, until)?)).await {
+            if let Err(error) = shared.jobs.bookkeeping(move |conn| Ok(store::heartbeat(conn, &tokens, until)?)).await {
                 tracing::warn!(domain, error = %error, "cannot extend job leases");
             }
         }
         let naive_now = now.naive_utc();
-        match shared.jobs.write(move |conn| Ok(store::reap(conn, naive_now)?)).await {
+        match shared.jobs.bookkeeping(move |conn| Ok(store::reap(conn, naive_now)?)).await {
             Ok(reaped) => {
                 for row in &reaped {
                     let outcome = if row.state == store::DISCARDED { Outcome::Discarded } else { Outcome::Retried };
@@ -689,7 +689,7 @@ async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             last_purge = Instant::now();
             let retention = chrono::Duration::seconds(i64::try_from(shared.config.retention_secs).unwrap_or(i64::MAX));
             let before = now.checked_sub_signed(retention).unwrap_or(now).naive_utc();
-            if let Err(error) = shared.jobs.write(move |conn| Ok(store::purge(conn, before)?)).await {
+            if let Err(error) = shared.jobs.bookkeeping(move |conn| Ok(store::purge(conn, before)?)).await {
                 tracing::warn!(domain, error = %error, "cannot purge old jobs");
             }
         }
