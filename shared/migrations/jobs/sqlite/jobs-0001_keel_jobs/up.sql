@@ -27,8 +27,8 @@ CREATE TABLE keel_jobs (
     last_error TEXT
 );
 
--- The claim: the oldest due jobs of a queue.
-CREATE INDEX keel_jobs_ready_idx ON keel_jobs (queue, run_at) WHERE state IN ('available', 'failed');
+-- The claim: the oldest due jobs of a queue, in the claim's order.
+CREATE INDEX keel_jobs_ready_idx ON keel_jobs (queue, run_at, id) WHERE state IN ('available', 'failed');
 -- Expired leases, and heartbeats of the running set.
 CREATE INDEX keel_jobs_running_idx ON keel_jobs (lease_expires_at) WHERE state = 'running';
 CREATE UNIQUE INDEX keel_jobs_dedupe_idx ON keel_jobs (dedupe_key)
