@@ -96,6 +96,7 @@ impl Worker {
             let channel = store::channel(&jobs.inner.domain);
             let options = ListenOptions {
                 application_name: format!("keel-{}-jobs-listen", jobs.inner.domain),
+                poll: Duration::from_millis(config.listen_poll_ms),
                 ..ListenOptions::default()
             };
             let listener = Listener::start(jobs.inner.url.clone(), vec![channel.clone()], options)?;
