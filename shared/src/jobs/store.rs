@@ -279,11 +279,25 @@ pub(crate) fn release(conn: &mut Conn, token: &str, ids: &[String], now: NaiveDa
     .execute(conn)
 }
 
-/// Extends the leases of every running job held under one of `tokens`.
+/// Extends the leases of every running job held under one of `tokens`. On PostgreSQL it skips
+/// rows that another transaction holds (the completer deleting a finished job): a heartbeat
+/// never waits for, nor deadlocks with, an outcome being written. A row skipped while its
+/// outcome rolls back is renewed at the next heartbeat.
 pub(crate) fn heartbeat(conn: &mut Conn, tokens: &[String], until: NaiveDateTime) -> QueryResult<usize> {
-    diesel::update(keel_jobs::table.filter(state_is(RUNNING)).filter(keel_jobs::lease_token.eq_any(tokens)))
-        .set(keel_jobs::lease_expires_at.eq(until))
-        .execute(conn)
+    match conn {
+        Conn::Pg(c) => diesel::sql_query(
+            "UPDATE keel_jobs SET lease_expires_at = $1 WHERE id IN (SELECT id FROM keel_jobs \
+             WHERE state = 'running' AND lease_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Timestamp, _>(until)
+        .bind::<Array<Text>, _>(tokens)
+        .execute(c),
+        Conn::Sqlite(c) => {
+            diesel::update(keel_jobs::table.filter(state_is(RUNNING)).filter(keel_jobs::lease_token.eq_any(tokens)))
+                .set(keel_jobs::lease_expires_at.eq(until))
+                .execute(c)
+        }
+    }
 }
 
 #[derive(Debug, QueryableByName)]
@@ -296,17 +310,23 @@ pub(crate) struct ReapedRow {
 
 /// Jobs whose lease expired (their worker died or hung): retried at once, or discarded when that
 /// was their last attempt. The lease duration is the back-off of a job that crashes its worker.
+/// On PostgreSQL, rows another transaction holds (a late outcome being written, a heartbeat)
+/// are skipped rather than waited for.
 pub(crate) fn reap(conn: &mut Conn, now: NaiveDateTime) -> QueryResult<Vec<ReapedRow>> {
-    const SET: &str = "SET state = CASE WHEN attempt >= max_attempts THEN 'discarded' ELSE 'failed' END, \
+    const SET: &str = "UPDATE keel_jobs \
+         SET state = CASE WHEN attempt >= max_attempts THEN 'discarded' ELSE 'failed' END, \
          last_error = 'lease expired: the worker stopped renewing it during attempt ' || attempt, \
          run_at = {now}, finished_at = CASE WHEN attempt >= max_attempts THEN {now} ELSE NULL END, \
-         lease_token = NULL, locked_by = NULL, lease_expires_at = NULL \
-         WHERE state = 'running' AND lease_expires_at < {now} RETURNING queue, state";
+         lease_token = NULL, locked_by = NULL, lease_expires_at = NULL";
+    const EXPIRED: &str = "state = 'running' AND lease_expires_at < {now}";
     match conn {
-        Conn::Pg(c) => diesel::sql_query(format!("UPDATE keel_jobs {}", SET.replace("{now}", "$1")))
-            .bind::<Timestamp, _>(now)
-            .load(c),
-        Conn::Sqlite(c) => diesel::sql_query(format!("UPDATE keel_jobs {}", SET.replace("{now}", "?1")))
+        Conn::Pg(c) => diesel::sql_query(
+            format!("{SET} WHERE id IN (SELECT id FROM keel_jobs WHERE {EXPIRED} FOR UPDATE SKIP LOCKED) RETURNING queue, state")
+                .replace("{now}", "$1"),
+        )
+        .bind::<Timestamp, _>(now)
+        .load(c),
+        Conn::Sqlite(c) => diesel::sql_query(format!("{SET} WHERE {EXPIRED} RETURNING queue, state").replace("{now}", "?1"))
             .bind::<Timestamp, _>(now)
             .load(c),
     }
