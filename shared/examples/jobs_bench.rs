@@ -45,12 +45,22 @@ impl Job for Noop {
     const KIND: &'static str = "bench.noop";
 }
 
-#[derive(Debug)]
-struct NoopHandler;
+/// Job number and start time (wall clock, µs since the epoch) of each job.
+type Starts = Arc<Mutex<Vec<(u64, i64)>>>;
+
+/// Does nothing; in the latency run, remembers when each job started.
+#[derive(Debug, Default)]
+struct NoopHandler {
+    starts: Option<Starts>,
+}
 
 #[async_trait]
 impl Handler<Noop> for NoopHandler {
-    async fn handle(&self, _job: Noop, _ctx: &JobContext) -> Result<(), JobError> {
+    async fn handle(&self, job: Noop, _ctx: &JobContext) -> Result<(), JobError> {
+        if let Some(starts) = &self.starts {
+            let now = chrono::Utc::now().timestamp_micros();
+            starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((job.n, now));
+        }
         Ok(())
     }
 }
@@ -277,9 +287,11 @@ fn latency(admin: &str, jobs: u64, gap_ms: u64) -> Result<(), Error> {
     child.expect_line("ready")?;
     let start = Instant::now();
     let mut commits = Vec::new();
+    let mut committed_at = HashMap::new();
     for n in 0..jobs {
         let enqueue = Instant::now();
         rt.block_on(queue.push(Noop { n }, EnqueueOptions::default()))?;
+        committed_at.insert(n, chrono::Utc::now().timestamp_micros());
         commits.push(enqueue.elapsed().as_secs_f64());
         std::thread::sleep(Duration::from_millis(gap_ms));
         if start.elapsed() > DEADLINE {
@@ -293,6 +305,24 @@ fn latency(admin: &str, jobs: u64, gap_ms: u64) -> Result<(), Error> {
         percentile(&mut commits, 0.50) * 1e3,
         percentile(&mut commits, 0.99) * 1e3
     );
+    // The pickup itself: from the moment the enqueuer's commit returned to the handler's start
+    // (the notification leaves at commit, so a start can even come first: counted as 0).
+    let starts = child.expect_line("starts")?;
+    let mut after_commit = Vec::new();
+    for pair in starts.split_whitespace().skip(1) {
+        let (n, at) = pair.split_once(':').ok_or("malformed starts line")?;
+        if let Some(committed) = committed_at.get(&n.parse::<u64>()?) {
+            after_commit.push((at.parse::<i64>()? - committed).max(0) as f64 / 1e6);
+        }
+    }
+    println!(
+        "latency  commit-to-start    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  over {} jobs",
+        percentile(&mut after_commit, 0.50) * 1e3,
+        percentile(&mut after_commit, 0.99) * 1e3,
+        percentile(&mut after_commit, 1.0) * 1e3,
+        after_commit.len()
+    );
+
     Ok(())
 }
 
@@ -303,7 +333,8 @@ fn worker(url: &str, concurrency: u64, batch: u64, poll_ms: u64, expect: u64) ->
         let db = Db::connect(&settings)?;
         let jobs = Jobs::new(db, &settings);
         let mut registry = Registry::new();
-        registry.register::<Noop>(NoopHandler)?;
+        let starts: Starts = Arc::new(Mutex::new(Vec::new()));
+        registry.register::<Noop>(NoopHandler { starts: (expect > 0).then(|| starts.clone()) })?;
         let config = JobsConfig {
             poll_interval_ms: poll_ms,
             concurrency: u32::try_from(concurrency)?,
@@ -339,6 +370,16 @@ fn worker(url: &str, concurrency: u64, batch: u64, poll_ms: u64, expect: u64) ->
                 percentile(&mut all, 1.0) * 1e3,
                 all.len()
             );
+            // The observer hears of a pickup just before the handler runs: let the last one run.
+            for _ in 0..1_000 {
+                if starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() >= latencies.expected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let starts = starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pairs: Vec<String> = starts.iter().map(|(n, at)| format!("{n}:{at}")).collect();
+            println!("starts {}", pairs.join(" "));
         } else {
             closed.await?;
         }
