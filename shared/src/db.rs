@@ -23,6 +23,8 @@
 //! transactions are serialised in the process (see [`Db::transaction`]). Every such function is
 //! covered by a test that runs on both backends (`shared::backend_tests!`).
 
+pub mod listen;
+
 use crate::config::{Backend, DomainDatabase, PoolConfig};
 use crate::secret::Secret;
 use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod jobs;
 pub mod page;
 pub mod scope;
 pub mod secret;

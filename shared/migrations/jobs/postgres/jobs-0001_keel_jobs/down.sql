@@ -1,0 +1,2 @@
+DROP TABLE keel_job_schedules;
+DROP TABLE keel_jobs;
