@@ -28,6 +28,8 @@ pub struct AppState {
     trusted_proxies: TrustedProxies,
     body_limit: BodyLimit,
     openapi_json: Bytes,
+    /// `/readyz` reports every built domain, not only the served ones (worker processes).
+    ready_all: bool,
 }
 
 impl AppState {
@@ -43,7 +45,15 @@ impl AppState {
             trusted_proxies: TrustedProxies(http.trusted_proxies.clone()),
             body_limit: BodyLimit(http.body_limit_bytes),
             openapi_json: Bytes::from(openapi_json),
+            ready_all: false,
         })
+    }
+
+    /// A worker process's app: no domain routes, and `/readyz` reports every in-process domain.
+    pub fn for_workers(built: Vec<Built>, http: &HttpConfig) -> Result<Self, GatewayError> {
+        let mut state = Self::new(built, Vec::new(), http)?;
+        state.ready_all = true;
+        Ok(state)
     }
 
     pub fn served(&self) -> &[&'static str] {
@@ -82,7 +92,12 @@ pub fn app(
     >,
 > {
     let readiness = Readiness(
-        state.built.iter().filter(|b| state.serves(b)).map(|b| (b.module.name(), b.component.clone())).collect(),
+        state
+            .built
+            .iter()
+            .filter(|b| state.ready_all || state.serves(b))
+            .map(|b| (b.module.name(), b.component.clone()))
+            .collect(),
     );
     let mut app = App::new()
         .app_data(web::Data::new(state.trusted_proxies.clone()))

@@ -118,7 +118,7 @@ pub async fn set_platform_admin(config: &GatewayConfig, email: &str, admin: bool
         .map_err(|e| GatewayError::Domain { domain: auth::DOMAIN, source: Box::new(e) })
 }
 
-async fn open(config: &GatewayConfig, module: &dyn Module) -> Result<Db, GatewayError> {
+pub(crate) async fn open(config: &GatewayConfig, module: &dyn Module) -> Result<Db, GatewayError> {
     let domain = module.name();
     let settings = config
         .database
@@ -131,9 +131,11 @@ async fn migrate(module: &dyn Module, db: &Db) -> Result<usize, GatewayError> {
     let domain = module.name();
     let migrations = module.migrations();
     let db = db.clone();
-    let applied = blocking(move || db.migrate(migrations.postgres, migrations.sqlite))
-        .await?
-        .map_err(|source| GatewayError::Database { domain, source })?;
+    // Every domain's schema (or file) holds its own job queue, next to its tables.
+    let applied =
+        blocking(move || Ok(db.migrate(migrations.postgres, migrations.sqlite)? + shared::jobs::migrate(&db)?))
+            .await?
+            .map_err(|source| GatewayError::Database { domain, source })?;
     tracing::info!(domain, migrations.applied = applied, "database migrated");
     Ok(applied)
 }

@@ -24,6 +24,8 @@ macro_rules! register_domains {
             pub redis: ::shared::redis::RedisConfig,
             /// `[rate_limits]`, `KEEL_RATE_LIMITS__*`: request quotas per route class and subject.
             pub rate_limits: ::shared::ratelimit::RateLimitConfig,
+            /// `[jobs]`, `KEEL_JOBS__*`: the background workers (`enabled` runs them in `serve`).
+            pub jobs: ::shared::jobs::JobsConfig,
             $($(#[$doc])* pub $name: $config,)*
         }
 
@@ -69,6 +71,7 @@ impl GatewayConfig {
         self.database.validate("database")?;
         self.remote.validate()?;
         self.rate_limits.validate()?;
+        self.jobs.validate().map_err(|e| format!("jobs: {e}"))?;
         for module in self.modules() {
             module.validate()?;
             if module.remote_url().is_none() {

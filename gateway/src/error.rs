@@ -12,6 +12,8 @@ pub enum GatewayError {
     Domain { domain: &'static str, source: shared::module::BoxError },
     #[error("unknown domain {0:?}; the domains are {known}", known = crate::config::DOMAIN_NAMES.join(", "))]
     UnknownDomain(String),
+    #[error("jobs: {0}")]
+    Jobs(String),
     #[error("redis settings: {0}")]
     Redis(String),
     #[error("cannot listen on {addr}: {source}")]

@@ -26,11 +26,45 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API until SIGTERM or SIGINT (the default command).
     Serve(ServeArgs),
+    /// Run the background workers of every in-process domain (no API routes), until SIGTERM.
+    Worker(WorkerArgs),
     /// Apply the pending database migrations of every in-process domain, then exit.
     Migrate,
+    /// Inspect and retry background jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Operator commands, run where the domain's database is.
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+#[derive(Debug, Default, Args)]
+struct WorkerArgs {
+    /// The address of its health, readiness and metrics routes; overrides `http.addr`.
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Queue depth per domain, queue and state, and the oldest ready job's age.
+    Stats,
+    /// Jobs waiting for a retry (`failed`), failed for good (`discarded`) or cancelled.
+    List {
+        #[arg(long, value_parser = PossibleValuesParser::new(DOMAIN_NAMES))]
+        domain: String,
+        #[arg(long, value_parser = ["failed", "discarded", "cancelled"], default_value = "discarded")]
+        state: String,
+        /// The `next_after` of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Put a discarded or cancelled job back in its queue.
+    Retry {
+        #[arg(long, value_parser = PossibleValuesParser::new(DOMAIN_NAMES))]
+        domain: String,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +96,9 @@ fn main() -> ExitCode {
         return fail(&format!("cannot set up logging: {e}"));
     }
     let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default()));
-    if let Command::Serve(ServeArgs { addr: Some(addr), .. }) = &command {
+    if let Command::Serve(ServeArgs { addr: Some(addr), .. }) | Command::Worker(WorkerArgs { addr: Some(addr) }) =
+        &command
+    {
         config.http.addr.clone_from(addr);
     }
     let result = actix_web::rt::System::new().block_on(run(command, config));
@@ -84,6 +120,13 @@ async fn run(command: Command, config: GatewayConfig) -> Result<(), GatewayError
             tracing::info!("gateway stopped");
             Ok(())
         }
+        Command::Worker(_) => {
+            let running = gateway::start_worker(config).await?;
+            running.wait().await?;
+            tracing::info!("worker stopped");
+            Ok(())
+        }
+        Command::Jobs(command) => jobs_command(command, &config).await,
         Command::Admin(command) => {
             let (email, admin) = match command {
                 AdminCommand::GrantAdmin { email } => (email, true),
@@ -100,6 +143,31 @@ async fn run(command: Command, config: GatewayConfig) -> Result<(), GatewayError
             Ok(())
         }
     }
+}
+
+/// `gateway jobs …`: prints JSON on stdout.
+async fn jobs_command(command: JobsCommand, config: &GatewayConfig) -> Result<(), GatewayError> {
+    use gateway::jobs;
+    let value = match command {
+        JobsCommand::Stats => jobs::stats(jobs::all(config).await?).await?,
+        JobsCommand::List { domain, state, after } => {
+            let state = match state.as_str() {
+                "failed" => shared::jobs::ListState::Failed,
+                "cancelled" => shared::jobs::ListState::Cancelled,
+                _ => shared::jobs::ListState::Discarded,
+            };
+            jobs::list(&jobs::domain(config, &domain).await?, state, after).await?
+        }
+        JobsCommand::Retry { domain, id } => {
+            let id = id.parse().map_err(|_| GatewayError::Jobs(format!("{id:?} is not a job id")))?;
+            jobs::retry(&jobs::domain(config, &domain).await?, id).await?
+        }
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{value:#}");
+    }
+    Ok(())
 }
 
 /// A failure before logging is set up: one line on stderr.

@@ -11,9 +11,11 @@ use actix_server::Server;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::{AppConfig, ServerHandle};
 use shared::config::HttpConfig;
+use shared::jobs::{NoObserver, Worker, WorkerHandle};
 use std::future::{Future, ready};
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -26,6 +28,8 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     pub handle: ServerHandle,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The background workers of the in-process domains, when this process runs them.
+    workers: Vec<(&'static str, WorkerHandle)>,
 }
 
 impl RunningGateway {
@@ -36,14 +40,27 @@ impl RunningGateway {
 
     /// Waits until the server stops: on SIGTERM or SIGINT (after in-flight requests finish, up
     /// to `http.shutdown_timeout_secs`), or when stopped through [`RunningGateway::handle`].
+    ///
+    /// The workers stop after the HTTP server: they claim nothing more, and finish or release
+    /// what they hold (within `jobs.shutdown_timeout_secs`).
     pub async fn wait(mut self) -> Result<(), GatewayError> {
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => match task.await {
                 Ok(result) => result.map_err(GatewayError::Server),
                 Err(e) => Err(GatewayError::Task(e.to_string())),
             },
             None => Ok(()),
+        };
+        for (domain, worker) in std::mem::take(&mut self.workers) {
+            let report = worker.shutdown().await;
+            tracing::info!(
+                domain,
+                jobs.released = report.released,
+                jobs.unwritten = report.unwritten,
+                "workers stopped"
+            );
         }
+        served
     }
 
     /// Stops accepting connections and waits for the server to stop; `graceful` lets in-flight
@@ -56,6 +73,9 @@ impl RunningGateway {
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
+        for (_, worker) in &self.workers {
+            worker.begin_shutdown();
+        }
         if self.task.is_some() {
             // The command is sent when `stop` is called; the returned future only waits for it.
             drop(self.handle.stop(false));
@@ -70,14 +90,35 @@ impl Drop for RunningGateway {
 ///
 /// Must run inside a Tokio runtime (`#[tokio::main]`, `#[actix_web::main]`, `#[tokio::test]`).
 /// Logging is not set up here: that belongs to the binary.
+/// Runs the background workers too when `jobs.enabled` is set (the default).
 pub async fn start(config: GatewayConfig, only: Option<Vec<String>>) -> Result<RunningGateway, GatewayError> {
     let served = select(only)?;
+    let workers = config.jobs.enabled;
+    launch(config, served, workers).await
+}
+
+/// `gateway worker`: the background workers of every in-process domain, with no domain route
+/// (the process still serves `/healthz`, `/readyz` for its domains, and the platform routes).
+pub async fn start_worker(config: GatewayConfig) -> Result<RunningGateway, GatewayError> {
+    launch(config, Vec::new(), true).await
+}
+
+async fn launch(
+    config: GatewayConfig,
+    served: Vec<&'static str>,
+    workers: bool,
+) -> Result<RunningGateway, GatewayError> {
     let bind_error = |source| GatewayError::Bind { addr: config.http.addr.clone(), source };
     let listener = TcpListener::bind(&config.http.addr).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
 
     let built = compose::build(&config).await?;
-    let state = AppState::new(built, served, &config.http)?;
+    let workers = if workers { start_workers(&config, &built)? } else { Vec::new() };
+    let state = if served.is_empty() {
+        AppState::for_workers(built, &config.http)?
+    } else {
+        AppState::new(built, served, &config.http)?
+    };
     let names = state.served().to_vec();
     let mut server = server(listener, state, &config.http).map_err(bind_error)?;
     let handle = server.handle();
@@ -92,8 +133,24 @@ pub async fn start(config: GatewayConfig, only: Option<Vec<String>>) -> Result<R
         }
     }
     let task = tokio::spawn(server);
-    tracing::info!(http.addr = %addr, domains = ?names, "gateway listening");
-    Ok(RunningGateway { addr, handle, task: Some(task) })
+    tracing::info!(http.addr = %addr, domains = ?names, workers = workers.len(), "gateway listening");
+    Ok(RunningGateway { addr, handle, task: Some(task), workers })
+}
+
+/// Starts the workers of every in-process domain that has jobs.
+fn start_workers(
+    config: &GatewayConfig,
+    built: &[compose::Built],
+) -> Result<Vec<(&'static str, WorkerHandle)>, GatewayError> {
+    let mut workers = Vec::new();
+    for b in built {
+        let Some((jobs, registry)) = b.component.jobs() else { continue };
+        let domain = b.module.name();
+        let worker = Worker::start(&jobs, registry, &config.jobs, Arc::new(NoObserver))
+            .map_err(|e| GatewayError::Domain { domain, source: Box::new(e) })?;
+        workers.push((domain, worker));
+    }
+    Ok(workers)
 }
 
 /// The HTTP/1.1 server: what `actix_web::HttpServer::listen` builds, with the guard of

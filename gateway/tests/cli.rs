@@ -141,3 +141,52 @@ fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
     assert!(me["duration_ms"].is_number());
     assert!(!rest.iter().any(|line| line.contains("sekrit")), "a secret reached the log: {rest:#?}");
 }
+
+#[test]
+fn worker_serves_no_domain_route_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = gateway()
+        .args(["worker", "--addr", "127.0.0.1:0"])
+        .env("KEEL_DATABASE__URL", format!("sqlite://{}", dir.path().display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|line| {
+            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (event["message"] == "gateway listening").then(|| event["http.addr"].as_str().unwrap().to_owned())
+        })
+        .expect("the worker never said where it listens");
+    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+    assert!(http_get(&addr, "/readyz").starts_with("HTTP/1.1 200 OK"), "ready when its domains' databases are");
+    let answer = http_get(&addr, "/v1/auth/me");
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found"), "a worker serves no API route: {answer}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success(), "a graceful stop exits with 0");
+    assert!(rest.iter().any(|line| line.contains("\"worker stopped\"")), "{rest:#?}");
+}
+
+#[test]
+fn jobs_stats_lists_every_in_process_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().display());
+    let (code, stdout, stderr) = run(gateway().args(["jobs", "stats"]).env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 1, "no tables yet: {stdout} {stderr}");
+    let (code, _, stderr) = run(gateway().arg("migrate").env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(gateway().args(["jobs", "stats"]).env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 0, "{stderr}");
+    let json_start = stdout.find('{').unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stdout[json_start..]).unwrap();
+    assert_eq!(stats["auth"], serde_json::json!({"depths": [], "oldest_ready": []}), "{stdout}");
+    let (code, stdout, _) =
+        run(gateway().args(["jobs", "retry", "--domain", "auth", "nope"]).env("KEEL_DATABASE__URL", &url));
+    assert_eq!(code, 1);
+    assert!(stdout.contains("is not a job id"), "{stdout}");
+}

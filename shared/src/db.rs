@@ -145,6 +145,7 @@ pub struct Db {
 }
 
 struct Inner {
+    settings: DomainDatabase,
     domain: String,
     backend: Backend,
     primary: Pool<Manager>,
@@ -229,6 +230,7 @@ impl Db {
         let pool = &settings.pool;
         Ok(Self {
             inner: Arc::new(Inner {
+                settings: settings.clone(),
                 domain: settings.domain.clone(),
                 backend: settings.backend,
                 primary,
@@ -250,6 +252,11 @@ impl Db {
     /// The domain this database belongs to.
     pub fn domain(&self) -> &str {
         &self.inner.domain
+    }
+
+    /// The settings the pools were opened with (a job queue's `LISTEN` connection uses them).
+    pub fn settings(&self) -> &DomainDatabase {
+        &self.inner.settings
     }
 
     /// How many queries this database's connections have run since it was opened.

@@ -138,6 +138,12 @@ pub trait Component: Send + Sync {
     fn app_data(&self, cfg: &mut web::ServiceConfig);
     /// Whether the domain can serve (its database or its remote service answers).
     async fn ready(&self) -> Result<(), String>;
+
+    /// The domain's job queue and its handlers, for the workers of `gateway serve` and
+    /// `gateway worker`; `None` for a domain without background jobs, or a remote one.
+    fn jobs(&self) -> Option<(crate::jobs::Jobs, crate::jobs::Registry)> {
+        None
+    }
 }
 
 type ReadyFn<T> = dyn Fn(Arc<T>) -> BoxFuture<'static, Result<(), String>> + Send + Sync;

@@ -228,6 +228,7 @@ fn migrate(config: &DatabaseConfig, modules: &[Arc<dyn Module>]) {
         let db = Db::connect(&settings).unwrap_or_else(|e| panic!("open {}: {e}", module.name()));
         let migrations = module.migrations();
         db.migrate(migrations.postgres, migrations.sqlite).unwrap_or_else(|e| panic!("migrate {}: {e}", module.name()));
+        crate::jobs::migrate(&db).unwrap_or_else(|e| panic!("migrate {}'s job queue: {e}", module.name()));
     }
 }
 
