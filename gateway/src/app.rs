@@ -29,6 +29,7 @@ pub struct AppState {
     trusted_proxies: TrustedProxies,
     body_limit_bytes: usize,
     openapi_json: Bytes,
+    metrics: shared::metrics::Metrics,
 }
 
 impl AppState {
@@ -41,7 +42,14 @@ impl AppState {
             trusted_proxies: TrustedProxies(http.trusted_proxies.clone()),
             body_limit_bytes: http.body_limit_bytes,
             openapi_json: Bytes::from(openapi_json),
+            metrics: crate::metrics::registry(),
         })
+    }
+
+    /// Serves `metrics` (the registry the domains record into) instead of a fresh one.
+    pub fn with_metrics(mut self, metrics: shared::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn domains(&self) -> &[Domain] {
@@ -79,11 +87,13 @@ pub fn app(
         .app_data(query_config())
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/openapi.json", web::get().to(openapi_json));
+        .route("/openapi.json", web::get().to(openapi_json))
+        .app_data(web::Data::new(state.metrics.clone()))
+        .route("/metrics", web::get().to(shared::metrics::metrics_endpoint));
     if serves(Domain::Auth) {
         app = app.configure(auth::http::configure);
     }
-    app.default_service(web::to(not_found)).wrap(from_fn(request_id))
+    app.default_service(web::to(not_found)).wrap(state.metrics.http().middleware()).wrap(from_fn(request_id))
 }
 
 /// The answer of the health routes.

@@ -7,6 +7,7 @@ use crate::error::GatewayError;
 use auth::{AuthApi, AuthService, HttpAuthClient};
 use shared::SystemClock;
 use shared::db::Db;
+use shared::metrics::Metrics;
 use shared::ratelimit::InMemoryFailureLimiter;
 use std::sync::Arc;
 
@@ -24,7 +25,8 @@ impl std::fmt::Debug for Services {
 
 /// Builds every domain: remote when its `url` is configured, otherwise in-process over its own
 /// database (migrated first when `database.migrate_on_start` is set).
-pub async fn build(config: &GatewayConfig) -> Result<Services, GatewayError> {
+/// In-process domains report their database pools in `metrics`.
+pub async fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Services, GatewayError> {
     let auth: Arc<dyn AuthApi> = match &config.auth.url {
         Some(url) => {
             // The URL itself is not logged: it may carry credentials.
@@ -33,6 +35,7 @@ pub async fn build(config: &GatewayConfig) -> Result<Services, GatewayError> {
         }
         None => {
             let db = open_auth_db(config).await?;
+            db.observe(metrics.db());
             if config.database.migrate_on_start {
                 migrate_auth(&db).await?;
             }

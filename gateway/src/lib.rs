@@ -10,6 +10,7 @@ pub mod compose;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod server;

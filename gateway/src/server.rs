@@ -66,8 +66,9 @@ impl Drop for RunningGateway {
 /// Logging is not set up here: that belongs to the binary.
 pub async fn start(config: GatewayConfig, only: Option<Vec<Domain>>) -> Result<RunningGateway, GatewayError> {
     let domains = Domain::select(only);
-    let services = compose::build(&config).await?;
-    let state = AppState::new(services, domains, &config.http)?;
+    let metrics = crate::metrics::registry();
+    let services = compose::build(&config, &metrics).await?;
+    let state = AppState::new(services, domains, &config.http)?.with_metrics(metrics);
 
     let bind_error = |source| GatewayError::Bind { addr: config.http.addr.clone(), source };
     let listener = TcpListener::bind(&config.http.addr).map_err(bind_error)?;

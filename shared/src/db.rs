@@ -7,8 +7,10 @@ use diesel::connection::SimpleConnection;
 use diesel::r2d2::{CustomizeConnection, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+mod metrics;
 
 /// A connection to either backend. The query DSL, transactions and r2d2 work on it directly;
 /// the few statements that differ per engine match on the variant.
@@ -58,13 +60,15 @@ struct Inner {
     primary: Pool<Manager>,
     replica: Option<Pool<Manager>>,
     sqlite_writer: Mutex<()>,
+    /// Set by [`Db::observe`].
+    metrics: OnceLock<metrics::Checkouts>,
 }
 
 impl Inner {
     /// A connection from the primary, or from the replica when asked and configured.
     fn connection(&self, replica: bool) -> Result<PooledConnection<Manager>, DbError> {
         let pool = if replica { self.replica.as_ref().unwrap_or(&self.primary) } else { &self.primary };
-        pool.get().map_err(|e| DbError::Unavailable(e.to_string()))
+        self.checkout(pool, replica && self.replica.is_some()).map_err(|e| DbError::Unavailable(e.to_string()))
     }
 }
 
@@ -110,6 +114,7 @@ impl Db {
                 primary,
                 replica,
                 sqlite_writer: Mutex::new(()),
+                metrics: OnceLock::new(),
             }),
         })
     }

@@ -18,6 +18,8 @@ pub mod db;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod ratelimit;
 #[cfg(any(feature = "server", feature = "client"))]
 pub mod request_id;
