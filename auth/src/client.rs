@@ -33,7 +33,8 @@ impl HttpAuthClient {
     }
 
     fn request(&self, method: Method, path: &str, principal: Option<&Principal>) -> RequestBuilder {
-        let mut builder = self.http.request(method, format!("{}{path}", self.base_url));
+        let mut builder =
+            shared::trace::with_trace_context(self.http.request(method, format!("{}{path}", self.base_url)));
         if let Some(id) = shared::request_id::current() {
             builder = builder.header(shared::request_id::HEADER, id);
         }

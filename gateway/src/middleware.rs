@@ -48,6 +48,8 @@ pub async fn request_id(
         url.path = req.path(),
         request.id = %id,
     );
+    // A caller's `traceparent` makes this request part of its trace.
+    shared::trace::set_remote_parent(&span, req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
 
     // The id also travels with the task, for calls to remote domain services.

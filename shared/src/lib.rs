@@ -27,6 +27,8 @@ pub mod request_id;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(any(feature = "server", feature = "client"))]
+pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorBody, ErrorEnvelope, ErrorKind};
