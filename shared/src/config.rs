@@ -190,11 +190,20 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// The `service.name` of exported spans.
     pub service_name: String,
+    /// Which spans become OpenTelemetry spans (a `RUST_LOG`-style filter), independent of the
+    /// log filter: trace context is continued and propagated by these spans.
+    pub trace_filter: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Auto, filter: "info".into(), otlp_endpoint: None, service_name: "keel".into() }
+        Self {
+            format: LogFormat::Auto,
+            filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: "keel".into(),
+            trace_filter: "info".into(),
+        }
     }
 }
 

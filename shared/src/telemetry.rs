@@ -17,10 +17,10 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use std::io::IsTerminal;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// The running telemetry. Call [`Telemetry::shutdown`] before the process exits, so that the
 /// spans still buffered reach the collector.
@@ -65,7 +65,10 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
         _ => (local_provider(resource(config)), false),
     };
 
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer(&provider));
+    // Spans reach the OpenTelemetry layer through their own filter, whatever the log filter: a
+    // process logging at `warn` still continues, passes on and logs its callers' traces.
+    let trace_filter = EnvFilter::try_new(&config.trace_filter).map_err(|e| format!("invalid trace filter: {e}"))?;
+    let registry = tracing_subscriber::registry().with(otel_layer(&provider).with_filter(trace_filter));
     let result = if json {
         let (slot, format) = json::with_trace_id(
             tracing_subscriber::fmt::format()
@@ -75,10 +78,10 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
                 .with_current_span(true)
                 .with_span_list(false),
         );
-        let fmt = tracing_subscriber::fmt::layer().json().event_format(format);
+        let fmt = tracing_subscriber::fmt::layer().json().event_format(format).with_filter(filter);
         registry.with(slot).with(fmt).try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().pretty().with_target(true)).try_init()
+        registry.with(tracing_subscriber::fmt::layer().pretty().with_target(true).with_filter(filter)).try_init()
     };
     result.map_err(|e| e.to_string())?;
     if exporting {

@@ -35,13 +35,17 @@ pub(super) struct JsonWithTraceId {
 }
 
 impl JsonWithTraceId {
-    fn trace_id<S>(&self, ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>) -> Option<TraceId>
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
-        let span = ctx.event_scope()?.next()?;
+    /// The trace of the span the event belongs to. The span is looked up in the whole
+    /// subscriber, not through this layer's filter: a `warn` line inside an `info` request span
+    /// still carries the request's trace id when the log filter hides the span itself.
+    fn trace_id(&self, event: &Event<'_>) -> Option<TraceId> {
         let dispatch = self.dispatch.get()?.upgrade()?;
-        let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+        let span = match event.parent() {
+            Some(parent) => parent.clone(),
+            None if event.is_contextual() => dispatch.current_span().id()?.clone(),
+            None => return None,
+        };
+        let context = tracing_opentelemetry::get_otel_context(&span, &dispatch)?;
         let otel_span = context.span();
         let span_context = otel_span.span_context();
         span_context.is_valid().then(|| span_context.trace_id())
@@ -54,7 +58,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-        let Some(trace_id) = self.trace_id(ctx) else {
+        let Some(trace_id) = self.trace_id(event) else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);
@@ -127,5 +131,39 @@ mod tests {
         assert_eq!(events[1]["span"]["request.id"], "r-1");
         assert_eq!(events[2]["trace_id"], trace_id.to_string(), "a nested span shares the trace");
         assert_eq!(trace_id.to_string().len(), 32);
+    }
+
+    #[test]
+    fn a_warning_inside_a_span_hidden_by_the_log_filter_still_carries_the_trace_id() {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::filter::LevelFilter;
+
+        let provider = local_provider(Resource::builder_empty().build());
+        let lines = Lines::default();
+        let (slot, format) = with_trace_id(tracing_subscriber::fmt::format().json().flatten_event(true));
+        let writer = lines.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(format)
+            .with_writer(move || writer.clone())
+            .with_filter(LevelFilter::WARN);
+        let subscriber = tracing_subscriber::registry()
+            .with(otel_layer(&provider).with_filter(LevelFilter::INFO))
+            .with(slot)
+            .with(fmt);
+
+        let trace_id = tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("http.request").in_scope(|| {
+                tracing::info!("filtered out");
+                tracing::warn!("kept");
+                crate::trace::current_trace_id().unwrap()
+            })
+        });
+
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(events.len(), 1, "{text}");
+        assert_eq!(events[0]["message"], "kept");
+        assert_eq!(events[0]["trace_id"], trace_id.to_string());
     }
 }
