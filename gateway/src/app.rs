@@ -30,6 +30,7 @@ pub struct AppState {
     openapi_json: Bytes,
     /// `/readyz` reports every built domain, not only the served ones (worker processes).
     ready_all: bool,
+    metrics: shared::metrics::Metrics,
 }
 
 impl AppState {
@@ -46,7 +47,14 @@ impl AppState {
             body_limit: BodyLimit(http.body_limit_bytes),
             openapi_json: Bytes::from(openapi_json),
             ready_all: false,
+            metrics: crate::metrics::registry(),
         })
+    }
+
+    /// Serves `metrics` (the registry the domains record into) instead of a fresh one.
+    pub fn with_metrics(mut self, metrics: shared::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A worker process's app: no domain routes, and `/readyz` reports every in-process domain.
@@ -109,7 +117,9 @@ pub fn app(
             Resource::new("/healthz").get(healthz).register(cfg);
             Resource::new("/readyz").get(readyz).register(cfg);
             Resource::new("/openapi.json").get(openapi_json).register(cfg);
-        });
+            Resource::new("/metrics").get(shared::metrics::metrics_endpoint).register(cfg);
+        })
+        .app_data(web::Data::new(state.metrics.clone()));
     // Every domain's contract is app data, served or not: other domains' routes use them.
     for built in &state.built {
         let component = built.component.clone();
@@ -119,7 +129,7 @@ pub fn app(
         let module = built.module.clone();
         app = app.configure(move |cfg| module.routes(cfg));
     }
-    app.default_service(web::to(not_found)).wrap(from_fn(request_id))
+    app.default_service(web::to(not_found)).wrap(state.metrics.http().middleware()).wrap(from_fn(request_id))
 }
 
 /// The answer of the health routes.

@@ -6,6 +6,7 @@ use crate::error::GatewayError;
 use shared::SystemClock;
 use shared::cache::{CacheBackplane, RedisBackplane};
 use shared::db::Db;
+use shared::metrics::Metrics;
 use shared::module::{Component, Contracts, Module, Platform};
 use shared::ratelimit::{
     FailureLimiter, Fallback, InMemoryFailureLimiter, LocalRateLimiter, RateLimiter, RedisFailureLimiter,
@@ -31,7 +32,11 @@ impl std::fmt::Debug for Built {
 /// What the platform gives the domains of this process. With `redis.url` set, throttling, rate
 /// limits and cache invalidation are shared through Redis (each with an in-process fallback
 /// while Redis is unreachable); without it, everything stays in the process.
-pub async fn platform(config: &GatewayConfig, modules: &[Arc<dyn Module>]) -> Result<Platform, GatewayError> {
+pub async fn platform(
+    config: &GatewayConfig,
+    modules: &[Arc<dyn Module>],
+    metrics: &Metrics,
+) -> Result<Platform, GatewayError> {
     let clock = Arc::new(SystemClock);
     let redis = Redis::from_config(&config.redis).await.map_err(|e| GatewayError::Redis(e.to_string()))?;
     let local_failures: Arc<dyn FailureLimiter> = Arc::new(InMemoryFailureLimiter::new(clock.clone()));
@@ -53,14 +58,16 @@ pub async fn platform(config: &GatewayConfig, modules: &[Arc<dyn Module>]) -> Re
         redis,
         cache_backplane,
         rate_limiter,
+        metrics: metrics.clone(),
     })
 }
 
 /// Builds every domain: remote when its `url` is configured, otherwise in-process over its own
 /// database (migrated first when `database.migrate_on_start` is set).
-pub async fn build(config: &GatewayConfig) -> Result<Vec<Built>, GatewayError> {
+/// In-process domains report their database pools (and their own figures) in `metrics`.
+pub async fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Vec<Built>, GatewayError> {
     let modules = config.modules();
-    let platform = platform(config, &modules).await?;
+    let platform = platform(config, &modules, metrics).await?;
     let mut contracts = Contracts::default();
     let mut built = Vec::with_capacity(modules.len());
     for module in modules {
@@ -73,6 +80,7 @@ pub async fn build(config: &GatewayConfig) -> Result<Vec<Built>, GatewayError> {
             }
             None => {
                 let db = open(config, module.as_ref()).await?;
+                db.observe(metrics.db());
                 if config.database.migrate_on_start {
                     migrate(module.as_ref(), &db).await?;
                 }
@@ -112,7 +120,7 @@ pub async fn set_platform_admin(config: &GatewayConfig, email: &str, admin: bool
     }
     let db = open(config, module.as_ref()).await?;
     migrate(module.as_ref(), &db).await?;
-    let platform = platform(config, &modules).await?;
+    let platform = platform(config, &modules, &crate::metrics::registry()).await?;
     auth::AuthService::set_platform_admin(&db, &platform, &config.auth, email, admin)
         .await
         .map_err(|e| GatewayError::Domain { domain: auth::DOMAIN, source: Box::new(e) })

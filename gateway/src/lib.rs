@@ -12,6 +12,7 @@ pub mod domains;
 pub mod error;
 pub mod guard;
 pub mod jobs;
+pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod server;

@@ -92,9 +92,10 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e.to_string()),
     };
-    if let Err(e) = shared::telemetry::init(&config.telemetry) {
-        return fail(&format!("cannot set up logging: {e}"));
-    }
+    let telemetry = match shared::telemetry::init(&config.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(&format!("cannot set up logging: {e}")),
+    };
     let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default()));
     if let Command::Serve(ServeArgs { addr: Some(addr), .. }) | Command::Worker(WorkerArgs { addr: Some(addr) }) =
         &command
@@ -102,6 +103,9 @@ fn main() -> ExitCode {
         config.http.addr.clone_from(addr);
     }
     let result = actix_web::rt::System::new().block_on(run(command, config));
+    if let Err(e) = telemetry.shutdown() {
+        tracing::warn!(error = %e, "traces not flushed");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

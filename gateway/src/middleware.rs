@@ -43,6 +43,8 @@ pub async fn request_id(
         url.path = req.path(),
         request.id = %id,
     );
+    // A caller's `traceparent` makes this request part of its trace.
+    shared::trace::set_remote_parent(&span, req.headers());
 
     // The id also travels with the task, for calls to remote domain services.
     let result = shared::request_id::scope(id.clone(), next.call(req).instrument(span.clone())).await;

@@ -112,13 +112,15 @@ async fn launch(
     let listener = TcpListener::bind(&config.http.addr).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
 
-    let built = compose::build(&config).await?;
+    let metrics = crate::metrics::registry();
+    let built = compose::build(&config, &metrics).await?;
     let workers = if workers { start_workers(&config, &built)? } else { Vec::new() };
     let state = if served.is_empty() {
         AppState::for_workers(built, &config.http)?
     } else {
         AppState::new(built, served, &config.http)?
     };
+    let state = state.with_metrics(metrics);
     let names = state.served().to_vec();
     let mut server = server(listener, state, &config.http).map_err(bind_error)?;
     let handle = server.handle();

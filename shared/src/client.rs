@@ -114,7 +114,8 @@ impl Call<'_> {
     /// reach the service its `Unavailable` variant.
     pub async fn send<E: DomainError>(self) -> Result<Response, E> {
         let service = self.client.service;
-        let mut builder = self.builder;
+        // The trace context of the request being served, so both processes log one trace.
+        let mut builder = crate::trace::with_trace_context(self.builder);
         // Read when the request leaves, inside the task serving the caller's request.
         if let Some(id) = crate::request_id::current() {
             builder = builder.header(crate::request_id::HEADER, id);

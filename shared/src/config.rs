@@ -255,11 +255,27 @@ pub struct TelemetryConfig {
     pub format: LogFormat,
     /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
     pub filter: String,
+    /// Where to export traces over OTLP/HTTP (protobuf), e.g. `http://otel-collector:4318`
+    /// (`/v1/traces` is appended unless given). Unset (the default): no trace is exported.
+    /// Sampling follows `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default: every new
+    /// trace, and a caller's decision when its `traceparent` carries one).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    pub service_name: String,
+    /// Which spans become OpenTelemetry spans (a `RUST_LOG`-style filter), independent of the
+    /// log filter: trace context is continued and propagated by these spans.
+    pub trace_filter: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Auto, filter: "info".into() }
+        Self {
+            format: LogFormat::Auto,
+            filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: "keel".into(),
+            trace_filter: "info".into(),
+        }
     }
 }
 

@@ -34,8 +34,10 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+mod metrics;
 
 /// A connection to either backend. The query DSL, transactions and r2d2 work on it directly;
 /// the few statements that differ per engine match on the variant.
@@ -153,6 +155,8 @@ struct Inner {
     sqlite_writer: Mutex<()>,
     timeouts: Timeouts,
     health: Arc<Health>,
+    /// Set by [`Db::observe`].
+    metrics: OnceLock<metrics::Checkouts>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -177,12 +181,23 @@ impl Inner {
     /// instead of waiting out the full timeout; a pool that is merely busy is waited for.
     fn connection(&self, replica: bool) -> Result<PooledConnection<Manager>, DbError> {
         let pool = if replica { self.replica.as_ref().unwrap_or(&self.primary) } else { &self.primary };
-        let deadline = Instant::now() + self.timeouts.normal;
+        let replica = replica && self.replica.is_some();
+        let started = Instant::now();
+        // An idle connection at once: no wait to count.
+        if let Some(conn) = pool.try_get() {
+            self.record_checkout(replica, false, started.elapsed(), true);
+            return Ok(conn);
+        }
+        let deadline = started + self.timeouts.normal;
         loop {
             let slice = self.timeouts.when_down.min(deadline.saturating_duration_since(Instant::now()));
             match pool.get_timeout(slice.max(Duration::from_millis(1))) {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => {
+                    self.record_checkout(replica, true, started.elapsed(), true);
+                    return Ok(conn);
+                }
                 Err(e) if self.health.connect_failing.load(Ordering::Relaxed) || Instant::now() >= deadline => {
+                    self.record_checkout(replica, true, started.elapsed(), false);
                     return Err(DbError::Unavailable(e.to_string()));
                 }
                 Err(_) => {}
@@ -241,6 +256,7 @@ impl Db {
                     when_down: Duration::from_millis(pool.connection_timeout_when_down_ms.max(1)),
                 },
                 health,
+                metrics: OnceLock::new(),
             }),
         })
     }

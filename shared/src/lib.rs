@@ -26,6 +26,8 @@ pub mod db;
 #[cfg(feature = "web")]
 pub mod http;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod module;
 #[cfg(feature = "web")]
 pub mod openapi;
@@ -39,6 +41,8 @@ pub mod request_id;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(any(feature = "server", feature = "client"))]
+pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DomainError, ErrorBody, ErrorEnvelope, ErrorKind};

@@ -39,6 +39,8 @@ pub struct Platform {
     pub cache_backplane: Option<Arc<dyn CacheBackplane>>,
     /// Request rate limits (GCRA): in-process, or on Redis with an in-process fallback.
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// The process's metrics registry (`/metrics`): domains register their own families in it.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Platform {

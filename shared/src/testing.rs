@@ -322,6 +322,10 @@ pub fn platform_with(modules: &[Arc<dyn Module>], clock: Arc<dyn Clock>) -> Plat
         redis: None,
         cache_backplane: None,
         rate_limiter: Arc::new(crate::ratelimit::LocalRateLimiter::new()),
+        metrics: crate::metrics::Metrics::new(&crate::metrics::BuildInfo {
+            version: "test".into(),
+            commit: "test".into(),
+        }),
     }
 }
 

@@ -94,7 +94,9 @@ mod tests {
 
     #[test]
     fn defaults_unknown_fields_and_validation() {
-        assert_eq!(RateLimitConfig::default().classes.get("default"), Some(&Quota::new(600, 60)));
+        let defaults = RateLimitConfig::default();
+        assert!(defaults.enabled && defaults.classes.is_empty(), "on, with nothing limited until configured");
+        assert_eq!(defaults.quota_for(&RateKey::new("auth", Subject::ApiKey("k".into()))), None);
         assert!(serde_json::from_str::<RateLimitConfig>(r#"{"limits": {}}"#).is_err());
         assert!(serde_json::from_str::<Quota>(r#"{"limit": 1, "period": 1}"#).is_err());
         let bad: RateLimitConfig =
