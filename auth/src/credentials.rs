@@ -73,6 +73,7 @@ where
     V: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     Cache::new(name, config.clone(), platform.cache_backplane.clone(), platform.clock.clone())
+        .observe(platform.metrics.cache())
 }
 
 fn session_key(digest: &str) -> CacheKey {

@@ -5,7 +5,7 @@
 use crate::api::{AuthApi, Principal};
 use crate::error::AuthError;
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 use shared::http::bearer_token;
 
@@ -38,6 +38,10 @@ impl FromRequest for Caller {
     type Future = LocalBoxFuture<'static, Result<Self, AuthError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // Authenticated already (by the gateway's rate limiter): once per request is enough.
+        if let Some(principal) = req.extensions().get::<Principal>().cloned() {
+            return Box::pin(async move { Ok(Caller(principal)) });
+        }
         let api = req.app_data::<web::Data<dyn AuthApi>>().cloned();
         let token = bearer_token(req);
         Box::pin(async move {

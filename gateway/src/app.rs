@@ -3,6 +3,7 @@
 
 use crate::compose::Built;
 use crate::error::GatewayError;
+use crate::limits::{RateLimits, rate_limit};
 use crate::middleware::request_id;
 use crate::openapi;
 use actix_web::body::MessageBody;
@@ -31,6 +32,7 @@ pub struct AppState {
     /// `/readyz` reports every built domain, not only the served ones (worker processes).
     ready_all: bool,
     metrics: shared::metrics::Metrics,
+    rate_limits: Option<Arc<RateLimits>>,
 }
 
 impl AppState {
@@ -48,7 +50,20 @@ impl AppState {
             openapi_json: Bytes::from(openapi_json),
             ready_all: false,
             metrics: crate::metrics::registry(),
+            rate_limits: None,
         })
+    }
+
+    /// Applies `limits` to every route; its classes are the served domains' routes.
+    pub fn with_rate_limits(mut self, limits: Arc<RateLimits>) -> Self {
+        let mut limits = Arc::unwrap_or_clone(limits);
+        for built in self.built.iter().filter(|b| self.served.contains(&b.module.name())) {
+            for path in built.module.openapi().paths.paths.keys() {
+                limits.classes.insert(path.clone(), built.module.name());
+            }
+        }
+        self.rate_limits = Some(Arc::new(limits));
+        self
     }
 
     /// Serves `metrics` (the registry the domains record into) instead of a fresh one.
@@ -120,6 +135,9 @@ pub fn app(
             Resource::new("/metrics").get(shared::metrics::metrics_endpoint).register(cfg);
         })
         .app_data(web::Data::new(state.metrics.clone()));
+    if let Some(limits) = &state.rate_limits {
+        app = app.app_data(web::Data::from(limits.clone()));
+    }
     // Every domain's contract is app data, served or not: other domains' routes use them.
     for built in &state.built {
         let component = built.component.clone();
@@ -129,7 +147,10 @@ pub fn app(
         let module = built.module.clone();
         app = app.configure(move |cfg| module.routes(cfg));
     }
-    app.default_service(web::to(not_found)).wrap(state.metrics.http().middleware()).wrap(from_fn(request_id))
+    app.default_service(web::to(not_found))
+        .wrap(from_fn(rate_limit))
+        .wrap(state.metrics.http().middleware())
+        .wrap(from_fn(request_id))
 }
 
 /// The answer of the health routes.

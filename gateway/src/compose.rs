@@ -40,15 +40,16 @@ pub async fn platform(
     let clock = Arc::new(SystemClock);
     let redis = Redis::from_config(&config.redis).await.map_err(|e| GatewayError::Redis(e.to_string()))?;
     let local_failures: Arc<dyn FailureLimiter> = Arc::new(InMemoryFailureLimiter::new(clock.clone()));
-    let (failure_limiter, rate_limiter, cache_backplane): (_, Arc<dyn RateLimiter>, _) = match &redis {
+    let (failure_limiter, rate_limiter, cache_backplane, fallback): (_, Arc<dyn RateLimiter>, _, _) = match &redis {
         Some(redis) => {
             let fallback = Fallback::new();
             let failures: Arc<dyn FailureLimiter> =
                 Arc::new(RedisFailureLimiter::new(redis.clone(), local_failures, fallback.clone()));
             let backplane: Arc<dyn CacheBackplane> = RedisBackplane::start(redis.clone());
-            (failures, Arc::new(RedisRateLimiter::new(redis.clone(), fallback)), Some(backplane))
+            let limiter = Arc::new(RedisRateLimiter::new(redis.clone(), fallback.clone()));
+            (failures, limiter, Some(backplane), Some(fallback))
         }
-        None => (local_failures, Arc::new(LocalRateLimiter::new()), None),
+        None => (local_failures, Arc::new(LocalRateLimiter::new()), None, None),
     };
     Ok(Platform {
         clock,
@@ -58,14 +59,22 @@ pub async fn platform(
         redis,
         cache_backplane,
         rate_limiter,
+        rate_limit_fallback: fallback,
         metrics: metrics.clone(),
     })
 }
 
 /// Builds every domain: remote when its `url` is configured, otherwise in-process over its own
 /// database (migrated first when `database.migrate_on_start` is set).
+/// The domains of a process and the platform they were built with.
+#[derive(Debug)]
+pub struct Composition {
+    pub built: Vec<Built>,
+    pub platform: Platform,
+}
+
 /// In-process domains report their database pools (and their own figures) in `metrics`.
-pub async fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Vec<Built>, GatewayError> {
+pub async fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Composition, GatewayError> {
     let modules = config.modules();
     let platform = platform(config, &modules, metrics).await?;
     let mut contracts = Contracts::default();
@@ -93,7 +102,7 @@ pub async fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Vec<Buil
         component.provide(&mut contracts);
         built.push(Built { module, component });
     }
-    Ok(built)
+    Ok(Composition { built, platform })
 }
 
 /// Applies the pending migrations of every in-process domain; returns how many ran per domain.

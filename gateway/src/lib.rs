@@ -12,8 +12,10 @@ pub mod domains;
 pub mod error;
 pub mod guard;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
+pub mod monitor;
 pub mod openapi;
 pub mod server;
 

@@ -5,13 +5,16 @@ use crate::compose;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::guard::{Guarded, Limits};
+use crate::limits::RateLimits;
+use crate::monitor;
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
 use actix_server::Server;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::{AppConfig, ServerHandle};
 use shared::config::HttpConfig;
-use shared::jobs::{NoObserver, Worker, WorkerHandle};
+use shared::jobs::{Worker, WorkerHandle};
+use std::collections::HashMap;
 use std::future::{Future, ready};
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -30,6 +33,8 @@ pub struct RunningGateway {
     task: Option<JoinHandle<std::io::Result<()>>>,
     /// The background workers of the in-process domains, when this process runs them.
     workers: Vec<(&'static str, WorkerHandle)>,
+    /// Samples the platform's states into the metrics.
+    sampler: JoinHandle<()>,
 }
 
 impl RunningGateway {
@@ -73,6 +78,7 @@ impl RunningGateway {
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
+        self.sampler.abort();
         for (_, worker) in &self.workers {
             worker.begin_shutdown();
         }
@@ -113,14 +119,22 @@ async fn launch(
     let addr = listener.local_addr().map_err(bind_error)?;
 
     let metrics = crate::metrics::registry();
-    let built = compose::build(&config, &metrics).await?;
-    let workers = if workers { start_workers(&config, &built)? } else { Vec::new() };
+    let compose::Composition { built, platform } = compose::build(&config, &metrics).await?;
+    let workers = if workers { start_workers(&config, &built, &metrics)? } else { Vec::new() };
+    let queues = built.iter().filter_map(|b| b.component.jobs()).map(|(jobs, _)| jobs).collect();
+    let sampler =
+        monitor::spawn_sampler(metrics.clone(), platform.redis.clone(), platform.rate_limit_fallback.clone(), queues);
     let state = if served.is_empty() {
         AppState::for_workers(built, &config.http)?
     } else {
         AppState::new(built, served, &config.http)?
     };
-    let state = state.with_metrics(metrics);
+    let state = state.with_metrics(metrics.clone()).with_rate_limits(Arc::new(RateLimits {
+        limiter: platform.rate_limiter.clone(),
+        config: config.rate_limits.clone(),
+        classes: HashMap::new(),
+        metrics,
+    }));
     let names = state.served().to_vec();
     let mut server = server(listener, state, &config.http).map_err(bind_error)?;
     let handle = server.handle();
@@ -136,19 +150,20 @@ async fn launch(
     }
     let task = tokio::spawn(server);
     tracing::info!(http.addr = %addr, domains = ?names, workers = workers.len(), "gateway listening");
-    Ok(RunningGateway { addr, handle, task: Some(task), workers })
+    Ok(RunningGateway { addr, handle, task: Some(task), workers, sampler })
 }
 
 /// Starts the workers of every in-process domain that has jobs.
 fn start_workers(
     config: &GatewayConfig,
     built: &[compose::Built],
+    metrics: &shared::metrics::Metrics,
 ) -> Result<Vec<(&'static str, WorkerHandle)>, GatewayError> {
     let mut workers = Vec::new();
     for b in built {
         let Some((jobs, registry)) = b.component.jobs() else { continue };
         let domain = b.module.name();
-        let worker = Worker::start(&jobs, registry, &config.jobs, Arc::new(NoObserver))
+        let worker = Worker::start(&jobs, registry, &config.jobs, Arc::new(monitor::JobsMetrics(metrics.clone())))
             .map_err(|e| GatewayError::Domain { domain, source: Box::new(e) })?;
         workers.push((domain, worker));
     }

@@ -219,6 +219,45 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// What a cache counts (in `CacheStats`, and in the metrics once observed).
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    L1Hit,
+    L1Miss,
+    L2Hit,
+    L2Miss,
+    Load,
+    Invalidation,
+    InvalidationReceived,
+}
+
+impl<V> Inner<V> {
+    fn note(&self, event: Event) {
+        use crate::metrics::{CacheLayer, CacheResult};
+        let c = &self.counters;
+        let metrics = self.metrics.get();
+        let (counter, request) = match event {
+            Event::L1Hit => (&c.l1_hits, Some((CacheLayer::L1, CacheResult::Hit))),
+            Event::L1Miss => (&c.l1_misses, Some((CacheLayer::L1, CacheResult::Miss))),
+            Event::L2Hit => (&c.l2_hits, Some((CacheLayer::L2, CacheResult::Hit))),
+            Event::L2Miss => (&c.l2_misses, Some((CacheLayer::L2, CacheResult::Miss))),
+            Event::Load => {
+                metrics.inspect(|m| m.load());
+                (&c.loads, None)
+            }
+            Event::Invalidation => {
+                metrics.inspect(|m| m.invalidation());
+                (&c.invalidations, None)
+            }
+            Event::InvalidationReceived => (&c.invalidations_received, None),
+        };
+        bump(counter);
+        if let (Some(metrics), Some((layer, result))) = (metrics, request) {
+            metrics.request(layer, result);
+        }
+    }
+}
+
 /// The shared layer could not answer (Redis unreachable or timed out).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("shared cache layer unavailable: {0}")]
@@ -317,6 +356,8 @@ struct Inner<V> {
     namespace_stripes: Box<[AtomicU64]>,
     flushes: AtomicU64,
     counters: Counters,
+    /// Set by [`Cache::observe`].
+    metrics: std::sync::OnceLock<crate::metrics::CacheHandle>,
 }
 
 struct L1Entry<V> {
@@ -363,6 +404,7 @@ where
             namespace_stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             flushes: AtomicU64::new(0),
             counters: Counters::default(),
+            metrics: std::sync::OnceLock::new(),
         });
         if let Some(backplane) = &inner.backplane {
             let sink: Arc<dyn InvalidationSink> = inner.clone();
@@ -373,6 +415,13 @@ where
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Records this cache's hits, misses, loads and invalidations in the process's metrics
+    /// (`keel_cache_*{cache="NAME"}`). Call once; later calls do nothing.
+    pub fn observe(self, metrics: &crate::metrics::CacheMetrics) -> Self {
+        let _ = self.inner.metrics.set(metrics.cache(&self.inner.name));
+        self
     }
 
     /// The value of `key`: from L1, else from L2, else from `load` (and then stored in both).
@@ -388,12 +437,12 @@ where
         let inner = &self.inner;
         if let Some(entry) = inner.l1.get(key.encoded()).await {
             if inner.is_fresh(key, &entry.stamp) {
-                bump(&inner.counters.l1_hits);
+                inner.note(Event::L1Hit);
                 return Ok(entry.value.clone());
             }
             inner.remove_if_stale(key).await;
         }
-        bump(&inner.counters.l1_misses);
+        inner.note(Event::L1Miss);
         let entry = inner
             .l1
             .try_get_with_by_ref(key.encoded(), async {
@@ -403,7 +452,7 @@ where
                     L2Outcome::Miss(token) => Some(token),
                     L2Outcome::Unavailable => None,
                 };
-                bump(&inner.counters.loads);
+                inner.note(Event::Load);
                 let value = load().await?;
                 if let Some(token) = token {
                     inner.write_l2(key, &token, &value).await;
@@ -419,7 +468,7 @@ where
     /// Never fails: with Redis unreachable, the L2 removal and the message are sent when it is back.
     pub async fn invalidate(&self, key: &CacheKey) {
         let inner = &self.inner;
-        bump(&inner.counters.invalidations);
+        inner.note(Event::Invalidation);
         inner.bump_key(key.encoded());
         inner.l1.invalidate(key.encoded()).await;
         if let Some(backplane) = &inner.backplane {
@@ -430,7 +479,7 @@ where
     /// Invalidates every key of `namespace`, here and in every other process.
     pub async fn invalidate_namespace(&self, namespace: &Namespace) {
         let inner = &self.inner;
-        bump(&inner.counters.invalidations);
+        inner.note(Event::Invalidation);
         inner.bump_namespace(namespace.encoded());
         if let Some(backplane) = &inner.backplane {
             // Namespace versions outlive every entry written under them (see the L2 layout).
@@ -532,22 +581,22 @@ where
         match backplane.get(&self.name, key).await {
             Ok(L2Read { value: Some(bytes), token }) => match serde_json::from_slice(&bytes) {
                 Ok(value) => {
-                    bump(&self.counters.l2_hits);
+                    self.note(Event::L2Hit);
                     L2Outcome::Hit(value)
                 }
                 Err(e) => {
                     // Written by another version of the code, most likely: load and overwrite.
                     tracing::warn!(cache = %self.name, error = %e, "undecodable L2 entry, reloading");
-                    bump(&self.counters.l2_misses);
+                    self.note(Event::L2Miss);
                     L2Outcome::Miss(token)
                 }
             },
             Ok(L2Read { value: None, token }) => {
-                bump(&self.counters.l2_misses);
+                self.note(Event::L2Miss);
                 L2Outcome::Miss(token)
             }
             Err(_) => {
-                bump(&self.counters.l2_misses);
+                self.note(Event::L2Miss);
                 L2Outcome::Unavailable
             }
         }
@@ -577,17 +626,17 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn invalidate_key(&self, encoded_key: &str) {
-        bump(&self.counters.invalidations_received);
+        self.note(Event::InvalidationReceived);
         self.bump_key(encoded_key);
     }
 
     fn invalidate_namespace(&self, encoded_namespace: &str) {
-        bump(&self.counters.invalidations_received);
+        self.note(Event::InvalidationReceived);
         self.bump_namespace(encoded_namespace);
     }
 
     fn flush(&self) {
-        bump(&self.counters.invalidations_received);
+        self.note(Event::InvalidationReceived);
         Inner::flush(self);
     }
 }

@@ -39,6 +39,8 @@ pub struct Platform {
     pub cache_backplane: Option<Arc<dyn CacheBackplane>>,
     /// Request rate limits (GCRA): in-process, or on Redis with an in-process fallback.
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Set while Redis is unreachable and the limiters decide in the process (Redis only).
+    pub rate_limit_fallback: Option<Arc<crate::ratelimit::Fallback>>,
     /// The process's metrics registry (`/metrics`): domains register their own families in it.
     pub metrics: crate::metrics::Metrics,
 }

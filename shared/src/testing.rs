@@ -17,7 +17,9 @@ use crate::{Clock, SystemClock};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use std::collections::HashMap;
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 pub const DATABASE_URL_VAR: &str = "KEEL_TEST_DATABASE_URL";
 pub const REDIS_URL_VAR: &str = "KEEL_TEST_REDIS_URL";
@@ -88,6 +90,68 @@ pub async fn test_redis() -> Option<crate::redis::Redis> {
         .unwrap_or_else(|| panic!("{REDIS_URL_VAR}: no url"));
     assert!(redis.is_up(), "cannot reach {REDIS_URL_VAR}");
     Some(redis)
+}
+
+/// The local Redis server, stopped on demand and started again when asked or when dropped
+/// (even on panic).
+#[derive(Debug)]
+pub struct LocalRedis {
+    port: u16,
+}
+
+impl LocalRedis {
+    /// The Redis of `url`, which must be on this machine: tests that stop it stop it for real.
+    pub fn new(url: &str) -> Option<Self> {
+        let rest = url.strip_prefix("redis://")?;
+        let host_port = rest.split(['/', '?']).next()?.rsplit('@').next()?;
+        let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
+        let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
+        assert!(loopback, "the outage tests stop Redis: KEEL_TEST_REDIS_URL must point at this machine");
+        Some(Self { port: port.parse().ok()? })
+    }
+
+    pub fn answers(&self) -> bool {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "ping"])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
+    }
+
+    /// `SHUTDOWN NOSAVE`, then waits until it no longer answers.
+    pub fn stop(&self) {
+        let _ = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "shutdown", "nosave"])
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.answers() {
+            assert!(Instant::now() < deadline, "redis did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it the way the machine's set-up does, and waits until it answers.
+    pub fn start(&self) {
+        if self.answers() {
+            return;
+        }
+        let status = Command::new("redis-server")
+            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("could not start redis-server: {status:?}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        self.start();
+    }
 }
 
 /// One test per backend from one body: `backend_tests! { async fn name(backend) { … } }`
@@ -322,6 +386,7 @@ pub fn platform_with(modules: &[Arc<dyn Module>], clock: Arc<dyn Clock>) -> Plat
         redis: None,
         cache_backplane: None,
         rate_limiter: Arc::new(crate::ratelimit::LocalRateLimiter::new()),
+        rate_limit_fallback: None,
         metrics: crate::metrics::Metrics::new(&crate::metrics::BuildInfo {
             version: "test".into(),
             commit: "test".into(),

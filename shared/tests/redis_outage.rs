@@ -14,70 +14,13 @@ use shared::ratelimit::{
     FailurePolicy, Fallback, Quota, RateKey, RateLimiter, RedisFailureLimiter, RedisRateLimiter, Subject,
 };
 use shared::redis::Redis;
-use shared::testing::test_redis;
+use shared::testing::{LocalRedis, test_redis};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Serialises the tests of this binary: each stops the one Redis.
 static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Stops the local Redis on demand; starts it again when asked or when dropped (even on panic).
-struct RedisServer {
-    port: u16,
-}
-
-impl RedisServer {
-    fn local(url: &str) -> Option<Self> {
-        let rest = url.strip_prefix("redis://")?;
-        let host_port = rest.split(['/', '?']).next()?.rsplit('@').next()?;
-        let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
-        let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
-        assert!(loopback, "the outage tests stop Redis: KEEL_TEST_REDIS_URL must point at this machine");
-        Some(Self { port: port.parse().ok()? })
-    }
-
-    fn answers(&self) -> bool {
-        Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "ping"])
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
-    }
-
-    fn stop(&self) {
-        let _ = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "shutdown", "nosave"])
-            .output();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.answers() {
-            assert!(Instant::now() < deadline, "redis did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn start(&self) {
-        if self.answers() {
-            return;
-        }
-        let status = Command::new("redis-server")
-            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("could not start redis-server: {status:?}");
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.start();
-    }
-}
 
 async fn until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
@@ -124,7 +67,7 @@ fn load(value: &'static str) -> impl FnOnce() -> std::future::Ready<Result<Strin
 async fn redis_stopped_mid_test_then_restarted() {
     let _serial = OUTAGE.lock().await;
     let Some(template) = test_redis().await else { return };
-    let Some(server) = RedisServer::local(&shared::testing::redis_url().unwrap()) else { return };
+    let Some(server) = LocalRedis::new(&shared::testing::redis_url().unwrap()) else { return };
     let degraded = Duration::from_millis(200);
     let config = CacheConfig { l1_ttl_ms: 60_000, l1_degraded_ttl_ms: 200, ..Default::default() };
     let a = process(&template, config.clone()).await;
@@ -221,7 +164,7 @@ async fn futures_join(process: &Process, key: &RateKey, quota: Quota) -> Vec<sha
 async fn a_restart_between_commands_is_absorbed() {
     let _serial = OUTAGE.lock().await;
     let Some(template) = test_redis().await else { return };
-    let Some(server) = RedisServer::local(&shared::testing::redis_url().unwrap()) else { return };
+    let Some(server) = LocalRedis::new(&shared::testing::redis_url().unwrap()) else { return };
     let p = process(&template, CacheConfig::default()).await;
     let key = RateKey::new("api", Subject::ApiKey("key_restart".into()));
     let quota = Quota::new(100, 60);
@@ -253,7 +196,7 @@ impl Drop for Frozen {
 async fn a_frozen_redis_costs_one_timeout_not_a_hang() {
     let _serial = OUTAGE.lock().await;
     let Some(template) = test_redis().await else { return };
-    let Some(_server) = RedisServer::local(&shared::testing::redis_url().unwrap()) else { return };
+    let Some(_server) = LocalRedis::new(&shared::testing::redis_url().unwrap()) else { return };
     let p = process(&template, CacheConfig::default()).await;
     let pid: String = p
         .redis

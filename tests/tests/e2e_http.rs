@@ -852,3 +852,31 @@ backend_tests! {
         }
     }
 }
+
+backend_tests! {
+    async fn rate_limits_answer_429_in_the_envelope_with_the_headers(backend) {
+        let database = database(&backend);
+        let mut config = gateway_config(&database);
+        config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        config.rate_limits.classes.insert("auth".into(), shared::ratelimit::Quota::new(3, 3600));
+        let gateway = TestGateway::start(config, None).await;
+        let api = gateway.client();
+        // Anonymous requests count against their address.
+        let body = json!({"email": "nobody@example.com", "password": PASSWORD});
+        for n in 0..3 {
+            let reply = login_from(&api, "203.0.113.50", "nobody@example.com", PASSWORD).await;
+            reply.assert_error(401, "invalid_credentials");
+            assert_eq!(reply.header("ratelimit-policy"), Some(r#""auth";q=3;w=3600"#));
+            assert_eq!(reply.header("ratelimit").map(|v| v.starts_with(&format!(r#""auth";r={}"#, 2 - n))), Some(true));
+        }
+        let refused = login_from(&api, "203.0.113.50", "nobody@example.com", PASSWORD).await;
+        refused.assert_error(429, "rate_limited");
+        assert_eq!(refused.body["error"]["type"], "rate_limit_error");
+        assert!(refused.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+        // Another address has its own budget; the health routes have no quota.
+        let other = Client::send(api.request(Method::POST, "/v1/auth/login", None).header("x-forwarded-for", "203.0.113.51").json(&body)).await;
+        other.assert_error(401, "invalid_credentials");
+        let health = api.get("/healthz", None).await;
+        assert_eq!((health.status, health.header("ratelimit")), (200, None));
+    }
+}

@@ -181,3 +181,56 @@ async fn an_outage_answers_503_with_retry_after_quickly_and_then_heals() {
     }
     assert_eq!(api.get("/readyz", None).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_no_request_and_sharing_resumes_when_it_is_back() {
+    let _lock = SERVER.lock().await;
+    let Some(url) = shared::testing::redis_url() else { return };
+    let Some(redis) = shared::testing::LocalRedis::new(&url) else { return };
+    let backend = TestBackend::Postgres(std::env::var(DATABASE_URL_VAR).unwrap());
+    let database = database(&backend);
+    let mut config = gateway_config(&database);
+    config.rate_limits.classes.insert("auth".into(), shared::ratelimit::Quota::new(1_000, 60));
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let token = signup(&api).await;
+    warm(&api, &token).await;
+
+    redis.stop();
+    // Cached and uncached credentials, rate-limited routes and logins: all still answer.
+    for _ in 0..20 {
+        let reply = api.get("/v1/auth/me", Some(&token)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.header("ratelimit").is_some(), "the in-process fallback still limits");
+    }
+    let login = json!({"email": "ada@example.com", "password": "correct horse battery"});
+    let reply = api.post("/v1/auth/login", None, &login).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let fresh = reply.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(api.get("/v1/auth/me", Some(&fresh)).await.status, 200);
+    // The metrics say so (sampled every second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = api.get("/metrics", None).await.body.as_str().unwrap_or_default().to_owned();
+        if text.contains("keel_redis_up 0") && text.contains("keel_ratelimit_fallback_active 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the metrics do not show the outage:\n{text}");
+        assert_eq!(api.get("/v1/auth/me", Some(&token)).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    redis.start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = api.get("/metrics", None).await.body.as_str().unwrap_or_default().to_owned();
+        if text.contains("keel_redis_up 1") && text.contains("keel_ratelimit_fallback_active 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not notice Redis came back:\n{text}");
+        // The fallback flag clears with the next decision made on Redis.
+        assert_eq!(api.get("/v1/auth/me", Some(&token)).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api.get("/v1/auth/me", Some(&token)).await.status, 200);
+}
