@@ -53,7 +53,9 @@ def render():
         "kind": "PrometheusRule",
         "metadata": {
             "name": "keel",
-            "labels": {"app.kubernetes.io/name": "keel", "app.kubernetes.io/part-of": "keel"},
+            # kube-prometheus-stack's ruleSelector matches its Helm release label.
+            "labels": {"app.kubernetes.io/name": "keel", "app.kubernetes.io/part-of": "keel",
+                       "release": "kube-prometheus-stack"},
         },
         "spec": {"groups": _literals(groups)},
     }
