@@ -5,9 +5,9 @@
 
 Dashboards (deploy/observability/dashboards/*.json): unique uids and panel ids, panels within
 Grafana's 24 columns, every query panel on the `${datasource}` variable with at least one target.
-Every dashboard expression is written to FILE as a recording rule, Grafana variables replaced
-(.ci/check-metric-names does the same replacement), so that `promtool check rules FILE` parses
-each one with Prometheus's own parser.
+Every dashboard expression, and every Prometheus query of the KEDA ScaledObjects, is written to
+FILE as a recording rule, Grafana variables replaced (.ci/check-metric-names does the same
+replacement), so that `promtool check rules FILE` parses each one with Prometheus's own parser.
 
 Rules (deploy/observability/prometheus/*.rules.yaml): every alert has a severity of critical or
 warning, a summary, a description and a runbook_url whose anchor is a heading of
@@ -117,13 +117,17 @@ def main(argv=None):
     problems = []
     exprs = lint_dashboards(sorted(glob.glob(DASHBOARDS)), problems)
     lint_rules(sorted(glob.glob(RULES)), problems)
-    substitute = _check_metric_names().substitute_grafana_vars
-    rules = [{"record": f"dashboard_expr_{i}", "expr": substitute(expr)} for i, (_, expr) in enumerate(exprs)]
+    cmn = _check_metric_names()
+    for path in sorted(glob.glob(os.path.join(ROOT, cmn.DEFAULT_AUTOSCALERS))):
+        exprs += cmn.autoscaler_expressions(path)
+    rules = [{"record": f"dashboard_expr_{i}", "expr": cmn.substitute_grafana_vars(expr)}
+             for i, (_, expr) in enumerate(exprs)]
     with open(args.promql_out, "w", encoding="utf-8") as f:
         yaml.safe_dump({"groups": [{"name": "dashboard-expressions", "rules": rules}]}, f, sort_keys=False)
     for p in problems:
         print(p)
-    print(f"lint-observability: {len(exprs)} dashboard queries written to {args.promql_out}; {len(problems)} problems")
+    print(f"lint-observability: {len(exprs)} dashboard and autoscaler queries written to {args.promql_out}; "
+          f"{len(problems)} problems")
     return 1 if problems else 0
 
 

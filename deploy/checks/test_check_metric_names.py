@@ -102,9 +102,10 @@ class Check(unittest.TestCase):
             metrics = f.read()
         rules = sorted(cmn.glob.glob(os.path.join(ROOT, cmn.DEFAULT_RULES)))
         boards = sorted(cmn.glob.glob(os.path.join(ROOT, cmn.DEFAULT_DASHBOARDS)))
-        self.assertTrue(rules and boards)
+        scalers = sorted(cmn.glob.glob(os.path.join(ROOT, cmn.DEFAULT_AUTOSCALERS)))
+        self.assertTrue(rules and boards and scalers)
         out = io.StringIO()
-        code = cmn.check(metrics, rules, boards, out=out)
+        code = cmn.check(metrics, rules, boards, out=out, autoscaler_files=scalers)
         self.assertEqual(code, 0, out.getvalue())
         self.assertIn("0 problems", out.getvalue())
 
@@ -139,6 +140,19 @@ class Check(unittest.TestCase):
         code, out = self.run_check("a 1\n", rules=[rule])
         self.assertEqual(code, 1)
         self.assertIn("missing_metric is not exported", out)
+
+    def test_autoscaler_queries_are_checked(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "so.yaml")
+            with open(path, "w") as f:
+                f.write("apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: s}\nspec:\n"
+                        "  triggers:\n  - type: cpu\n    metadata: {value: '70'}\n"
+                        "  - type: prometheus\n    name: q\n    metadata:\n"
+                        "      query: max(keel_jobs_oldest_age{namespace=\"keel\"})\n")
+            out = io.StringIO()
+            code = cmn.check("keel_jobs_oldest_ready_age_seconds 1\n", [], [], out=out, autoscaler_files=[path])
+        self.assertEqual(code, 1)
+        self.assertIn("s/q: keel_jobs_oldest_age is not exported", out.getvalue())
 
     def test_variable_queries(self):
         code, out = self.run_check("a 1\n", boards=[dashboard("a", variable="label_values(b_total, route)")])
