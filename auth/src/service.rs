@@ -373,11 +373,7 @@ fn text_error(field: &str, error: TextError) -> AuthError {
 }
 
 fn page_cursor<T: std::str::FromStr>(page: &PageRequest) -> Result<Option<String>, AuthError> {
-    match &page.after {
-        None => Ok(None),
-        Some(after) if after.parse::<T>().is_ok() => Ok(Some(after.clone())),
-        Some(_) => Err(AuthError::validation("after", "`after` must be an id from a previous page.")),
-    }
+    page.after_id::<T>().map_err(|e| AuthError::validation("after", e.to_string()))
 }
 
 #[async_trait]

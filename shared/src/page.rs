@@ -52,7 +52,22 @@ fn limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::E
     deserializer.deserialize_any(Limit).map(Some)
 }
 
+/// `after` is not an id of the listed kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`after` must be an id from a previous page.")]
+pub struct InvalidCursor;
+
 impl PageRequest {
+    /// The cursor, checked to be an id of type `T` (the ids the list is ordered by): a page
+    /// starts after it. Every list paginates by keyset on its UUIDv7 ids this way.
+    pub fn after_id<T: std::str::FromStr>(&self) -> Result<Option<String>, InvalidCursor> {
+        match &self.after {
+            None => Ok(None),
+            Some(after) if after.parse::<T>().is_ok() => Ok(Some(after.clone())),
+            Some(_) => Err(InvalidCursor),
+        }
+    }
+
     /// The effective limit, clamped to `1..=MAX_PAGE_LIMIT`.
     pub fn limit(&self) -> u32 {
         self.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT)
