@@ -1,9 +1,9 @@
 //! The in-process [`VectorIndex`]: one usearch HNSW graph per [`Scope`] (so a query can only ever
 //! walk its own organization's store), cosine metric, vectors stored as f16 by default.
 //!
-//! usearch was chosen by the benchmark in `bench/ann/` (recall, latency, build time and memory at
-//! 1M×384 against hnsw_rs and instant-distance; see `bench/RESULTS.md`). It also has what the
-//! trait needs and the others lack: deletes, filtered search with a predicate, and save/load.
+//! usearch has what the trait needs and hnsw_rs and instant-distance lack: deletes, filtered
+//! search with a predicate, and save/load. `bench/ann compare` measures the three on the same data
+//! (see `bench/RESULTS.md` for what has been measured so far).
 //!
 //! Concurrency: searches run in parallel; writers to one scope are serialised by a mutex; a batch
 //! of 1,024 vectors or more is inserted by one thread per core. usearch needs one "thread
