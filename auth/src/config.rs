@@ -2,8 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use shared::Secret;
-use shared::cache::CacheConfig;
-use shared::config::{DatabaseOverride, check_range};
+use shared::config::{CacheConfig, DatabaseOverride, check_range};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -30,8 +30,8 @@ pub mod redis;
 use crate::clock::Clock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -41,27 +41,7 @@ use std::time::Duration;
 
 pub use self::redis::RedisBackplane;
 
-/// The settings of one cache.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// The most entries L1 holds; past it the least useful are evicted.
-    pub l1_max_entries: u64,
-    /// How long an L1 entry is served at most. Also the bound on staleness after a lost
-    /// invalidation message.
-    pub l1_ttl_ms: u64,
-    /// While the invalidation subscription is down (Redis unreachable), L1 entries older than
-    /// this are not served.
-    pub l1_degraded_ttl_ms: u64,
-    /// How long an L2 entry lives in Redis.
-    pub l2_ttl_ms: u64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self { l1_max_entries: 100_000, l1_ttl_ms: 30_000, l1_degraded_ttl_ms: 1_000, l2_ttl_ms: 300_000 }
-    }
-}
+pub use crate::config::CacheConfig;
 
 impl CacheConfig {
     fn l1_ttl(&self) -> Duration {

@@ -305,6 +305,28 @@ impl Default for RemoteConfig {
     }
 }
 
+/// The settings of one cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The most entries L1 holds; past it the least useful are evicted.
+    pub l1_max_entries: u64,
+    /// How long an L1 entry is served at most. Also the bound on staleness after a lost
+    /// invalidation message.
+    pub l1_ttl_ms: u64,
+    /// While the invalidation subscription is down (Redis unreachable), L1 entries older than
+    /// this are not served.
+    pub l1_degraded_ttl_ms: u64,
+    /// How long an L2 entry lives in Redis.
+    pub l2_ttl_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { l1_max_entries: 100_000, l1_ttl_ms: 30_000, l1_degraded_ttl_ms: 1_000, l2_ttl_ms: 300_000 }
+    }
+}
+
 #[cfg(feature = "server")]
 pub use loader::{ConfigError, load};
 
