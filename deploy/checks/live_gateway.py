@@ -12,7 +12,8 @@ what the gateway really exports, not against a hand-written sample.
 The gateway runs as the artifacts run it, in miniature: `gateway serve` on 127.0.0.1:0 with its
 SQLite files in a temporary directory, Redis (`--redis`, default KEEL_TEST_REDIS_URL, else
 redis://127.0.0.1:6379) under a key prefix of its own so that no other run's buckets or cache
-entries are seen, JSON logs, and a quota on the `auth` route class so that rate-limit decisions
+entries are seen (every key it writes expires by itself, the last after the 15-minute window of
+the login throttle), JSON logs, and a quota on the `auth` route class so that rate-limit decisions
 (allowed and rejected) are counted. Argon2 is set to its cheapest parameters: the debug build
 would otherwise spend seconds per password hash.
 
