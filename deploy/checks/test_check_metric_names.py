@@ -66,12 +66,17 @@ class Selectors(unittest.TestCase):
 class Exposition(unittest.TestCase):
     def test_type_lines_declare_the_series_names_of_a_family(self):
         declared, sampled = cmn.parse_exposition(
-            "# TYPE h histogram\n# TYPE c counter\n# TYPE s summary\n"
+            "# TYPE h histogram\n# TYPE c_total counter\n# TYPE d counter\n# TYPE s summary\n"
             'g{a="1",b="x,y"} 3\n'
         )
-        for name in ("h", "h_bucket", "h_sum", "h_count", "c", "c_total", "s_sum", "s_count"):
-            self.assertIn(name, declared)
+        self.assertEqual(declared, {"h_bucket", "h_sum", "h_count", "c_total", "d", "s", "s_sum", "s_count"})
         self.assertEqual(sampled, {"g": {"a", "b"}})
+
+    def test_openmetrics_counter_families_are_stored_with_total(self):
+        # OpenMetrics names the family without _total; Prometheus stores only NAME_total, so a
+        # query for the bare family name finds nothing and must fail.
+        declared, _ = cmn.parse_exposition("# TYPE c counter\n# TYPE i info\n# TYPE h histogram\n# EOF\n")
+        self.assertEqual(declared, {"c_total", "i_info", "h_bucket", "h_sum", "h_count"})
 
     def test_garbage_is_an_error(self):
         with self.assertRaises(ValueError):
@@ -115,6 +120,14 @@ class Check(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("keel_typo_total is not exported", out)
         self.assertNotIn("a_total is not", out)
+
+    def test_a_counter_family_name_without_total_fails_against_openmetrics(self):
+        text = '# TYPE c counter\nc_total{a="1"} 2\n# EOF\n'
+        code, out = self.run_check(text, boards=[dashboard("rate(c[5m])")])
+        self.assertEqual(code, 1)
+        self.assertIn("c is not exported", out)
+        code, out = self.run_check(text, boards=[dashboard('rate(c_total{a="1"}[5m])')])
+        self.assertEqual(code, 0, out)
 
     def test_an_unknown_label_fails_but_scrape_labels_pass(self):
         metrics = 'a_total{route="/x"} 1\n'
@@ -161,6 +174,44 @@ class Check(unittest.TestCase):
         code, out = self.run_check("a 1\n", boards=[dashboard("a", variable="label_values(route)")])
         self.assertEqual(code, 1)
         self.assertIn("names no metric that can be checked", out)
+
+    def test_known_absent_families_pass_until_they_are_exported(self):
+        board = dashboard("histogram_quantile(0.5, rate(h_seconds_bucket[5m]))", "rate(c_total[5m])", "g")
+        absent = {"h_seconds": "not yet", "c_total": "not yet"}
+        out = io.StringIO()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "b.json")
+            with open(path, "w") as f:
+                json.dump(board, f)
+            self.assertEqual(cmn.check("g 1\n", [], [path], out=out, known_absent=absent), 0, out.getvalue())
+            self.assertIn("known absent: h_seconds: not yet", out.getvalue())
+            self.assertIn("known absent: c_total: not yet", out.getvalue())
+            # Without the list, the same uses fail.
+            out = io.StringIO()
+            self.assertEqual(cmn.check("g 1\n", [], [path], out=out), 1)
+            self.assertIn("h_seconds_bucket is not exported", out.getvalue())
+            # Exported now (a series of the family, or only its # TYPE line): the entry is stale.
+            for text in ("g 1\nh_seconds_count 0\n", "g 1\n# TYPE c_total counter\n", "g 1\n# TYPE c counter\n# EOF\n"):
+                out = io.StringIO()
+                self.assertEqual(cmn.check(text, [], [path], out=out, known_absent=absent), 1)
+                self.assertIn("is exported now: remove it from the list", out.getvalue())
+            # Listed but used by nothing: stale too.
+            out = io.StringIO()
+            self.assertEqual(cmn.check("g 1\n", [], [path], out=out, known_absent={**absent, "u": "x"}), 1)
+            self.assertIn("known-absent u is used by no dashboard", out.getvalue())
+
+    def test_known_absent_file_format(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "absent.txt")
+            with open(path, "w") as f:
+                f.write("# comment\n\nkeel_a_total   why it is absent  # trailing\n")
+            self.assertEqual(cmn.read_known_absent(path), {"keel_a_total": "why it is absent"})
+            with open(path, "w") as f:
+                f.write("keel_a_total\n")
+            with self.assertRaises(ValueError):
+                cmn.read_known_absent(path)
+        repo_list = os.path.join(ROOT, "deploy", "checks", "known-absent-metrics.txt")
+        self.assertTrue(cmn.read_known_absent(repo_list))
 
     def test_command_line_exit_codes(self):
         self.assertEqual(cmn.main(["--metrics", FIXTURE]), 0)

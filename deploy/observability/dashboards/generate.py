@@ -380,6 +380,8 @@ def jobs_board():
     return b
 
 
+# Placeholder: billing_board (keel_billing_*) and inference_board (keel_inference_*) join this list
+# when their domains land and export those metrics (see ../README.md, "Later domains").
 BOARDS = [http_board, database_board, cache_board, ratelimit_board, jobs_board]
 
 

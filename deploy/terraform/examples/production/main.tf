@@ -47,9 +47,11 @@ module "keel" {
   db_read_replica          = true
   db_backup_retention_days = 14
 
+  # Transit encryption stays off until the gateway's Redis client is built with TLS (see the
+  # module's variable redis_transit_encryption).
   redis_node_type          = "cache.r7g.large"
   redis_replicas           = 1
-  redis_transit_encryption = true
+  redis_transit_encryption = false
 
   deletion_protection = true
 }

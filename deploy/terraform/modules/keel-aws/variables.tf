@@ -197,10 +197,15 @@ variable "redis_replicas" {
   }
 }
 
+# Off by default: the gateway's Redis client is built without TLS today (the workspace's `redis`
+# dependency has no TLS feature), so a rediss:// URL would leave every process on its in-process
+# fallbacks. Without TLS, traffic stays inside the VPC, and only the security group (the EKS
+# nodes) and the NetworkPolicy egress on 6379 guard Redis: ElastiCache allows AUTH only with TLS.
+# Turn it on once the gateway is built with Redis TLS support (redis's `tokio-rustls-comp`).
 variable "redis_transit_encryption" {
-  description = "TLS between the gateway and Redis (URL scheme rediss://). The gateway's Redis client must be built with TLS support for this."
+  description = "TLS and AUTH between the gateway and Redis (URL scheme rediss://). Needs a gateway built with Redis TLS support, which today's build lacks: leave false until it has it."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "deletion_protection" {
