@@ -1,11 +1,14 @@
 //! Request rate limits in front of every domain's routes (`[rate_limits]`).
 //!
-//! Each request falls in a route class, the name of the domain whose route it is (routes of no
-//! domain are `default`), and belongs to a subject: the API key of its bearer token, else the
+//! Each request to a domain's route falls in a route class, the name of that domain (a class
+//! without a quota of its own takes `default`'s), and belongs to a subject: the API key of its bearer token, else the
 //! user of its session, else its client address. The platform limiter (GCRA, in-process or on
 //! Redis) decides with the class's quota for the subject; no quota, no limit. A refused request
 //! gets `429 rate_limited` in the envelope with `Retry-After`; every limited answer carries the
 //! `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).
+//!
+//! The platform's own routes (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`) are never
+//! limited: probes and scrapes must not fail because a quota ran out.
 //!
 //! Resolving the subject authenticates the bearer token through `AuthApi` (from the credential
 //! cache); the principal is left in the request for `auth::web::Caller`, so a request is
@@ -53,10 +56,9 @@ pub async fn rate_limit(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let limits = req.app_data::<web::Data<RateLimits>>().cloned().filter(|l| l.active());
     let Some(limits) = limits else { return next.call(req).await.map(ServiceResponse::map_into_boxed_body) };
-    let class = req
-        .match_pattern()
-        .and_then(|route| limits.classes.get(&route).copied())
-        .unwrap_or(shared::ratelimit::config::DEFAULT_CLASS);
+    let Some(class) = req.match_pattern().and_then(|route| limits.classes.get(&route).copied()) else {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    };
     let subject = subject(&req).await;
     let key = RateKey::new(class, subject);
     let Some(quota) = limits.config.quota_for(&key) else {

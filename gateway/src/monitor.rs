@@ -56,8 +56,10 @@ pub fn spawn_sampler(
             if let Some(redis) = &redis {
                 metrics.redis().set_up(redis.is_up());
             }
-            if let Some(fallback) = &fallback {
-                metrics.ratelimit().set_fallback_active(fallback.is_active());
+            // Whether decisions fall back to the process now: while Redis is down (the limiter's
+            // own flag only changes at its next decision, and would stay set after Redis is back).
+            if let (Some(redis), Some(_)) = (&redis, &fallback) {
+                metrics.ratelimit().set_fallback_active(!redis.is_up());
             }
             if round.is_multiple_of(QUEUES_EVERY) {
                 for jobs in &queues {

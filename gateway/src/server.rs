@@ -165,6 +165,11 @@ fn start_workers(
         let domain = b.module.name();
         let worker = Worker::start(&jobs, registry, &config.jobs, Arc::new(monitor::JobsMetrics(metrics.clone())))
             .map_err(|e| GatewayError::Domain { domain, source: Box::new(e) })?;
+        // Every queue's series exist from the start, at 0, so dashboards and autoscalers see an
+        // empty queue rather than nothing.
+        for queue in worker.queues() {
+            metrics.jobs().queue(domain, queue);
+        }
         workers.push((domain, worker));
     }
     Ok(workers)

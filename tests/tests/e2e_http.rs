@@ -859,6 +859,8 @@ backend_tests! {
         let mut config = gateway_config(&database);
         config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         config.rate_limits.classes.insert("auth".into(), shared::ratelimit::Quota::new(3, 3600));
+        // `default` would limit every class without its own quota, never the platform's routes.
+        config.rate_limits.classes.insert("default".into(), shared::ratelimit::Quota::new(1, 3600));
         let gateway = TestGateway::start(config, None).await;
         let api = gateway.client();
         // Anonymous requests count against their address.
@@ -873,10 +875,12 @@ backend_tests! {
         refused.assert_error(429, "rate_limited");
         assert_eq!(refused.body["error"]["type"], "rate_limit_error");
         assert!(refused.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
-        // Another address has its own budget; the health routes have no quota.
+        // Another address has its own budget; the platform's routes are never limited.
         let other = Client::send(api.request(Method::POST, "/v1/auth/login", None).header("x-forwarded-for", "203.0.113.51").json(&body)).await;
         other.assert_error(401, "invalid_credentials");
-        let health = api.get("/healthz", None).await;
-        assert_eq!((health.status, health.header("ratelimit")), (200, None));
+        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/healthz", "/readyz"] {
+            let reply = api.get(path, None).await;
+            assert_eq!((reply.status, reply.header("ratelimit")), (200, None), "{path}");
+        }
     }
 }
