@@ -114,7 +114,10 @@ start_gateway() {
     while IFS= read -r var; do
         clean_env+=(-u "$var")
     done < <(compgen -e | grep '^KEEL_' || true)
-    env "${clean_env[@]}" \
+    # KEEL_BENCH_GATEWAY_ENV adds settings on purpose, e.g. "KEEL_REDIS__URL=redis://…".
+    local -a extra_env=()
+    [ -n "${KEEL_BENCH_GATEWAY_ENV:-}" ] && read -r -a extra_env <<<"$KEEL_BENCH_GATEWAY_ENV"
+    env "${clean_env[@]}" ${extra_env[@]+"${extra_env[@]}"} \
         KEEL_HTTP__ADDR="127.0.0.1:$PORT" \
         KEEL_DATABASE__URL="$database_url" \
         KEEL_TELEMETRY__FORMAT=json \
