@@ -125,10 +125,10 @@ pub struct ModelPrice {
 /// favour, so that a cost is never zero for a request that used priced tokens). Saturates at
 /// `i64::MAX` instead of overflowing. Negative prices count as zero.
 pub fn cost_of(price: &ModelPrice, input_tokens: u64, output_tokens: u64) -> Money {
-    let input = i128::from(price.input_price_per_mtok.0.max(0)) * i128::from(input_tokens);
-    let output = i128::from(price.output_price_per_mtok.0.max(0)) * i128::from(output_tokens);
-    let total = input + output;
-    let nanos = (total + 999_999) / 1_000_000;
+    let part = |price: Money, tokens: u64| i128::from(price.0.max(0)).saturating_mul(i128::from(tokens));
+    let total =
+        part(price.input_price_per_mtok, input_tokens).saturating_add(part(price.output_price_per_mtok, output_tokens));
+    let nanos = total.saturating_add(999_999) / 1_000_000;
     Money(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
 
