@@ -58,6 +58,65 @@ backend_tests! {
         gateway.stop().await;
     }
 
+    async fn leased_clients_of_a_remote_billing_service_never_exceed_the_credit(backend) {
+        // Two callers, each with its own leases over its own HTTP client: two inference
+        // processes in front of one billing service.
+        let database = database(&backend);
+        let world = world(&database).await;
+        let (gateway, api) = billing_only(&database).await;
+        let url = shared::Secret::new(gateway.url());
+        for seed in 0..3 {
+            let callers: Vec<Arc<billing::LeasedBilling>> = (0..2)
+                .map(|_| {
+                    let client = HttpBillingClient::new(&url, Some(shared::Secret::new(SERVICE_TOKEN)), &Default::default()).unwrap();
+                    Arc::new(billing::LeasedBilling::new(Arc::new(client), Default::default()))
+                })
+                .collect();
+            let admin = world.platform_admin(&format!("lease-admin-{seed}@example.com")).await;
+            let (_, org) = world.owner(&format!("lease-{seed}@example.com")).await;
+            let grant = billing::GrantCreditRequest { amount: billing::Money::units(1), reason: "race".into() };
+            api.grant_credit(&admin, org, "race", grant).await.unwrap();
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let caller = callers[i % 2].clone();
+                    tokio::spawn(async move {
+                        let request = billing::ReserveRequest {
+                            organization_id: org,
+                            api_key_id: None,
+                            amount: billing::Money::cents(1),
+                            idempotency_key: format!("l-{i}"),
+                            ttl: std::time::Duration::from_secs(60),
+                        };
+                        let hold = caller.reserve(request).await.ok()?;
+                        let usage = billing::UsageRecord {
+                            request_id: format!("lease-{seed}-{i}"),
+                            model: "small".into(),
+                            api_key_id: None,
+                            input_tokens: 1,
+                            output_tokens: 1,
+                            cost: billing::Money::cents(1),
+                        };
+                        caller.settle(billing::SettleRequest { hold_id: hold.id, usage }).await.unwrap();
+                        Some(())
+                    })
+                })
+                .collect();
+            let mut admitted = 0;
+            for task in tasks {
+                admitted += usize::from(task.await.unwrap().is_some());
+            }
+            for caller in &callers {
+                caller.shutdown().await;
+            }
+            assert!(admitted <= 100 && admitted > 0, "seed {seed}: {admitted} admitted");
+            let report = world.check(billing::Money::ZERO).await;
+            let (available, held, spent) = report.balances[&org.to_string()];
+            assert_eq!((held, spent), (0, admitted as i64 * billing::Money::cents(1).0), "seed {seed}");
+            assert_eq!(available + spent, billing::Money::units(1).0);
+        }
+        gateway.stop().await;
+    }
+
     async fn metering_routes_need_the_service_token(backend) {
         let database = database(&backend);
         let (gateway, _) = billing_only(&database).await;
@@ -73,7 +132,11 @@ backend_tests! {
             };
             assert_eq!(client.reserve(request).await, Err(billing::BillingError::Unauthenticated));
         }
-        let reply = gateway.client().post("/internal/billing/reserve", None, &serde_json::json!({})).await;
+        let body = serde_json::json!({
+            "organization_id": auth::OrganizationId::new(), "api_key_id": null, "amount": 1,
+            "idempotency_key": "k", "ttl_ms": 1000
+        });
+        let reply = gateway.client().post("/internal/billing/reserve", None, &body).await;
         reply.assert_error(401, "unauthenticated");
         gateway.stop().await;
     }
