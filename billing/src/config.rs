@@ -45,6 +45,8 @@ pub struct LeaseConfig {
     /// Settlements are written at most this long after they are acknowledged: what a
     /// `kill -9` can lose.
     pub flush_interval_ms: u64,
+    /// The most settlements one commit writes (the rest wait for the next flush).
+    pub max_batch: usize,
     /// A lease's expiry, pushed forward by each commit: how long the credit of a crashed
     /// process stays held before the sweeper returns it.
     pub lease_ttl_ms: u64,
@@ -65,10 +67,11 @@ impl Default for LeaseConfig {
         Self {
             enabled: true,
             flush_interval_ms: 5,
+            max_batch: 2_000,
             lease_ttl_ms: 30_000,
             idle_release_ms: 2_000,
             horizon_ms: 1_000,
-            min_slice: Money::cents(10),
+            min_slice: Money::units(1),
             max_slice: Money::units(100),
             starved_retry_ms: 1_000,
         }
@@ -145,6 +148,7 @@ impl BillingConfig {
         check_range("billing.lease.lease_ttl_ms", lease.lease_ttl_ms, 1_000, self.max_hold_ttl_ms)?;
         check_range("billing.lease.idle_release_ms", lease.idle_release_ms, 1, lease.lease_ttl_ms / 2)?;
         check_range("billing.lease.horizon_ms", lease.horizon_ms, 1, 3_600_000)?;
+        check_range("billing.lease.max_batch", lease.max_batch as u64, 1, 100_000)?;
         check_range("billing.lease.starved_retry_ms", lease.starved_retry_ms, 1, 3_600_000)?;
         if lease.min_slice <= Money::ZERO || lease.max_slice < lease.min_slice {
             return Err("billing.lease: 0 < min_slice <= max_slice".into());

@@ -55,6 +55,8 @@ impl Drop for LeasedBilling {
 
 struct Shared {
     inner: Arc<dyn BillingApi>,
+    /// Woken when a lease is opened or topped up (or the attempt failed).
+    changed: tokio::sync::Notify,
     config: LeaseConfig,
     state: Mutex<State>,
     stats: Counters,
@@ -161,14 +163,26 @@ struct LocalHold {
 enum Step {
     Authorized(Hold, Option<(HoldId, i64)>),
     Open(i64),
+    /// A lease is being opened or topped up: wait for it rather than take the direct path.
+    Wait(Option<(HoldId, i64)>),
     Direct,
 }
+
+/// How many times a reservation waits for a lease to be opened or topped up before it takes
+/// the direct path, and how long each wait lasts at most.
+const WAITS: usize = 40;
+const WAIT: Duration = Duration::from_millis(50);
 
 impl LeasedBilling {
     /// Wraps `inner`; starts the background flusher on the current tokio runtime.
     pub fn new(inner: Arc<dyn BillingApi>, config: LeaseConfig) -> Self {
-        let shared =
-            Arc::new(Shared { inner, config, state: Mutex::new(State::default()), stats: Counters::default() });
+        let shared = Arc::new(Shared {
+            inner,
+            changed: tokio::sync::Notify::new(),
+            config,
+            state: Mutex::new(State::default()),
+            stats: Counters::default(),
+        });
         let ticker = tokio::spawn(Shared::run(Arc::downgrade(&shared)));
         Self { shared, ticker }
     }
@@ -220,6 +234,7 @@ impl Shared {
 
     fn slice_for(&self, slot: &Slot, amount: i64) -> i64 {
         let wanted = (slot.rate * self.config.horizon_ms as f64 / 1000.0) as i64;
+        // At least a few requests' worth per slice.
         wanted
             .clamp(self.config.min_slice.0, self.config.max_slice.0.max(self.config.min_slice.0))
             .max(amount.saturating_mul(4))
@@ -256,7 +271,9 @@ impl Shared {
                 if slot.pending.is_empty() && !close && !stale {
                     continue;
                 }
-                let usage = std::mem::take(&mut slot.pending);
+                // A closing commit takes everything (in several transactions if need be).
+                let take = if close { slot.pending.len() } else { slot.pending.len().min(self.config.max_batch) };
+                let usage: Vec<UsageRecord> = slot.pending.drain(..take).collect();
                 if close {
                     // No more authorizations against it from here on.
                     slot.lease = None;
@@ -278,7 +295,13 @@ impl Shared {
         futures_util::future::join_all(commits).await;
     }
 
-    async fn commit(&self, key: SlotKey, lease: HoldId, usage: Vec<UsageRecord>, close: bool) {
+    async fn commit(&self, key: SlotKey, lease: HoldId, mut usage: Vec<UsageRecord>, close: bool) {
+        // Batches of at most `max_batch`; only the last one closes.
+        while usage.len() > self.config.max_batch {
+            let rest = usage.split_off(self.config.max_batch);
+            let batch = std::mem::replace(&mut usage, rest);
+            Box::pin(self.commit(key, lease, batch, false)).await;
+        }
         let count = usage.len() as u64;
         let request = CommitLeaseRequest { hold_id: lease, usage: usage.clone(), close, ttl: self.ttl() };
         match self.inner.commit_lease(request).await {
@@ -369,6 +392,8 @@ impl Shared {
                     slot.remaining += size;
                     slot.outstanding = 0;
                     slot.last_commit = Instant::now();
+                    drop(state);
+                    self.changed.notify_waiters();
                     return true;
                 }
                 Err(BillingError::BudgetExceeded { short_by, .. }) => {
@@ -378,14 +403,20 @@ impl Shared {
                         break;
                     }
                 }
-                Err(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a lease could not be opened; taking the direct path");
+                    break;
+                }
             }
         }
-        let mut state = self.lock();
-        if let Some(slot) = state.slots.get_mut(&key) {
-            slot.opening = false;
-            slot.starved_until = Some(Instant::now() + Duration::from_millis(self.config.starved_retry_ms));
+        {
+            let mut state = self.lock();
+            if let Some(slot) = state.slots.get_mut(&key) {
+                slot.opening = false;
+                slot.starved_until = Some(Instant::now() + Duration::from_millis(self.config.starved_retry_ms));
+            }
         }
+        self.changed.notify_waiters();
         false
     }
 
@@ -408,20 +439,26 @@ impl Shared {
                         break;
                     }
                 }
-                Err(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a lease could not be opened; taking the direct path");
+                    break;
+                }
             }
         }
-        let mut state = self.lock();
-        let Some(slot) = state.slots.get_mut(&key) else { return };
-        slot.refilling = false;
-        if slot.lease != Some(lease) {
-            return;
+        {
+            let mut state = self.lock();
+            if let Some(slot) = state.slots.get_mut(&key) {
+                slot.refilling = false;
+                if slot.lease == Some(lease) {
+                    if topped {
+                        slot.remaining += size;
+                    } else {
+                        slot.starved_until = Some(Instant::now() + Duration::from_millis(self.config.starved_retry_ms));
+                    }
+                }
+            }
         }
-        if topped {
-            slot.remaining += size;
-        } else {
-            slot.starved_until = Some(Instant::now() + Duration::from_millis(self.config.starved_retry_ms));
-        }
+        self.changed.notify_waiters();
     }
 }
 
@@ -434,8 +471,11 @@ impl BillingApi for LeasedBilling {
         if amount <= 0 || request.ttl.is_zero() {
             return shared.inner.reserve(request).await;
         }
-        for attempt in 0..2 {
+        for _ in 0..WAITS {
             let now = Instant::now();
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let plan = {
                 let mut state = shared.lock();
                 if let Some(id) = state.keys.get(&(request.organization_id, request.idempotency_key.clone())).copied()
@@ -484,12 +524,18 @@ impl BillingApi for LeasedBilling {
                         expires_at,
                     };
                     Step::Authorized(hold, refill)
-                } else if attempt == 0 && slot.lease.is_none() && !slot.opening && !slot.starved(now) {
+                } else if slot.lease.is_none() && !slot.opening && !slot.starved(now) {
                     slot.opening = true;
                     slot.note_spend(amount, now);
                     Step::Open(shared.slice_for(slot, amount))
-                } else {
+                } else if slot.starved(now) {
                     Step::Direct
+                } else if let Some(lease) = slot.lease.filter(|_| !slot.refilling) {
+                    // The lease is short of this request: top it up and wait for it.
+                    slot.refilling = true;
+                    Step::Wait(Some((lease, shared.slice_for(slot, amount))))
+                } else {
+                    Step::Wait(None)
                 }
             };
             match plan {
@@ -505,6 +551,12 @@ impl BillingApi for LeasedBilling {
                         continue;
                     }
                     break;
+                }
+                Step::Wait(refill) => {
+                    if let Some((lease, size)) = refill {
+                        tokio::spawn(shared.clone().refill(key, lease, size, amount.saturating_mul(4)));
+                    }
+                    let _ = tokio::time::timeout(WAIT, changed).await;
                 }
                 Step::Direct => break,
             }

@@ -949,11 +949,43 @@ impl BillingApi for BillingService {
                         store::post(conn, &org, "lease_commit", Some(&id), &legs, now)?
                             .map_err(|_| BillingError::Internal("uncovered lease commit".into()))?;
                     }
+                    // The events in one statement, the rollups one upsert per (model, key).
+                    let mut rows = Vec::with_capacity(fresh.len());
+                    let mut rollups: BTreeMap<(String, String), store::UsageDailyRow> = BTreeMap::new();
                     for u in &fresh {
-                        if !Self::write_usage(conn, &org, u, Some(&id), now)? {
-                            return Err(Abort::Raced);
-                        }
-                        Self::roll_up(conn, &org, u, now)?;
+                        let key = key_text(u.api_key_id).unwrap_or_default();
+                        let (input, output) = (tokens(u.input_tokens)?, tokens(u.output_tokens)?);
+                        rows.push(store::UsageEventRow {
+                            request_id: u.request_id.clone(),
+                            organization_id: org.clone(),
+                            api_key_id: u.api_key_id.map(|k| k.to_string()),
+                            model: u.model.clone(),
+                            input_tokens: input,
+                            output_tokens: output,
+                            cost: u.cost.0,
+                            hold_id: Some(id.clone()),
+                            created_at: now,
+                        });
+                        let r = rollups.entry((u.model.clone(), key.clone())).or_insert_with(|| store::UsageDailyRow {
+                            organization_id: org.clone(),
+                            day: now.date(),
+                            model: u.model.clone(),
+                            api_key_id: key,
+                            requests: 0,
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            cost: 0,
+                        });
+                        r.requests += 1;
+                        r.input_tokens += input;
+                        r.output_tokens += output;
+                        r.cost += u.cost.0;
+                    }
+                    if store::insert_usage_batch(conn, &rows)? != rows.len() {
+                        return Err(Abort::Raced);
+                    }
+                    for r in rollups.values() {
+                        store::add_to_rollup(conn, r)?;
                     }
                     let left = if open && !close { remaining - from_held } else { 0 };
                     Ok((total, left, !open || close))

@@ -736,6 +736,35 @@ pub(crate) fn existing_usage(conn: &mut Conn, request_ids: &[String]) -> QueryRe
     usage_events::table.filter(usage_events::request_id.eq_any(request_ids)).select(usage_events::request_id).load(conn)
 }
 
+/// Inserts usage events none of which was recorded before (the caller checked, under the
+/// lease's row lock); returns how many were inserted. One statement on PostgreSQL.
+pub(crate) fn insert_usage_batch(conn: &mut Conn, rows: &[UsageEventRow]) -> QueryResult<usize> {
+    match conn {
+        Conn::Pg(c) => {
+            let mut inserted = 0;
+            for chunk in rows.chunks(1_000) {
+                inserted += diesel::insert_into(usage_events::table)
+                    .values(chunk)
+                    .on_conflict(usage_events::request_id)
+                    .do_nothing()
+                    .execute(c)?;
+            }
+            Ok(inserted)
+        }
+        Conn::Sqlite(c) => {
+            let mut inserted = 0;
+            for row in rows {
+                inserted += diesel::insert_into(usage_events::table)
+                    .values(row)
+                    .on_conflict(usage_events::request_id)
+                    .do_nothing()
+                    .execute(c)?;
+            }
+            Ok(inserted)
+        }
+    }
+}
+
 pub(crate) fn usage_exists(conn: &mut Conn, request_id: &str) -> QueryResult<bool> {
     usage_events::table
         .find(request_id)
