@@ -154,7 +154,15 @@ pub async fn budget_race(api: Arc<dyn BillingApi>, world: &BillingWorld, tag: &s
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let api = api.clone();
-            tokio::spawn(async move { api.reserve(reserve(org, Money::cents(1), &format!("race-{i}"))).await })
+            tokio::spawn(async move {
+                // A 503 on a loaded machine is retried with the same reservation key.
+                loop {
+                    match api.reserve(reserve(org, Money::cents(1), &format!("race-{i}"))).await {
+                        Err(BillingError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        other => return other,
+                    }
+                }
+            })
         })
         .collect();
     let mut admitted = 0;

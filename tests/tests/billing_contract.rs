@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The billing contract story against every implementation of `BillingApi`, on every test
 //! backend: the in-process `BillingService`, and `HttpBillingClient` talking to a gateway that
 //! serves only billing. The budget race runs through both as well.
