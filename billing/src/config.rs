@@ -45,7 +45,8 @@ pub struct LeaseConfig {
     /// Settlements are written at most this long after they are acknowledged: what a
     /// `kill -9` can lose.
     pub flush_interval_ms: u64,
-    /// The most settlements one commit writes (the rest wait for the next flush).
+    /// The most settlements one commit writes (the rest wait for the next flush). Large, so a
+    /// commit takes the whole backlog and the crash window stays one flush plus one commit.
     pub max_batch: usize,
     /// A lease's expiry, pushed forward by each commit: how long the credit of a crashed
     /// process stays held before the sweeper returns it.
@@ -67,7 +68,7 @@ impl Default for LeaseConfig {
         Self {
             enabled: true,
             flush_interval_ms: 5,
-            max_batch: 2_000,
+            max_batch: 50_000,
             lease_ttl_ms: 30_000,
             idle_release_ms: 2_000,
             horizon_ms: 1_000,
