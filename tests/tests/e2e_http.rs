@@ -494,6 +494,26 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("get", "/v1/organizations/{org_id}/api-keys"),
         ("post", "/v1/organizations/{org_id}/api-keys"),
         ("delete", "/v1/organizations/{org_id}/api-keys/{key_id}"),
+        ("get", "/v1/organizations/{org_id}/role"),
+        ("get", "/v1/plans"),
+        ("get", "/v1/organizations/{org_id}/subscription"),
+        ("put", "/v1/organizations/{org_id}/subscription"),
+        ("post", "/v1/organizations/{org_id}/billing/credits"),
+        ("get", "/v1/organizations/{org_id}/billing/budgets"),
+        ("put", "/v1/organizations/{org_id}/billing/budgets"),
+        ("put", "/v1/organizations/{org_id}/billing/budgets/api-keys/{key_id}"),
+        ("get", "/v1/organizations/{org_id}/billing/balance"),
+        ("get", "/v1/organizations/{org_id}/billing/usage"),
+        ("get", "/v1/organizations/{org_id}/billing/ledger"),
+        ("get", "/v1/organizations/{org_id}/billing/invoices"),
+        ("get", "/v1/organizations/{org_id}/billing/invoices/{invoice_id}"),
+        ("post", "/internal/billing/reserve"),
+        ("post", "/internal/billing/settle"),
+        ("post", "/internal/billing/holds/{hold_id}/release"),
+        ("post", "/internal/billing/usage"),
+        ("post", "/internal/billing/leases/extend"),
+        ("post", "/internal/billing/leases/commit"),
+        ("get", "/internal/billing/limits/{org_id}"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -506,6 +526,8 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("{org_id}", OrganizationId::new().to_string()),
         ("{user_id}", auth::UserId::new().to_string()),
         ("{key_id}", auth::ApiKeyId::new().to_string()),
+        ("{invoice_id}", billing::InvoiceId::new().to_string()),
+        ("{hold_id}", billing::HoldId::new().to_string()),
     ];
     for (method, path) in &routes {
         let concrete = ids.iter().fold(path.clone(), |p, (placeholder, id)| p.replace(placeholder, id));
@@ -528,9 +550,11 @@ backend_tests! {
         let ip_limit = 5;
         a_config.auth.throttle =
             ThrottleConfig { window_secs: 900, max_failures_per_account: 100, max_failures_per_ip: ip_limit };
-        let a = TestGateway::start(a_config, Some(&[auth::DOMAIN])).await;
+        // A also serves billing, so that B, whose domains are all remote, opens no database.
+        let a = TestGateway::start(a_config, Some(&[auth::DOMAIN, billing::DOMAIN])).await;
 
-        // B: every route, auth through A. Its database URL points nowhere: B must not use one.
+        // B: every route, auth (and billing) through A. Its database URL points nowhere: B must
+        // not use one.
         let mut b_config = GatewayConfig::default();
         b_config.http.addr = "127.0.0.1:0".into();
         b_config.http.workers = 2;
@@ -538,6 +562,7 @@ backend_tests! {
         b_config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         b_config.database.url = "postgres://nobody@127.0.0.1:1/nothing".into();
         b_config.auth.url = Some(a.url().into());
+        b_config.billing.url = Some(a.url().into());
         let b = TestGateway::start(b_config, None).await;
         let (via_a, via_b) = (a.client(), b.client());
 
