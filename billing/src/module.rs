@@ -33,6 +33,8 @@ struct BillingComponent {
     api: Arc<dyn BillingApi>,
     /// What the other domains of this process call: `api`, behind leases when enabled.
     provided: Arc<dyn BillingApi>,
+    /// The leases behind `provided`, flushed and returned on a graceful stop.
+    leased: Option<Arc<crate::lease::LeasedBilling>>,
     service_token: ServiceToken,
     service: Option<BillingService>,
 }
@@ -56,6 +58,12 @@ impl Component for BillingComponent {
         self.api.ready().await.map_err(|e| e.to_string())
     }
 
+    async fn shutdown(&self) {
+        if let Some(leased) = &self.leased {
+            leased.shutdown().await;
+        }
+    }
+
     fn jobs(&self) -> Option<(shared::jobs::Jobs, shared::jobs::Registry)> {
         let service = self.service.as_ref()?;
         match crate::jobs::registry(service) {
@@ -70,12 +78,13 @@ impl Component for BillingComponent {
 
 impl BillingModule {
     /// `api` behind caller-side leases when `billing.lease.enabled` (and a tokio runtime runs
-    /// the flusher), else `api` itself.
-    fn leased(&self, api: Arc<dyn BillingApi>) -> Arc<dyn BillingApi> {
+    /// the flusher), else `api` itself; with the leases, to flush them on a graceful stop.
+    fn leased(&self, api: Arc<dyn BillingApi>) -> (Arc<dyn BillingApi>, Option<Arc<crate::lease::LeasedBilling>>) {
         if self.config.lease.enabled && tokio::runtime::Handle::try_current().is_ok() {
-            Arc::new(crate::lease::LeasedBilling::new(api, self.config.lease.clone()))
+            let leased = Arc::new(crate::lease::LeasedBilling::new(api, self.config.lease.clone()));
+            (leased.clone(), Some(leased))
         } else {
-            api
+            (api, None)
         }
     }
 }
@@ -111,8 +120,10 @@ impl Module for BillingModule {
         let auth = contracts.require::<dyn AuthApi>(crate::DOMAIN)?;
         let service = BillingService::new(db, self.config.clone(), platform, auth);
         let api: Arc<dyn BillingApi> = Arc::new(service.clone());
+        let (provided, leased) = self.leased(api.clone());
         Ok(Arc::new(BillingComponent {
-            provided: self.leased(api.clone()),
+            provided,
+            leased,
             api,
             service_token: ServiceToken(self.config.service_token.clone()),
             service: Some(service),
@@ -122,8 +133,10 @@ impl Module for BillingModule {
     fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
         let client = HttpBillingClient::new(url, self.config.service_token.clone(), &platform.remote)?;
         let api: Arc<dyn BillingApi> = Arc::new(client);
+        let (provided, leased) = self.leased(api.clone());
         Ok(Arc::new(BillingComponent {
-            provided: self.leased(api.clone()),
+            provided,
+            leased,
             api,
             service_token: ServiceToken(self.config.service_token.clone()),
             service: None,

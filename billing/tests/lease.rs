@@ -183,6 +183,33 @@ backend_tests! {
         eprintln!("1,280 leased pairs: {stats:?}, {queries} queries");
     }
 
+    async fn a_graceful_stop_writes_the_buffered_settlements_and_returns_the_lease(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("stop@example.com", Money::units(10)).await;
+        // Nothing is flushed on a timer during the test: only the gateway's shutdown hook writes.
+        let lease = LeaseConfig { flush_interval_ms: 3_600_000, idle_release_ms: 3_600_000, ..LeaseConfig::default() };
+        let config = BillingConfig { lease, ..BillingConfig::default() };
+        let mut contracts = shared::module::Contracts::default();
+        contracts.provide(f.auth.clone());
+        let platform = shared::testing::platform(&[]);
+        let component = BillingModule::new(config)
+            .build_local(f.billing.db().clone(), &platform, &contracts)
+            .await
+            .unwrap();
+        component.provide(&mut contracts);
+        let api = contracts.get::<dyn BillingApi>().expect("billing provides its contract");
+        for i in 0..50 {
+            let id = format!("stop-{i}");
+            let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
+            api.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::nanos(2_000_000)) }).await.unwrap();
+        }
+        component.shutdown().await;
+        let report = f.check().await;
+        let (available, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, 50 * 2_000_000), "every acknowledged settlement is written");
+        assert_eq!(available, 10_000_000_000 - 50 * 2_000_000, "the unused lease is back");
+    }
+
     async fn a_killed_process_loses_only_unflushed_settlements_and_its_lease_returns_by_expiry(backend) {
         let f = fixture(&backend).await;
         let org = f.funded("crash@example.com", Money::units(1)).await;

@@ -33,6 +33,10 @@ pub struct RunningGateway {
     task: Option<JoinHandle<std::io::Result<()>>>,
     /// The background workers of the in-process domains, when this process runs them.
     workers: Vec<(&'static str, WorkerHandle)>,
+    /// Every built domain, told when the server has stopped (`Component::shutdown`).
+    components: Vec<compose::Built>,
+    /// How long each domain's shutdown may take (`jobs.shutdown_timeout_secs`).
+    shutdown_timeout: Duration,
     /// Samples the platform's states into the metrics.
     sampler: JoinHandle<()>,
 }
@@ -46,8 +50,9 @@ impl RunningGateway {
     /// Waits until the server stops: on SIGTERM or SIGINT (after in-flight requests finish, up
     /// to `http.shutdown_timeout_secs`), or when stopped through [`RunningGateway::handle`].
     ///
-    /// The workers stop after the HTTP server: they claim nothing more, and finish or release
-    /// what they hold (within `jobs.shutdown_timeout_secs`).
+    /// Then each domain writes what it buffers (billing's leased settlements), and the workers
+    /// stop: they claim nothing more, and finish or release what they hold (each step within
+    /// `jobs.shutdown_timeout_secs`).
     pub async fn wait(mut self) -> Result<(), GatewayError> {
         let served = match self.task.take() {
             Some(task) => match task.await {
@@ -56,6 +61,15 @@ impl RunningGateway {
             },
             None => Ok(()),
         };
+        for built in std::mem::take(&mut self.components) {
+            if tokio::time::timeout(self.shutdown_timeout, built.component.shutdown()).await.is_err() {
+                tracing::warn!(
+                    domain = built.module.name(),
+                    timeout_secs = self.shutdown_timeout.as_secs(),
+                    "domain shutdown timed out"
+                );
+            }
+        }
         for (domain, worker) in std::mem::take(&mut self.workers) {
             let report = worker.shutdown().await;
             tracing::info!(
@@ -122,6 +136,7 @@ async fn launch(
     let compose::Composition { built, platform } = compose::build(&config, &metrics).await?;
     let workers = if workers { start_workers(&config, &built, &metrics)? } else { Vec::new() };
     let queues = built.iter().filter_map(|b| b.component.jobs()).map(|(jobs, _)| jobs).collect();
+    let components = built.clone();
     let sampler =
         monitor::spawn_sampler(metrics.clone(), platform.redis.clone(), platform.rate_limit_fallback.clone(), queues);
     let state = if served.is_empty() {
@@ -150,7 +165,8 @@ async fn launch(
     }
     let task = tokio::spawn(server);
     tracing::info!(http.addr = %addr, domains = ?names, workers = workers.len(), "gateway listening");
-    Ok(RunningGateway { addr, handle, task: Some(task), workers, sampler })
+    let shutdown_timeout = Duration::from_secs(config.jobs.shutdown_timeout_secs);
+    Ok(RunningGateway { addr, handle, task: Some(task), workers, components, shutdown_timeout, sampler })
 }
 
 /// Starts the workers of every in-process domain that has jobs.

@@ -148,6 +148,10 @@ pub trait Component: Send + Sync {
     fn jobs(&self) -> Option<(crate::jobs::Jobs, crate::jobs::Registry)> {
         None
     }
+
+    /// Called once on a graceful stop, after the HTTP server has drained and before the
+    /// workers stop: write what the domain buffers in memory (billing's leased settlements).
+    async fn shutdown(&self) {}
 }
 
 type ReadyFn<T> = dyn Fn(Arc<T>) -> BoxFuture<'static, Result<(), String>> + Send + Sync;
