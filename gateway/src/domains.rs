@@ -7,4 +7,6 @@ use crate::config::register_domains;
 register_domains! {
     /// `[auth]`, `KEEL_AUTH__*`: accounts, sessions, organizations, API keys.
     auth: auth::AuthConfig => auth::AuthModule,
+    /// `[inference]`, `KEEL_INFERENCE__*`: OpenAI-compatible model calls through configured providers.
+    inference: inference::InferenceConfig => inference::InferenceModule,
 }
