@@ -177,6 +177,12 @@ impl BodyReader {
         Self { response, idle, deadline }
     }
 
+    /// Changes the longest wait for the next read (the first event of a stream waits up to the
+    /// first-token deadline, the later ones up to the idle deadline).
+    pub(crate) fn set_idle(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
     /// The next piece of the body; `None` at its end.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         let by = self.deadline.min(Instant::now() + self.idle);
@@ -222,6 +228,10 @@ pub(crate) enum SseEvent {
 impl SseReader {
     pub(crate) fn new(body: BodyReader) -> Self {
         Self { body, buffer: BytesMut::new(), done: false }
+    }
+
+    pub(crate) fn body_mut(&mut self) -> &mut BodyReader {
+        &mut self.body
     }
 
     pub(crate) async fn next(&mut self) -> Result<SseEvent, Failure> {

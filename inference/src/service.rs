@@ -535,7 +535,7 @@ impl InferenceApi for InferenceService {
                     let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
                     let first_by = deadline.min(Instant::now() + provider.timeouts.first_token);
                     let answer = provider.post("/chat/completions", body, deadline).await?;
-                    let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.idle, deadline));
+                    let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.first_token, deadline));
                     // The first event is read before the answer is committed to the client, so
                     // that a provider that fails before it can still be retried.
                     let first = match tokio::time::timeout_at(first_by, reader.next()).await {
@@ -550,6 +550,7 @@ impl InferenceApi for InferenceService {
                             return Err(Failure::Broken("the stream ended before its first event".into()));
                         }
                     };
+                    reader.body_mut().set_idle(provider.timeouts.idle);
                     Ok(Opened::Provider(Box::new((reader, first))))
                 }
             })

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod contract;
+pub mod fake_openai;
 pub mod harness;
 
 pub use client::{Client, Reply};
