@@ -211,6 +211,12 @@ pub enum MeResponse {
     ApiKey { organization: Organization, api_key: KeyIdentity },
 }
 
+/// The role the caller acts with in an organization (`GET /v1/organizations/{org_id}/role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrganizationRole {
+    pub role: Role,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreateOrganizationRequest {
     pub name: String,
@@ -309,6 +315,16 @@ pub trait AuthApi: Send + Sync {
     /// The caller's organizations (for an API key, its own). Errors: none beyond `Internal`/`Unavailable`.
     async fn list_organizations(&self, principal: &Principal, page: PageRequest)
     -> Result<Page<Membership>, AuthError>;
+
+    /// The role the caller acts with in the organization, for other domains' permission checks:
+    /// a session's membership role; for an API key of that organization, `admin` with the
+    /// `admin` scope and `member` without. Errors: `OrganizationNotFound` (not a member, or a
+    /// key of another organization).
+    async fn organization_role(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+    ) -> Result<Role, AuthError>;
 
     /// Members of an organization the caller belongs to. Errors: `OrganizationNotFound`.
     async fn list_members(

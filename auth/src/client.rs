@@ -71,6 +71,17 @@ impl AuthApi for HttpAuthClient {
         self.remote.get("/v1/organizations").bearer(&principal.credential).query(&page).fetch().await
     }
 
+    async fn organization_role(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+    ) -> Result<Role, AuthError> {
+        let path = format!("/v1/organizations/{organization_id}/role");
+        let answer: OrganizationRole =
+            self.remote.get(&path).bearer(&principal.credential).fetch::<_, AuthError>().await?;
+        Ok(answer.role)
+    }
+
     async fn list_members(
         &self,
         principal: &Principal,

@@ -24,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     Resource::new("/v1/auth/me").get(me).register(cfg);
     Resource::new("/v1/auth/principal").get(principal).register(cfg);
     Resource::new("/v1/organizations").get(list_organizations).post(create_organization).register(cfg);
+    Resource::new("/v1/organizations/{org_id}/role").get(organization_role).register(cfg);
     Resource::new("/v1/organizations/{org_id}/members").get(list_members).post(add_member).register(cfg);
     Resource::new("/v1/organizations/{org_id}/members/{user_id}")
         .patch(update_member)
@@ -44,6 +45,7 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
     ("principal", &[]),
     ("create_organization", &["validation_failed", "session_required"]),
     ("list_organizations", &["validation_failed"]),
+    ("organization_role", &["organization_not_found"]),
     ("list_members", &["validation_failed", "organization_not_found"]),
     (
         "add_member",
@@ -81,11 +83,11 @@ pub fn document() -> utoipa::openapi::OpenApi {
 #[openapi(
     paths(
         signup, login, logout, change_password, me, principal, create_organization, list_organizations,
-        list_members, add_member, update_member, remove_member, create_api_key, list_api_keys, revoke_api_key
+        organization_role, list_members, add_member, update_member, remove_member, create_api_key, list_api_keys, revoke_api_key
     ),
     components(schemas(
         SignupRequest, SignupResponse, LoginRequest, LoginResponse, ChangePasswordRequest,
-        MeResponse, Principal, User, Organization, Membership, Member, Role, KeyIdentity,
+        MeResponse, Principal, User, Organization, Membership, Member, Role, OrganizationRole, KeyIdentity,
         CreateOrganizationRequest, AddMemberRequest, UpdateMemberRequest, CreateApiKeyRequest, CreatedApiKey, ApiKey,
         Page<Membership>, Page<Member>, Page<ApiKey>
     )),
@@ -182,6 +184,20 @@ async fn list_members(
     page: Query<PageRequest>,
 ) -> Result<HttpResponse, AuthError> {
     Ok(HttpResponse::Ok().json(api.list_members(&caller.0, path.into_inner(), page.into_inner()).await?))
+}
+
+/// The role the caller acts with in the organization (other domains check permissions with it).
+#[utoipa::path(get, path = "/v1/organizations/{org_id}/role", tag = "organizations", security(("bearer" = [])),
+    params(("org_id" = OrganizationId, Path)), responses(
+    (status = 200, description = "The caller's role.", body = OrganizationRole),
+))]
+async fn organization_role(
+    api: Api,
+    caller: Caller,
+    path: web::Path<OrganizationId>,
+) -> Result<HttpResponse, AuthError> {
+    let role = api.organization_role(&caller.0, path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(OrganizationRole { role }))
 }
 
 /// Add an existing account to the organization (owners and admins).

@@ -569,6 +569,15 @@ impl AuthApi for AuthService {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id))]
+    async fn organization_role(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+    ) -> Result<Role, AuthError> {
+        Ok(self.access(principal, organization_id).await?.role())
+    }
+
     #[tracing::instrument(skip_all, fields(user.id, organization.id))]
     async fn create_organization(
         &self,

@@ -274,6 +274,9 @@ mod tests {
         async fn list_organizations(&self, _: &Principal, _: PageRequest) -> Result<Page<Membership>, AuthError> {
             nope()
         }
+        async fn organization_role(&self, _: &Principal, _: OrganizationId) -> Result<Role, AuthError> {
+            nope()
+        }
         async fn list_members(
             &self,
             _: &Principal,

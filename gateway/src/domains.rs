@@ -7,6 +7,8 @@ use crate::config::register_domains;
 register_domains! {
     /// `[auth]`, `KEEL_AUTH__*`: accounts, sessions, organizations, API keys.
     auth: auth::AuthConfig => auth::AuthModule,
+    /// `[billing]`, `KEEL_BILLING__*`: plans, credits on a ledger, budget holds, usage, invoices.
+    billing: billing::BillingConfig => billing::BillingModule,
     /// `[inference]`, `KEEL_INFERENCE__*`: OpenAI-compatible model calls through configured providers.
     inference: inference::InferenceConfig => inference::InferenceModule,
 }

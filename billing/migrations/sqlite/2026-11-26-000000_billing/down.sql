@@ -1,0 +1,12 @@
+DROP TABLE invoices;
+DROP TABLE idempotency_keys;
+DROP TABLE credit_grants;
+DROP TABLE subscriptions;
+DROP TABLE usage_daily;
+DROP TABLE usage_events;
+DROP TABLE budget_usage;
+DROP TABLE budgets;
+DROP TABLE holds;
+DROP TABLE entries;
+DROP TABLE transfers;
+DROP TABLE accounts;

@@ -1,0 +1,121 @@
+//! The billing domain as the gateway registers it.
+
+use crate::api::BillingApi;
+use crate::client::HttpBillingClient;
+use crate::config::BillingConfig;
+use crate::service::BillingService;
+use crate::store;
+use actix_web::web;
+use async_trait::async_trait;
+use auth::AuthApi;
+use shared::Secret;
+use shared::config::DatabaseOverride;
+use shared::db::Db;
+use shared::module::{BoxError, Component, Contracts, Migrations, Module, Platform};
+use std::sync::Arc;
+
+/// The billing domain, configured (`[billing]`, `KEEL_BILLING__*`).
+#[derive(Debug, Clone, Default)]
+pub struct BillingModule {
+    config: BillingConfig,
+}
+
+impl BillingModule {
+    pub fn new(config: BillingConfig) -> Self {
+        Self { config }
+    }
+}
+
+/// The built domain: its contract, the service token its metering routes accept, and, in
+/// process, its job queue.
+struct BillingComponent {
+    api: Arc<dyn BillingApi>,
+    service_token: ServiceToken,
+    service: Option<BillingService>,
+}
+
+/// The token of the metering routes (`/internal/billing/…`), as app data.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceToken(pub Option<Secret>);
+
+#[async_trait]
+impl Component for BillingComponent {
+    fn provide(&self, contracts: &mut Contracts) {
+        contracts.provide(self.api.clone());
+    }
+
+    fn app_data(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::from(self.api.clone()));
+        cfg.app_data(web::Data::new(self.service_token.clone()));
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.api.ready().await.map_err(|e| e.to_string())
+    }
+
+    fn jobs(&self) -> Option<(shared::jobs::Jobs, shared::jobs::Registry)> {
+        let service = self.service.as_ref()?;
+        match crate::jobs::registry(service) {
+            Ok(registry) => Some((service.jobs().clone(), registry)),
+            Err(e) => {
+                tracing::error!(error = %e, "billing jobs could not be registered");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Module for BillingModule {
+    fn name(&self) -> &'static str {
+        crate::DOMAIN
+    }
+
+    fn remote_url(&self) -> Option<&Secret> {
+        self.config.url.as_ref()
+    }
+
+    fn database(&self) -> &DatabaseOverride {
+        &self.config.database
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.config.validate()
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations { postgres: store::POSTGRES_MIGRATIONS, sqlite: store::SQLITE_MIGRATIONS }
+    }
+
+    async fn build_local(
+        &self,
+        db: Db,
+        platform: &Platform,
+        contracts: &Contracts,
+    ) -> Result<Arc<dyn Component>, BoxError> {
+        let auth = contracts.require::<dyn AuthApi>(crate::DOMAIN)?;
+        let service = BillingService::new(db, self.config.clone(), platform, auth);
+        Ok(Arc::new(BillingComponent {
+            api: Arc::new(service.clone()),
+            service_token: ServiceToken(self.config.service_token.clone()),
+            service: Some(service),
+        }))
+    }
+
+    fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
+        let client = HttpBillingClient::new(url, self.config.service_token.clone(), &platform.remote)?;
+        Ok(Arc::new(BillingComponent {
+            api: Arc::new(client),
+            service_token: ServiceToken(self.config.service_token.clone()),
+            service: None,
+        }))
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        crate::http::document()
+    }
+
+    fn routes(&self, cfg: &mut web::ServiceConfig) {
+        crate::http::configure(cfg);
+    }
+}
