@@ -6,6 +6,7 @@ use crate::config::InferenceConfig;
 use crate::service::InferenceService;
 use actix_web::web;
 use async_trait::async_trait;
+use billing::BillingApi;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::Secret;
 use shared::config::DatabaseOverride;
@@ -55,8 +56,15 @@ impl Module for InferenceModule {
         Migrations { postgres: POSTGRES_MIGRATIONS, sqlite: SQLITE_MIGRATIONS }
     }
 
-    async fn build_local(&self, _db: Db, platform: &Platform, _: &Contracts) -> Result<Arc<dyn Component>, BoxError> {
-        let service = InferenceService::new(&self.config, platform.metrics.inference())?;
+    async fn build_local(
+        &self,
+        _db: Db,
+        platform: &Platform,
+        contracts: &Contracts,
+    ) -> Result<Arc<dyn Component>, BoxError> {
+        let billing = contracts.require::<dyn BillingApi>(crate::DOMAIN)?;
+        let service =
+            InferenceService::new(&self.config, platform.metrics.inference(), billing, platform.rate_limiter.clone())?;
         Ok(contract(Arc::new(service)))
     }
 

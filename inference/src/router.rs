@@ -45,11 +45,16 @@ impl Deployment {
         self.max_concurrency.saturating_sub(self.permits.available_permits() as u32)
     }
 
-    /// The cost of `input` and `output` tokens, in nano-units, rounded up.
-    pub(crate) fn cost_nanos(&self, input: u64, output: u64) -> u64 {
-        let cost = u128::from(input) * u128::from(self.input_nanos_per_million)
-            + u128::from(output) * u128::from(self.output_nanos_per_million);
-        u64::try_from(cost.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    /// The deployment's prices, as billing computes costs with them.
+    pub(crate) fn price(&self) -> billing::ModelPrice {
+        billing::ModelPrice {
+            input_price_per_mtok: billing::Money::nanos(
+                i64::try_from(self.input_nanos_per_million).unwrap_or(i64::MAX),
+            ),
+            output_price_per_mtok: billing::Money::nanos(
+                i64::try_from(self.output_nanos_per_million).unwrap_or(i64::MAX),
+            ),
+        }
     }
 }
 

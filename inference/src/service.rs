@@ -17,8 +17,10 @@ use crate::router::{Deployment, ModelEntry, Router, Upstream};
 use crate::tokens;
 use async_trait::async_trait;
 use auth::{Principal, PrincipalKind};
+use billing::{BillingApi, BillingError, HoldId, Money, ReserveRequest, SettleRequest, UsageRecord};
 use bytes::Bytes;
 use futures_util::stream;
+use shared::ratelimit::{Quota, RateKey, RateLimiter, Subject};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -43,10 +45,117 @@ impl std::fmt::Debug for InferenceService {
 
 struct Inner {
     router: Router,
+    billing: Arc<dyn BillingApi>,
+    limiter: Arc<dyn RateLimiter>,
     retry: RetryConfig,
     default_max_output_tokens: u32,
+    /// How long a hold lives: the longest call, plus a minute for the settlement.
+    hold_ttl: Duration,
     /// Unix seconds of the start: the `created` of configured models.
     created: i64,
+}
+
+fn hold_ttl(config: &InferenceConfig) -> Duration {
+    let longest = config.providers.values().map(|p| p.total_timeout_ms).max().unwrap_or(0);
+    Duration::from_millis(longest) + Duration::from_secs(60)
+}
+
+fn billing_error(error: BillingError) -> InferenceError {
+    match error {
+        BillingError::BudgetExceeded { .. } => InferenceError::InsufficientQuota,
+        BillingError::Unavailable(cause) => InferenceError::Unavailable(format!("billing: {cause}")),
+        other => InferenceError::Internal(format!("billing: {other}")),
+    }
+}
+
+/// A call admitted by billing: settles its hold with the usage exactly once, or releases it
+/// when dropped unsettled (the call failed before any answer, or was cancelled).
+struct Admission {
+    billing: Arc<dyn BillingApi>,
+    organization_id: auth::OrganizationId,
+    api_key_id: Option<auth::ApiKeyId>,
+    /// The public model name, as usage is reported.
+    model: String,
+    /// The idempotency key of the hold and the settlement.
+    request_id: String,
+    hold: Option<HoldId>,
+    closed: bool,
+}
+
+impl Admission {
+    /// Settles the hold with `usage` (or, with no hold, records the usage), in the background
+    /// with retries: idempotent by the request id, so a retry never charges twice.
+    fn settle(&mut self, input_tokens: u64, output_tokens: u64, cost: Money) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let usage = UsageRecord {
+            request_id: self.request_id.clone(),
+            model: self.model.clone(),
+            api_key_id: self.api_key_id,
+            input_tokens,
+            output_tokens,
+            cost,
+        };
+        let billing = self.billing.clone();
+        let hold = self.hold;
+        let organization_id = self.organization_id;
+        spawn_with_retries("settle", move || {
+            let billing = billing.clone();
+            let usage = usage.clone();
+            async move {
+                match hold {
+                    Some(hold_id) => billing.settle(SettleRequest { hold_id, usage }).await.map(drop),
+                    None => {
+                        billing.record_usage(billing::RecordUsageRequest { organization_id, usage }).await.map(drop)
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        if let Some(hold) = self.hold {
+            let billing = self.billing.clone();
+            spawn_with_retries("release", move || {
+                let billing = billing.clone();
+                async move { billing.release(hold).await }
+            });
+        }
+    }
+}
+
+/// Runs a billing call in the background, retrying while billing is unavailable (5 attempts,
+/// backoff from 100 ms); other errors are logged.
+fn spawn_with_retries<F, Fut>(what: &'static str, call: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), BillingError>> + Send,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(billing.call = what, "no runtime to settle on");
+        return;
+    };
+    runtime.spawn(async move {
+        for attempt in 0..5u32 {
+            match call().await {
+                Ok(()) => return,
+                Err(BillingError::Unavailable(cause)) if attempt < 4 => {
+                    tracing::warn!(billing.call = what, error.cause = %cause, "billing unavailable; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(error) => {
+                    tracing::error!(billing.call = what, error.cause = %error, "billing call failed");
+                    return;
+                }
+            }
+        }
+    });
 }
 
 fn now_secs() -> i64 {
@@ -54,13 +163,22 @@ fn now_secs() -> i64 {
 }
 
 impl InferenceService {
-    pub fn new(config: &InferenceConfig, metrics: &InferenceMetrics) -> Result<Self, String> {
+    /// The service over `billing` (limits, holds, settlements) and the platform's `limiter`.
+    pub fn new(
+        config: &InferenceConfig,
+        metrics: &InferenceMetrics,
+        billing: Arc<dyn BillingApi>,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Result<Self, String> {
         let router = Router::new(config, metrics)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 router,
+                billing,
+                limiter,
                 retry: config.retry.clone(),
                 default_max_output_tokens: config.default_max_output_tokens,
+                hold_ttl: hold_ttl(config),
                 created: now_secs(),
             }),
         })
@@ -84,6 +202,76 @@ impl InferenceService {
             return Err(InferenceError::validation("model", format!("`{name}` is {what}.")));
         }
         Ok(model.clone())
+    }
+
+    /// Admits a call before any provider is asked: the plan allows the model, the plan's
+    /// requests and tokens per minute (per key and per organization, through the platform
+    /// limiter) have room, and a hold covers the estimated cost (`insufficient_quota` if not).
+    async fn admit(
+        &self,
+        caller: &Principal,
+        model: &ModelEntry,
+        prompt_estimate: u64,
+        output_cap: u64,
+    ) -> Result<Admission, InferenceError> {
+        let org = Self::organization(caller)?;
+        let billing = &self.inner.billing;
+        let limits = billing.limits(org).await.map_err(billing_error)?;
+        if !limits.allows_model(&model.name) {
+            return Err(InferenceError::ModelNotAllowed(model.name.clone()));
+        }
+        let tokens = prompt_estimate + output_cap;
+        let key = caller.api_key_id.map(|k| k.to_string()).unwrap_or_default();
+        let checks = [
+            ("inference_requests", "requests per minute", limits.requests_per_minute, 1),
+            (
+                "inference_tokens",
+                "tokens per minute",
+                u32::try_from(limits.tokens_per_minute).unwrap_or(u32::MAX),
+                tokens,
+            ),
+        ];
+        for (class, what, limit, cost) in checks {
+            let quota = Quota { limit, period_secs: 60 };
+            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+            for subject in [Subject::ApiKey(key.clone()), Subject::Organization(org.to_string())] {
+                let decision = self.inner.limiter.check(&RateKey::new(class, subject), quota, cost).await;
+                if !decision.allowed {
+                    let retry_after_secs = decision.retry_after.map_or(60, |d| d.as_secs_f64().ceil() as u64).max(1);
+                    return Err(InferenceError::RateLimited { limit: what.into(), retry_after_secs });
+                }
+            }
+        }
+        let amount = model
+            .deployments
+            .iter()
+            .map(|d| billing::cost_of(&d.price(), prompt_estimate, output_cap))
+            .max()
+            .unwrap_or(Money::ZERO);
+        let request_id = shared::request_id::current().unwrap_or_else(|| new_id("req"));
+        let mut admission = Admission {
+            billing: billing.clone(),
+            organization_id: org,
+            api_key_id: caller.api_key_id,
+            model: model.name.clone(),
+            request_id,
+            hold: None,
+            closed: false,
+        };
+        if amount > Money::ZERO {
+            let hold = billing
+                .reserve(ReserveRequest {
+                    organization_id: org,
+                    api_key_id: caller.api_key_id,
+                    amount,
+                    idempotency_key: admission.request_id.clone(),
+                    ttl: self.inner.hold_ttl,
+                })
+                .await
+                .map_err(billing_error)?;
+            admission.hold = Some(hold.id);
+        }
+        Ok(admission)
     }
 
     /// Checks what Keel relies on; returns the output cap used for the estimate.
@@ -247,13 +435,23 @@ struct Meter {
     /// The text generated so far (streams), counted when the provider reports no usage.
     generated: String,
     usage: Option<Usage>,
+    admission: Admission,
     done: bool,
 }
 
 impl Meter {
-    fn new(deployment: Arc<Deployment>, messages: Vec<ChatMessage>, started: Instant) -> Self {
+    fn new(deployment: Arc<Deployment>, messages: Vec<ChatMessage>, started: Instant, admission: Admission) -> Self {
         let count_model = deployment.upstream_model.clone();
-        Self { deployment, count_model, messages, started, generated: String::new(), usage: None, done: false }
+        Self {
+            deployment,
+            count_model,
+            messages,
+            started,
+            generated: String::new(),
+            usage: None,
+            admission,
+            done: false,
+        }
     }
 
     /// The usage to bill: the provider's, else counted from the prompt and what was generated.
@@ -275,7 +473,9 @@ impl Meter {
         }
         self.done = true;
         let d = &self.deployment;
-        let cost = d.cost_nanos(usage.prompt_tokens, usage.completion_tokens);
+        let cost = billing::cost_of(&d.price(), usage.prompt_tokens, usage.completion_tokens);
+        self.admission.settle(usage.prompt_tokens, usage.completion_tokens, cost);
+        let cost = u64::try_from(cost.as_nanos()).unwrap_or(0);
         d.metrics.finished(ok, usage.prompt_tokens, usage.completion_tokens, cost, self.started.elapsed());
         tracing::info!(
             inference.deployment = %d.label,
@@ -475,7 +675,9 @@ impl InferenceApi for InferenceService {
             return Err(InferenceError::validation("stream", "Use chat_stream for a streamed answer."));
         }
         let model = self.model(&request.model, ModelKind::Chat)?;
-        self.validate_chat(&model, &request)?;
+        let output_cap = self.validate_chat(&model, &request)?;
+        let admission =
+            self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
         let public = std::mem::take(&mut request.model);
         let public = &public;
         let (response, deployment, _permit, waited) = self
@@ -497,7 +699,7 @@ impl InferenceApi for InferenceService {
                 }
             })
             .await?;
-        let mut meter = Meter::new(deployment.clone(), std::mem::take(&mut request.messages), started);
+        let mut meter = Meter::new(deployment.clone(), std::mem::take(&mut request.messages), started, admission);
         meter.deployment.metrics.first_token(started.elapsed());
         meter.usage = response.usage.clone();
         if meter.usage.as_ref().is_none_or(|u| u.prompt_tokens + u.completion_tokens == 0) {
@@ -518,7 +720,9 @@ impl InferenceApi for InferenceService {
         let started = Instant::now();
         Self::organization(caller)?;
         let model = self.model(&request.model, ModelKind::Chat)?;
-        self.validate_chat(&model, &request)?;
+        let output_cap = self.validate_chat(&model, &request)?;
+        let admission =
+            self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
         request.stream = Some(true);
         // Always ask the provider for usage; the caller sees it only if it asked.
         let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
@@ -576,7 +780,7 @@ impl InferenceApi for InferenceService {
                 let mut forward = Forward {
                     source,
                     pending: None,
-                    meter: Meter::new(deployment.clone(), messages, started),
+                    meter: Meter::new(deployment.clone(), messages, started, admission),
                     finished: false,
                     first_token_seen: false,
                     ended: false,
@@ -589,7 +793,7 @@ impl InferenceApi for InferenceService {
         let forward = Forward {
             source,
             pending,
-            meter: Meter::new(deployment, messages, started),
+            meter: Meter::new(deployment, messages, started, admission),
             finished: false,
             first_token_seen: false,
             ended: false,
@@ -615,6 +819,8 @@ impl InferenceApi for InferenceService {
         if empty {
             return Err(InferenceError::validation("input", "`input` must not be empty."));
         }
+        let estimate = request.texts().iter().map(|t| tokens::estimate(t)).sum::<u64>() + request.input_token_ids();
+        let admission = self.admit(caller, &model, estimate, 0).await?;
         request.model.clear();
         let (response, deployment, _permit, waited) = self
             .attempts(&model, started, |deployment, deadline| {
@@ -636,7 +842,7 @@ impl InferenceApi for InferenceService {
                 }
             })
             .await?;
-        let mut meter = Meter::new(deployment.clone(), Vec::new(), started);
+        let mut meter = Meter::new(deployment.clone(), Vec::new(), started, admission);
         let prompt = if response.usage.prompt_tokens > 0 {
             response.usage.prompt_tokens
         } else {
@@ -649,15 +855,30 @@ impl InferenceApi for InferenceService {
     }
 
     async fn models(&self, caller: &Principal) -> Result<ModelList, InferenceError> {
-        Self::organization(caller)?;
-        let mut data: Vec<Model> = self.inner.router.models.values().map(|m| self.describe(m)).collect();
+        let org = Self::organization(caller)?;
+        let limits = self.inner.billing.limits(org).await.map_err(billing_error)?;
+        let mut data: Vec<Model> = self
+            .inner
+            .router
+            .models
+            .values()
+            .filter(|m| limits.allows_model(&m.name))
+            .map(|m| self.describe(m))
+            .collect();
         data.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(ModelList { object: "list".into(), data })
     }
 
     async fn model(&self, caller: &Principal, id: &str) -> Result<Model, InferenceError> {
-        Self::organization(caller)?;
-        let model = self.inner.router.models.get(id).ok_or_else(|| InferenceError::ModelNotFound(id.to_owned()))?;
+        let org = Self::organization(caller)?;
+        let limits = self.inner.billing.limits(org).await.map_err(billing_error)?;
+        let model = self
+            .inner
+            .router
+            .models
+            .get(id)
+            .filter(|m| limits.allows_model(&m.name))
+            .ok_or_else(|| InferenceError::ModelNotFound(id.to_owned()))?;
         Ok(self.describe(model))
     }
 

@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use billing::Money;
+use billing::config::PlanConfig;
+use futures_util::StreamExt;
 use gateway::GatewayConfig;
 use inference::config::{DeploymentConfig, ModelConfig, ModelKind, ProviderConfig};
 use serde_json::{Value, json};
@@ -61,25 +64,48 @@ fn config(database: &TestDatabase, fake: &FakeOpenAi) -> GatewayConfig {
     );
     inference.retry.base_backoff_ms = 10;
     inference.retry.max_backoff_ms = 50;
+    // The plan every test organization subscribes to: room enough for the tests' traffic.
+    config.billing.plans.insert(
+        "test".into(),
+        PlanConfig {
+            name: "Test".into(),
+            included_credit: Money::units(1_000),
+            requests_per_minute: 100_000,
+            tokens_per_minute: 100_000_000,
+            ..PlanConfig::default()
+        },
+    );
     config
 }
 
-/// Signs up and creates an API key: (session token, API key).
-async fn credentials(api: &Client) -> (String, String) {
+/// Signs up, subscribes the organization to the `test` plan (its credit is granted then) and
+/// creates an API key: (session token, API key, organization id).
+async fn credentials(api: &Client) -> (String, String, String) {
     let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
     let reply = api.post("/v1/auth/signup", None, &json!({"email": email, "password": PASSWORD})).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     let session = reply.body["token"].as_str().unwrap().to_owned();
     let org = reply.body["organization"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/organizations/{org}/subscription");
+    let reply = api.json(reqwest::Method::PUT, &path, Some(&session), &json!({"plan": "test"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = api.post(&format!("/v1/organizations/{org}/api-keys"), Some(&session), &json!({"name": "k"})).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
-    (session, reply.body["key"].as_str().unwrap().to_owned())
+    (session, reply.body["key"].as_str().unwrap().to_owned(), org)
+}
+
+/// The organization's balance: (available, held, spent) in nano-units.
+async fn balance(api: &Client, session: &str, org: &str) -> (i64, i64, i64) {
+    let reply = api.get(&format!("/v1/organizations/{org}/billing/balance"), Some(session)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let field = |name: &str| reply.body[name].as_i64().unwrap();
+    (field("available"), field("held"), field("spent"))
 }
 
 async fn start(config: GatewayConfig) -> (TestGateway, Client, String, String) {
     let gateway = TestGateway::start(config, None).await;
     let api = gateway.client();
-    let (session, key) = credentials(&api).await;
+    let (session, key, _) = credentials(&api).await;
     (gateway, api, session, key)
 }
 
@@ -307,5 +333,204 @@ async fn every_fault_of_the_upstream_is_a_clean_error_within_its_deadline() {
     fake.script([Behavior::Malformed, Behavior::Malformed, Behavior::Malformed]);
     let (status, _) = events(&api, &key, &chat(true)).await;
     assert_eq!(status, 503);
+    gateway.stop().await;
+}
+
+/// The price of `input` and `output` tokens at the test deployments' prices (1 and 2 units per
+/// million tokens), in nano-units.
+fn cost(input: i64, output: i64) -> i64 {
+    input * 1_000 + output * 2_000
+}
+
+#[tokio::test]
+async fn a_budget_race_never_spends_beyond_the_bound_and_rejected_calls_never_reach_the_provider() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 3, delay: Duration::from_millis(50), usage: true }).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    // Credit for a few holds only: a hold is 10 prompt tokens (estimated) + max_tokens 10.
+    config.billing.plans.get_mut("test").unwrap().included_credit = Money::nanos(100_000);
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    let mut body = chat(false);
+    body["max_tokens"] = json!(10);
+    let hold = cost(10, 10);
+    let calls = (0..200).map(|_| {
+        let (api, key, body) = (api.clone(), key.clone(), body.clone());
+        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &body).await })
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let mut ok = 0;
+    for reply in replies {
+        let reply = reply.unwrap();
+        match reply.status {
+            200 => ok += 1,
+            _ => {
+                reply.assert_error(429, "insufficient_quota");
+                assert_eq!(reply.body["error"]["type"], "insufficient_quota");
+            }
+        }
+    }
+    assert!(ok >= 1, "some calls fit the budget");
+    assert_eq!(fake.requests(), ok, "a refused call never reaches the provider");
+
+    // Every call settles with the provider's usage (7 + 3 tokens); nothing stays held.
+    let settled = async {
+        loop {
+            let (_, held, spent) = balance(&api, &session, &org).await;
+            if held == 0 && spent == ok as i64 * cost(7, 3) {
+                return spent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every hold settled");
+    assert!(spent <= 100_000 + hold, "spent {spent} beyond the credit and one hold");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_and_pays_for_what_it_got() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 30, delay: Duration::from_millis(150), usage: true }).await;
+    let database = database(&backend());
+    let gateway = TestGateway::start(config(&database, &fake), None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+    let (_, _, spent_before) = balance(&api, &session, &org).await;
+
+    let response =
+        api.request(reqwest::Method::POST, "/v1/chat/completions", Some(&key)).json(&chat(true)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 3 {
+        text.push_str(std::str::from_utf8(&body.next().await.unwrap().unwrap()).unwrap());
+    }
+    let received = text.matches(WORD).count();
+    assert_eq!(received, 3, "{text}");
+    drop(body);
+
+    // The provider sees the cancellation within a chunk or two (it writes one every 150 ms).
+    let cancelled = async {
+        while fake.cancelled() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(5), cancelled).await;
+    assert!(waited.is_ok(), "the upstream request was not cancelled: {} chunks sent", fake.chunks_sent());
+    assert!(fake.chunks_sent() < 30);
+
+    // Billed: the prompt (8 tokens with the chat format, counted by tiktoken: the provider's usage
+    // never came) and the chunks the gateway forwarded before it saw the client go. actix notices
+    // a closed connection only when a write to it fails, so the chunks in flight by then (at most
+    // two here) are billed too: they were generated and sent.
+    let billed = async {
+        loop {
+            let (_, held, spent) = balance(&api, &session, &org).await;
+            if held == 0 && spent > spent_before {
+                return spent - spent_before;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let billed = tokio::time::timeout(Duration::from_secs(5), billed).await.expect("the call was settled");
+    let output = (billed - cost(8, 0)) / 2_000;
+    assert_eq!(billed, cost(8, output), "{billed}");
+    assert!((3..=5).contains(&output), "billed {output} output tokens for {received} received");
+    assert!(output as usize <= fake.chunks_sent(), "never more than the provider generated");
+    let metrics = api.get("/metrics", None).await;
+    let line = format!(
+        "keel_inference_tokens_total{{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"}} {output}"
+    );
+    assert!(metrics.body.as_str().unwrap().contains(&line), "{line}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_deployment_falls_back_then_its_circuit_opens() {
+    let broken = FakeOpenAi::start(Behavior::Status { status: 500, retry_after: None }).await;
+    let healthy = FakeOpenAi::start(Behavior::answer(1)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &healthy);
+    config.inference.providers.insert("broken".into(), provider(&broken));
+    let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
+    model.deployments = vec![deployment("broken", "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
+    model.deployments[0].weight = 100;
+    config.inference.circuit.failure_threshold = 3;
+    config.inference.circuit.open_ms = 60_000;
+    let (gateway, api, _, key) = start(config).await;
+
+    for _ in 0..20 {
+        let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(broken.requests(), 3, "the circuit opened after 3 failures and stays open");
+    assert_eq!(healthy.requests(), 20);
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains("keel_inference_circuit_state{model=\"gpt-4o-mini\",deployment=\"broken/gpt-4o-mini\"} 1"),
+        "{text}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.inference.providers.get_mut("fake").unwrap().max_concurrency = 4;
+    config.inference.providers.get_mut("fake").unwrap().first_token_timeout_ms = 5_000;
+    let (gateway, api, _, key) = start(config).await;
+
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let (api, key) = (api.clone(), key.clone());
+            tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
+        })
+        .collect();
+    while fake.requests() < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The fifth call finds the bulkhead full: 503 overloaded with Retry-After, at once.
+    let t0 = Instant::now();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(503, "overloaded");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert_eq!(fake.requests(), 4);
+
+    // The other routes answer as fast as ever while the provider is slow.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let reply = api.get("/v1/auth/me", Some(&key)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        slowest = slowest.max(t0.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(250), "{slowest:?}");
+    for call in slow {
+        assert_eq!(call.await.unwrap().status, 200);
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_plan_sees_and_calls_only_its_models() {
+    let fake = FakeOpenAi::start(Behavior::answer(1)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.billing.plans.get_mut("test").unwrap().allowed_models = vec!["echo".into()];
+    let (gateway, api, _, key) = start(config).await;
+    let reply = api.get("/v1/models", Some(&key)).await;
+    assert_eq!(reply.body["data"].as_array().unwrap().len(), 1, "{}", reply.body);
+    assert_eq!(reply.body["data"][0]["id"], "echo");
+    api.get("/v1/models/gpt-4o-mini", Some(&key)).await.assert_error(404, "model_not_found");
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(403, "model_not_allowed");
+    assert_eq!(reply.body["error"]["param"], "model");
+    assert_eq!(fake.requests(), 0);
     gateway.stop().await;
 }
