@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn an_unknown_domain_is_a_usage_error_with_exit_code_2() {
-        let err = Cli::try_parse_from(["gateway", "serve", "--only", "billing"]).unwrap_err();
+        let err = Cli::try_parse_from(["gateway", "serve", "--only", "payments"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("auth"), "the error lists the known domains: {err}");

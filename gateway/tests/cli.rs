@@ -29,9 +29,9 @@ fn help_lists_the_commands() {
 
 #[test]
 fn an_unknown_domain_exits_with_2_and_names_the_known_ones() {
-    let (code, _, stderr) = run(gateway().args(["serve", "--only", "billing"]));
+    let (code, _, stderr) = run(gateway().args(["serve", "--only", "payments"]));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("billing") && stderr.contains("possible values: auth"), "{stderr}");
+    assert!(stderr.contains("payments") && stderr.contains("possible values: auth"), "{stderr}");
 }
 
 #[test]

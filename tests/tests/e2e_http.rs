@@ -494,6 +494,30 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("get", "/v1/organizations/{org_id}/api-keys"),
         ("post", "/v1/organizations/{org_id}/api-keys"),
         ("delete", "/v1/organizations/{org_id}/api-keys/{key_id}"),
+        ("get", "/v1/organizations/{org_id}/role"),
+        // billing
+        ("get", "/v1/plans"),
+        ("get", "/v1/organizations/{org_id}/subscription"),
+        ("put", "/v1/organizations/{org_id}/subscription"),
+        ("post", "/v1/organizations/{org_id}/billing/credits"),
+        ("get", "/v1/organizations/{org_id}/billing/budgets"),
+        ("put", "/v1/organizations/{org_id}/billing/budgets"),
+        ("put", "/v1/organizations/{org_id}/billing/budgets/api-keys/{key_id}"),
+        ("get", "/v1/organizations/{org_id}/billing/balance"),
+        ("get", "/v1/organizations/{org_id}/billing/usage"),
+        ("get", "/v1/organizations/{org_id}/billing/ledger"),
+        ("get", "/v1/organizations/{org_id}/billing/invoices"),
+        ("get", "/v1/organizations/{org_id}/billing/invoices/{invoice_id}"),
+        ("post", "/internal/billing/reserve"),
+        ("post", "/internal/billing/settle"),
+        ("post", "/internal/billing/holds/{hold_id}/release"),
+        ("post", "/internal/billing/usage"),
+        ("get", "/internal/billing/limits/{org_id}"),
+        // inference
+        ("post", "/v1/chat/completions"),
+        ("post", "/v1/embeddings"),
+        ("get", "/v1/models"),
+        ("get", "/v1/models/{model}"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -530,7 +554,8 @@ backend_tests! {
             ThrottleConfig { window_secs: 900, max_failures_per_account: 100, max_failures_per_ip: ip_limit };
         let a = TestGateway::start(a_config, Some(&[auth::DOMAIN])).await;
 
-        // B: every route, auth through A. Its database URL points nowhere: B must not use one.
+        // B: every route, auth through A. Its database URL points nowhere: B must not use one for
+        // auth. Billing and inference run in B, on the test database.
         let mut b_config = GatewayConfig::default();
         b_config.http.addr = "127.0.0.1:0".into();
         b_config.http.workers = 2;
@@ -538,6 +563,8 @@ backend_tests! {
         b_config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         b_config.database.url = "postgres://nobody@127.0.0.1:1/nothing".into();
         b_config.auth.url = Some(a.url().into());
+        b_config.billing.database.url = Some(database.config().url.clone());
+        b_config.inference.database.url = Some(database.config().url.clone());
         let b = TestGateway::start(b_config, None).await;
         let (via_a, via_b) = (a.client(), b.client());
 

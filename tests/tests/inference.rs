@@ -534,3 +534,46 @@ async fn a_plan_sees_and_calls_only_its_models() {
     assert_eq!(fake.requests(), 0);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_gateway_whose_inference_is_remote_answers_the_same() {
+    let fake = FakeOpenAi::start(Behavior::answer(2)).await;
+    let database = database(&backend());
+    let service = TestGateway::start(config(&database, &fake), None).await;
+    let mut front = config(&database, &fake);
+    front.inference.url = Some(shared::Secret::new(service.url()));
+    let front = TestGateway::start(front, None).await;
+    let api = front.client();
+    let (session, key, _) = credentials(&api).await;
+
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["choices"][0]["message"]["content"], WORD.repeat(2));
+    assert!(reply.header("x-keel-overhead-ms").is_some());
+    let mut body = chat(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, data) = events(&api, &key, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 4, "{data:?}");
+    assert_eq!(data[3], "[DONE]");
+    let reply = api.post("/v1/embeddings", Some(&key), &json!({"model": "embed", "input": "x"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api.get("/v1/models", Some(&key)).await;
+    assert_eq!(reply.body["data"].as_array().unwrap().len(), 3, "{}", reply.body);
+
+    // Errors come back as the same variants, hence the same envelopes.
+    api.get("/v1/models/gpt-9", Some(&key)).await.assert_error(404, "model_not_found");
+    let reply = api.post("/v1/chat/completions", Some(&key), &json!({"model": "gpt-4o-mini", "messages": []})).await;
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["param"], "messages");
+    api.post("/v1/chat/completions", Some(&session), &chat(false)).await.assert_error(403, "permission_denied");
+    fake.script(vec![Behavior::Status { status: 500, retry_after: None }; 3]);
+    api.post("/v1/chat/completions", Some(&key), &chat(false)).await.assert_error(503, "service_unavailable");
+    fake.script([Behavior::CutAfter(1)]);
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 2, "{data:?}");
+    assert!(data[1].contains("\"error\""), "{data:?}");
+    front.stop().await;
+    service.stop().await;
+}
