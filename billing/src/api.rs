@@ -187,6 +187,44 @@ pub struct Settlement {
     pub returned: Money,
 }
 
+/// Tops a lease up: a lease is a hold that a caller (`LeasedBilling`) draws many requests from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExtendLeaseRequest {
+    pub hold_id: HoldId,
+    /// Moved from available credit to the hold (positive); zero only pushes the expiry.
+    pub amount: Money,
+    /// The hold's new expiry, from now.
+    #[serde(with = "duration_ms", rename = "ttl_ms")]
+    #[schema(value_type = u64, rename = "ttl_ms")]
+    pub ttl: Duration,
+}
+
+/// Charges a batch of usage to a lease (a group commit), optionally closing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CommitLeaseRequest {
+    pub hold_id: HoldId,
+    /// Usage records; a request id recorded before is not charged again.
+    pub usage: Vec<UsageRecord>,
+    /// Return what is left of the lease to available credit and close it.
+    pub close: bool,
+    /// The lease's new expiry, from now, when it stays open.
+    #[serde(with = "duration_ms", rename = "ttl_ms")]
+    #[schema(value_type = u64, rename = "ttl_ms")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseCommitted {
+    pub hold_id: HoldId,
+    /// Charged by this commit (records seen before count zero).
+    pub charged: Money,
+    /// What is left of the lease (zero once closed).
+    pub remaining: Money,
+    /// Whether the lease is closed now (asked for, or it had expired: then the batch was
+    /// charged from available credit).
+    pub closed: bool,
+}
+
 /// Usage without a hold (internal jobs): charged straight from available credit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RecordUsageRequest {
@@ -418,6 +456,16 @@ pub trait BillingApi: Send + Sync {
 
     /// Charges usage without a hold, idempotent by `request_id`. Errors: `Validation`.
     async fn record_usage(&self, request: RecordUsageRequest) -> Result<Recorded, BillingError>;
+
+    /// Adds `amount` to an open hold used as a lease (same budget and credit checks as
+    /// `reserve`) and pushes its expiry. Errors: `HoldNotFound` (unknown or closed),
+    /// `BudgetExceeded`, `Validation`.
+    async fn extend_lease(&self, request: ExtendLeaseRequest) -> Result<Hold, BillingError>;
+
+    /// Charges a batch of usage to a lease in one transaction (idempotent by request id),
+    /// pushes its expiry or closes it. A lease already closed (expired) is charged from
+    /// available credit instead. Errors: `HoldNotFound`, `Validation`.
+    async fn commit_lease(&self, request: CommitLeaseRequest) -> Result<LeaseCommitted, BillingError>;
 
     /// The organization's plan limits (cached; invalidated when its plan changes).
     /// Errors: none beyond `Unavailable`/`Internal`.

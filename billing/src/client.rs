@@ -42,6 +42,14 @@ impl BillingApi for HttpBillingClient {
         self.remote.post("/internal/billing/usage").bearer(&self.service_token).json(&request).fetch().await
     }
 
+    async fn extend_lease(&self, request: ExtendLeaseRequest) -> Result<Hold, BillingError> {
+        self.remote.post("/internal/billing/leases/extend").bearer(&self.service_token).json(&request).fetch().await
+    }
+
+    async fn commit_lease(&self, request: CommitLeaseRequest) -> Result<LeaseCommitted, BillingError> {
+        self.remote.post("/internal/billing/leases/commit").bearer(&self.service_token).json(&request).fetch().await
+    }
+
     async fn limits(&self, organization_id: OrganizationId) -> Result<PlanLimits, BillingError> {
         let path = format!("/internal/billing/limits/{organization_id}");
         self.remote.get(&path).bearer(&self.service_token).fetch().await

@@ -32,6 +32,50 @@ pub struct BillingConfig {
     pub idempotency_retention_hours: u64,
     /// The cache of plan limits (invalidated on plan change).
     pub cache: CacheConfig,
+    /// The fast path other domains of this process use (`LeasedBilling`).
+    pub lease: LeaseConfig,
+}
+
+/// Caller-side leases and group commits (`[billing.lease]`; see docs/BILLING.md for the bounds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Give other domains of this process the leased path; false: every call is a transaction.
+    pub enabled: bool,
+    /// Settlements are written at most this long after they are acknowledged: what a
+    /// `kill -9` can lose.
+    pub flush_interval_ms: u64,
+    /// The most settlements one commit writes (the rest wait for the next flush).
+    pub max_batch: usize,
+    /// A lease's expiry, pushed forward by each commit: how long the credit of a crashed
+    /// process stays held before the sweeper returns it.
+    pub lease_ttl_ms: u64,
+    /// A lease unused this long (and with no request in flight) is returned.
+    pub idle_release_ms: u64,
+    /// A slice covers this much of the recent spend rate.
+    pub horizon_ms: u64,
+    /// The smallest and largest slice, in nano-units.
+    pub min_slice: Money,
+    pub max_slice: Money,
+    /// After a refused slice, how long the organization takes the direct path before trying
+    /// to lease again.
+    pub starved_retry_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            flush_interval_ms: 5,
+            max_batch: 2_000,
+            lease_ttl_ms: 30_000,
+            idle_release_ms: 2_000,
+            horizon_ms: 1_000,
+            min_slice: Money::units(1),
+            max_slice: Money::units(100),
+            starved_retry_ms: 1_000,
+        }
+    }
 }
 
 /// One plan (`[billing.plans.<id>]`). Amounts in nano-units.
@@ -75,6 +119,7 @@ impl Default for BillingConfig {
             sweep_interval_secs: 5,
             idempotency_retention_hours: 48,
             cache: CacheConfig::default(),
+            lease: LeaseConfig::default(),
         }
     }
 }
@@ -98,6 +143,16 @@ impl BillingConfig {
         check_range("billing.idempotency_retention_hours", self.idempotency_retention_hours, 24, 24 * 365)?;
         check_range("billing.cache.l1_max_entries", self.cache.l1_max_entries, 1, 100_000_000)?;
         check_range("billing.cache.l1_ttl_ms", self.cache.l1_ttl_ms, 1, 3_600_000)?;
+        let lease = &self.lease;
+        check_range("billing.lease.flush_interval_ms", lease.flush_interval_ms, 1, 10_000)?;
+        check_range("billing.lease.lease_ttl_ms", lease.lease_ttl_ms, 1_000, self.max_hold_ttl_ms)?;
+        check_range("billing.lease.idle_release_ms", lease.idle_release_ms, 1, lease.lease_ttl_ms / 2)?;
+        check_range("billing.lease.horizon_ms", lease.horizon_ms, 1, 3_600_000)?;
+        check_range("billing.lease.max_batch", lease.max_batch as u64, 1, 100_000)?;
+        check_range("billing.lease.starved_retry_ms", lease.starved_retry_ms, 1, 3_600_000)?;
+        if lease.min_slice <= Money::ZERO || lease.max_slice < lease.min_slice {
+            return Err("billing.lease: 0 < min_slice <= max_slice".into());
+        }
         Ok(())
     }
 

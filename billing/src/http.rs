@@ -42,6 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     Resource::new("/internal/billing/settle").post(settle).register(cfg);
     Resource::new("/internal/billing/holds/{hold_id}/release").post(release).register(cfg);
     Resource::new("/internal/billing/usage").post(record_usage).register(cfg);
+    Resource::new("/internal/billing/leases/extend").post(extend_lease).register(cfg);
+    Resource::new("/internal/billing/leases/commit").post(commit_lease).register(cfg);
     Resource::new("/internal/billing/limits/{org_id}").get(limits).register(cfg);
 }
 
@@ -63,6 +65,8 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
     ("settle", &["unauthenticated", "validation_failed", "hold_not_found"]),
     ("release", &["unauthenticated", "hold_not_found"]),
     ("record_usage", &["unauthenticated", "validation_failed"]),
+    ("extend_lease", &["unauthenticated", "validation_failed", "hold_not_found", "budget_exceeded"]),
+    ("commit_lease", &["unauthenticated", "validation_failed", "hold_not_found"]),
     ("limits", &["unauthenticated"]),
 ];
 
@@ -79,13 +83,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
     paths(
         list_plans, get_subscription, put_subscription, grant_credit, get_budgets, put_organization_budget,
         put_key_budget, get_balance, get_usage, get_ledger, list_invoices, get_invoice, reserve, settle, release,
-        record_usage, limits
+        record_usage, extend_lease, commit_lease, limits
     ),
     components(schemas(
         Money, Plan, Subscription, PutSubscriptionRequest, GrantCreditRequest, CreditGrant, Budget, Budgets,
         PutBudgetRequest, Balance, UsageGroupBy, UsageRow, UsageReport, AccountKind, LedgerEntry, InvoiceLine,
         Invoice, ReserveRequest, Hold, UsageRecord, SettleRequest, Settlement, RecordUsageRequest, Recorded,
-        PlanLimits, Page<LedgerEntry>, Page<Invoice>
+        PlanLimits, ExtendLeaseRequest, CommitLeaseRequest, LeaseCommitted, Page<LedgerEntry>, Page<Invoice>
     )),
     tags((name = "billing", description = "Plans, credits, budgets, usage and invoices"),
          (name = "metering", description = "The metering path other services call (service token)"))
@@ -282,6 +286,30 @@ async fn record_usage(
 ) -> Result<HttpResponse, BillingError> {
     require_service(&req)?;
     Ok(HttpResponse::Ok().json(api.record_usage(body.into_inner()).await?))
+}
+
+/// Top up a lease and push its expiry (service token).
+#[utoipa::path(post, path = "/internal/billing/leases/extend", tag = "metering", request_body = ExtendLeaseRequest,
+    responses((status = 200, description = "The lease.", body = Hold)))]
+async fn extend_lease(
+    api: Api,
+    req: HttpRequest,
+    body: Json<ExtendLeaseRequest>,
+) -> Result<HttpResponse, BillingError> {
+    require_service(&req)?;
+    Ok(HttpResponse::Ok().json(api.extend_lease(body.into_inner()).await?))
+}
+
+/// Charge a batch of usage to a lease, in one transaction (service token).
+#[utoipa::path(post, path = "/internal/billing/leases/commit", tag = "metering", request_body = CommitLeaseRequest,
+    responses((status = 200, description = "What was charged and what is left.", body = LeaseCommitted)))]
+async fn commit_lease(
+    api: Api,
+    req: HttpRequest,
+    body: Json<CommitLeaseRequest>,
+) -> Result<HttpResponse, BillingError> {
+    require_service(&req)?;
+    Ok(HttpResponse::Ok().json(api.commit_lease(body.into_inner()).await?))
 }
 
 /// The organization's plan limits (service token).

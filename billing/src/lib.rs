@@ -16,6 +16,8 @@ pub mod client;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod jobs;
+#[cfg(feature = "client")]
+pub mod lease;
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod module;
 #[cfg(feature = "server")]
@@ -34,6 +36,8 @@ pub use api::*;
 pub use client::HttpBillingClient;
 pub use config::BillingConfig;
 pub use error::BillingError;
+#[cfg(feature = "client")]
+pub use lease::LeasedBilling;
 #[cfg(all(feature = "server", feature = "client"))]
 pub use module::BillingModule;
 #[cfg(feature = "server")]

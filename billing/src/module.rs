@@ -29,7 +29,10 @@ impl BillingModule {
 /// The built domain: its contract, the service token its metering routes accept, and, in
 /// process, its job queue.
 struct BillingComponent {
+    /// What the routes serve: the service, or the remote client.
     api: Arc<dyn BillingApi>,
+    /// What the other domains of this process call: `api`, behind leases when enabled.
+    provided: Arc<dyn BillingApi>,
     service_token: ServiceToken,
     service: Option<BillingService>,
 }
@@ -41,7 +44,7 @@ pub struct ServiceToken(pub Option<Secret>);
 #[async_trait]
 impl Component for BillingComponent {
     fn provide(&self, contracts: &mut Contracts) {
-        contracts.provide(self.api.clone());
+        contracts.provide(self.provided.clone());
     }
 
     fn app_data(&self, cfg: &mut web::ServiceConfig) {
@@ -61,6 +64,18 @@ impl Component for BillingComponent {
                 tracing::error!(error = %e, "billing jobs could not be registered");
                 None
             }
+        }
+    }
+}
+
+impl BillingModule {
+    /// `api` behind caller-side leases when `billing.lease.enabled` (and a tokio runtime runs
+    /// the flusher), else `api` itself.
+    fn leased(&self, api: Arc<dyn BillingApi>) -> Arc<dyn BillingApi> {
+        if self.config.lease.enabled && tokio::runtime::Handle::try_current().is_ok() {
+            Arc::new(crate::lease::LeasedBilling::new(api, self.config.lease.clone()))
+        } else {
+            api
         }
     }
 }
@@ -95,8 +110,10 @@ impl Module for BillingModule {
     ) -> Result<Arc<dyn Component>, BoxError> {
         let auth = contracts.require::<dyn AuthApi>(crate::DOMAIN)?;
         let service = BillingService::new(db, self.config.clone(), platform, auth);
+        let api: Arc<dyn BillingApi> = Arc::new(service.clone());
         Ok(Arc::new(BillingComponent {
-            api: Arc::new(service.clone()),
+            provided: self.leased(api.clone()),
+            api,
             service_token: ServiceToken(self.config.service_token.clone()),
             service: Some(service),
         }))
@@ -104,8 +121,10 @@ impl Module for BillingModule {
 
     fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
         let client = HttpBillingClient::new(url, self.config.service_token.clone(), &platform.remote)?;
+        let api: Arc<dyn BillingApi> = Arc::new(client);
         Ok(Arc::new(BillingComponent {
-            api: Arc::new(client),
+            provided: self.leased(api.clone()),
+            api,
             service_token: ServiceToken(self.config.service_token.clone()),
             service: None,
         }))

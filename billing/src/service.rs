@@ -314,6 +314,48 @@ impl BillingService {
         Ok(())
     }
 
+    fn check_ttl(&self, ttl: std::time::Duration) -> Result<i64, BillingError> {
+        let max = self.inner.config.max_hold_ttl_ms;
+        match u64::try_from(ttl.as_millis()) {
+            Ok(ms) if ms > 0 && ms <= max => Ok(ms as i64),
+            _ => Err(BillingError::validation("ttl_ms", format!("must be 1 to {max} ms"))),
+        }
+    }
+
+    /// Takes `amount` for a hold: the budgets first (organization, then key: one lock order
+    /// everywhere), each a conditional update, then available credit, a conditional update too.
+    /// Any of them short: `BudgetExceeded` with by how much (the caller rolls back).
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        conn: &mut shared::db::Conn,
+        org: &str,
+        key: Option<&str>,
+        period: NaiveDate,
+        amount: i64,
+        hold_id: &str,
+        kind: &str,
+        now: NaiveDateTime,
+    ) -> Result<(), BillingError> {
+        for (scope, limit) in store::budget_limits(conn, org, key)? {
+            if store::consumed(conn, org, &scope, period)?.is_none() {
+                let scope_key = (!scope.is_empty()).then_some(scope.as_str());
+                let initial = store::period_consumption(conn, org, scope_key, period, now.date())?;
+                store::ensure_budget_usage(conn, org, &scope, period, initial)?;
+            }
+            if let Err(consumed) = store::consume_within(conn, org, &scope, period, amount, limit)? {
+                let which = if scope.is_empty() { "organization_budget" } else { "api_key_budget" };
+                let short_by = consumed.saturating_add(amount).saturating_sub(limit);
+                return Err(BillingError::BudgetExceeded { limit: which.into(), short_by });
+            }
+        }
+        let legs = [Leg::org(org, AVAILABLE, -amount).covered(), Leg::org(org, HELD, amount)];
+        if let Err(short) = store::post(conn, org, kind, Some(hold_id), &legs, now)? {
+            let short_by = short.needed - short.balance.max(0);
+            return Err(BillingError::BudgetExceeded { limit: "credit".into(), short_by });
+        }
+        Ok(())
+    }
+
     fn hold_of(row: &HoldRow) -> Result<Hold, BillingError> {
         Ok(Hold {
             id: parse_id(&row.id)?,
@@ -332,14 +374,16 @@ impl BillingService {
         self.inner
             .db
             .transaction(move |conn| {
-                let hold = store::find_hold(conn, &id)?.ok_or(BillingError::HoldNotFound)?;
-                if hold.state != "open" || !store::close_hold(conn, &id, &["open"], to, 0, hold.amount, now)? {
+                let hold = store::lock_hold(conn, &id)?.ok_or(BillingError::HoldNotFound)?;
+                // What is still held: the amount, less what a lease drew from it already.
+                let rest = hold.amount - hold.charged;
+                if hold.state != "open" || !store::close_hold(conn, &id, &["open"], to, hold.charged, rest, now)? {
                     return Ok(false);
                 }
                 let org = &hold.organization_id;
                 let scopes: Vec<&str> = std::iter::once("").chain(hold.api_key_id.as_deref()).collect();
-                store::add_consumed(conn, org, &scopes, hold.period_start, -hold.amount)?;
-                let legs = [Leg::org(org, HELD, -hold.amount), Leg::org(org, AVAILABLE, hold.amount)];
+                store::add_consumed(conn, org, &scopes, hold.period_start, -rest)?;
+                let legs = [Leg::org(org, HELD, -rest), Leg::org(org, AVAILABLE, rest)];
                 store::post(conn, org, to, Some(&id), &legs, now)?
                     .map_err(|_| BillingError::Internal("uncovered release".into()))?;
                 Ok(true)
@@ -648,13 +692,7 @@ impl BillingApi for BillingService {
         if request.idempotency_key.is_empty() || request.idempotency_key.chars().count() > MAX_KEY_CHARS {
             return Err(BillingError::validation("idempotency_key", "must be 1 to 255 characters"));
         }
-        let ttl_ms = u64::try_from(request.ttl.as_millis()).unwrap_or(u64::MAX);
-        if ttl_ms == 0 || ttl_ms > self.inner.config.max_hold_ttl_ms {
-            return Err(BillingError::validation(
-                "ttl_ms",
-                format!("must be 1 to {} ms", self.inner.config.max_hold_ttl_ms),
-            ));
-        }
+        let ttl_ms = self.check_ttl(request.ttl)?;
         let now = self.now();
         let period = period_of(now.date());
         let org = request.organization_id.to_string();
@@ -671,7 +709,7 @@ impl BillingApi for BillingService {
             charged: 0,
             returned: 0,
             created_at: now,
-            expires_at: now + ChronoDuration::milliseconds(ttl_ms as i64),
+            expires_at: now + ChronoDuration::milliseconds(ttl_ms),
             closed_at: None,
         };
         let outcome = self
@@ -681,24 +719,7 @@ impl BillingApi for BillingService {
                 if let Some(existing) = store::find_hold_by_key(conn, &org, &row.idempotency_key)? {
                     return Ok(existing);
                 }
-                // Budgets first (organization, then key: one lock order everywhere), then credit.
-                for (scope, limit) in store::budget_limits(conn, &org, key.as_deref())? {
-                    if store::consumed(conn, &org, &scope, period)?.is_none() {
-                        let scope_key = (!scope.is_empty()).then_some(scope.as_str());
-                        let initial = store::period_consumption(conn, &org, scope_key, period, now.date())?;
-                        store::ensure_budget_usage(conn, &org, &scope, period, initial)?;
-                    }
-                    if let Err(consumed) = store::consume_within(conn, &org, &scope, period, amount, limit)? {
-                        let which = if scope.is_empty() { "organization_budget" } else { "api_key_budget" };
-                        let short_by = consumed.saturating_add(amount).saturating_sub(limit);
-                        return Err(Abort::Error(BillingError::BudgetExceeded { limit: which.into(), short_by }));
-                    }
-                }
-                let legs = [Leg::org(&org, AVAILABLE, -amount).covered(), Leg::org(&org, HELD, amount)];
-                if let Err(short) = store::post(conn, &org, "reserve", Some(&row.id), &legs, now)? {
-                    let short_by = short.needed - short.balance.max(0);
-                    return Err(Abort::Error(BillingError::BudgetExceeded { limit: "credit".into(), short_by }));
-                }
+                Self::take(conn, &org, key.as_deref(), period, amount, &row.id, "reserve", now)?;
                 if !store::insert_hold_if_new(conn, &row)? {
                     // The same key reserved concurrently: roll back, answer with that hold.
                     return Err(Abort::Raced);
@@ -734,7 +755,7 @@ impl BillingApi for BillingService {
                 .inner
                 .db
                 .transaction(move |conn| {
-                    let hold = store::find_hold(conn, &id)?.ok_or(BillingError::HoldNotFound)?;
+                    let hold = store::lock_hold(conn, &id)?.ok_or(BillingError::HoldNotFound)?;
                     if hold.state == "settled" {
                         return Ok((hold.charged, hold.returned));
                     }
@@ -744,7 +765,8 @@ impl BillingApi for BillingService {
                     let already = store::usage_exists(conn, &usage.request_id)?;
                     // What is charged: the cost, unless this request's usage was recorded before.
                     let cost = if already { 0 } else { usage.cost.0 };
-                    let returned = if open { (hold.amount - cost).max(0) } else { 0 };
+                    let held = hold.amount - hold.charged;
+                    let returned = if open { (held - cost).max(0) } else { 0 };
                     if !store::close_hold(conn, &id, &[hold.state.as_str()], "settled", cost, returned, now)? {
                         return Err(Abort::Raced);
                     }
@@ -752,15 +774,15 @@ impl BillingApi for BillingService {
                         // The hold leaves `held`; the cost goes to `spent`; the difference comes
                         // back to (or, above the hold, out of) `available`.
                         vec![
-                            Leg::org(&org, HELD, -hold.amount),
+                            Leg::org(&org, HELD, -held),
                             Leg::org(&org, SPENT, cost),
-                            Leg::org(&org, AVAILABLE, hold.amount - cost),
+                            Leg::org(&org, AVAILABLE, held - cost),
                         ]
                     } else {
                         // The hold was released or expired already: charge available directly.
                         vec![Leg::org(&org, AVAILABLE, -cost), Leg::org(&org, SPENT, cost)]
                     };
-                    let consumed_delta = if open { cost - hold.amount } else { cost };
+                    let consumed_delta = if open { cost - held } else { cost };
                     store::add_consumed(conn, &org, &scopes, hold.period_start, consumed_delta)?;
                     if legs.iter().any(|l| l.amount != 0) {
                         store::post(conn, &org, "settle", Some(&id), &legs, now)?
@@ -819,6 +841,170 @@ impl BillingApi for BillingService {
                 Ok(Recorded::Recorded)
             })
             .await
+    }
+
+    #[tracing::instrument(skip_all, fields(hold.id = %request.hold_id))]
+    async fn extend_lease(&self, request: ExtendLeaseRequest) -> Result<Hold, BillingError> {
+        if request.amount < Money::ZERO {
+            return Err(BillingError::validation("amount", "must not be negative"));
+        }
+        let ttl_ms = self.check_ttl(request.ttl)?;
+        for _ in 0..3 {
+            let now = self.now();
+            let until = now + ChronoDuration::milliseconds(ttl_ms);
+            let id = request.hold_id.to_string();
+            let amount = request.amount.0;
+            let outcome = self
+                .inner
+                .db
+                .transaction(move |conn| {
+                    let hold = store::lock_hold(conn, &id)?.ok_or(BillingError::HoldNotFound)?;
+                    if hold.state != "open" {
+                        return Err(Abort::Error(BillingError::HoldNotFound));
+                    }
+                    let org = hold.organization_id.clone();
+                    if amount > 0 {
+                        Self::take(
+                            conn,
+                            &org,
+                            hold.api_key_id.as_deref(),
+                            hold.period_start,
+                            amount,
+                            &id,
+                            "lease",
+                            now,
+                        )?;
+                    }
+                    if !store::grow_hold(conn, &id, amount, until)? {
+                        return Err(Abort::Raced);
+                    }
+                    Ok(HoldRow { amount: hold.amount + amount, expires_at: until, ..hold })
+                })
+                .await;
+            match outcome {
+                Ok(row) => return Self::hold_of(&row),
+                Err(Abort::Error(e)) => return Err(e),
+                Err(Abort::Raced) => continue,
+            }
+        }
+        Err(BillingError::Unavailable("the lease kept changing; retry".into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(hold.id = %request.hold_id, usage.count = request.usage.len()))]
+    async fn commit_lease(&self, request: CommitLeaseRequest) -> Result<LeaseCommitted, BillingError> {
+        for usage in &request.usage {
+            Self::validate_usage(usage)?;
+        }
+        let ttl_ms = self.check_ttl(request.ttl)?;
+        for _ in 0..3 {
+            let now = self.now();
+            let until = now + ChronoDuration::milliseconds(ttl_ms);
+            let id = request.hold_id.to_string();
+            let usages = request.usage.clone();
+            let close = request.close;
+            let outcome = self
+                .inner
+                .db
+                .transaction(move |conn| {
+                    let hold = store::lock_hold(conn, &id)?.ok_or(BillingError::HoldNotFound)?;
+                    let org = hold.organization_id.clone();
+                    // Records seen before (a retried commit) are not charged again; within the
+                    // batch, the first of a repeated id counts.
+                    let ids: Vec<String> = usages.iter().map(|u| u.request_id.clone()).collect();
+                    let seen: std::collections::HashSet<String> =
+                        store::existing_usage(conn, &ids)?.into_iter().collect();
+                    let mut fresh = Vec::new();
+                    let mut batch = std::collections::HashSet::new();
+                    for u in &usages {
+                        if !seen.contains(&u.request_id) && batch.insert(u.request_id.clone()) {
+                            fresh.push(u.clone());
+                        }
+                    }
+                    let total: i64 = fresh.iter().map(|u| u.cost.0).sum();
+                    let open = hold.state == "open";
+                    let remaining = hold.amount - hold.charged;
+                    let from_held = if open { total.min(remaining) } else { 0 };
+                    let excess = total - from_held;
+                    let returned = if open && close { remaining - from_held } else { 0 };
+                    let scopes: Vec<&str> = std::iter::once("").chain(hold.api_key_id.as_deref()).collect();
+                    let period = if open { hold.period_start } else { period_of(now.date()) };
+                    if open {
+                        let moved = if close {
+                            store::close_hold(conn, &id, &["open"], "settled", hold.charged + from_held, returned, now)?
+                        } else {
+                            store::draw_from_hold(conn, &id, from_held, until)?
+                        };
+                        if !moved {
+                            return Err(Abort::Raced);
+                        }
+                    }
+                    // Budgets already count what was held; only the excess and the return move them.
+                    store::add_consumed(conn, &org, &scopes, period, excess - returned)?;
+                    let legs = [
+                        Leg::org(&org, AVAILABLE, returned - excess),
+                        Leg::org(&org, HELD, -(from_held + returned)),
+                        Leg::org(&org, SPENT, total),
+                    ];
+                    if legs.iter().any(|l| l.amount != 0) {
+                        store::post(conn, &org, "lease_commit", Some(&id), &legs, now)?
+                            .map_err(|_| BillingError::Internal("uncovered lease commit".into()))?;
+                    }
+                    // The events in one statement, the rollups one upsert per (model, key).
+                    let mut rows = Vec::with_capacity(fresh.len());
+                    let mut rollups: BTreeMap<(String, String), store::UsageDailyRow> = BTreeMap::new();
+                    for u in &fresh {
+                        let key = key_text(u.api_key_id).unwrap_or_default();
+                        let (input, output) = (tokens(u.input_tokens)?, tokens(u.output_tokens)?);
+                        rows.push(store::UsageEventRow {
+                            request_id: u.request_id.clone(),
+                            organization_id: org.clone(),
+                            api_key_id: u.api_key_id.map(|k| k.to_string()),
+                            model: u.model.clone(),
+                            input_tokens: input,
+                            output_tokens: output,
+                            cost: u.cost.0,
+                            hold_id: Some(id.clone()),
+                            created_at: now,
+                        });
+                        let r = rollups.entry((u.model.clone(), key.clone())).or_insert_with(|| store::UsageDailyRow {
+                            organization_id: org.clone(),
+                            day: now.date(),
+                            model: u.model.clone(),
+                            api_key_id: key,
+                            requests: 0,
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            cost: 0,
+                        });
+                        r.requests += 1;
+                        r.input_tokens += input;
+                        r.output_tokens += output;
+                        r.cost += u.cost.0;
+                    }
+                    if store::insert_usage_batch(conn, &rows)? != rows.len() {
+                        return Err(Abort::Raced);
+                    }
+                    for r in rollups.values() {
+                        store::add_to_rollup(conn, r)?;
+                    }
+                    let left = if open && !close { remaining - from_held } else { 0 };
+                    Ok((total, left, !open || close))
+                })
+                .await;
+            match outcome {
+                Ok((charged, remaining, closed)) => {
+                    return Ok(LeaseCommitted {
+                        hold_id: request.hold_id,
+                        charged: Money(charged),
+                        remaining: Money(remaining),
+                        closed,
+                    });
+                }
+                Err(Abort::Error(e)) => return Err(e),
+                Err(Abort::Raced) => continue,
+            }
+        }
+        Err(BillingError::Unavailable("the lease kept changing; retry".into()))
     }
 
     async fn limits(&self, organization_id: OrganizationId) -> Result<PlanLimits, BillingError> {

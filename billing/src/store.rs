@@ -489,6 +489,15 @@ pub(crate) fn ledger_page(
 
 // --- holds ---
 
+/// Reads a hold under its row lock (PostgreSQL: a no-op update locks the row until commit;
+/// SQLite's write transactions are serialised already), so the amounts the caller computes from
+/// cannot change under it. The first statement of every transaction that closes or draws from
+/// a hold.
+pub(crate) fn lock_hold(conn: &mut Conn, id: &str) -> QueryResult<Option<HoldRow>> {
+    diesel::update(holds::table.find(id)).set(holds::state.eq(holds::state)).execute(conn)?;
+    find_hold(conn, id)
+}
+
 pub(crate) fn find_hold(conn: &mut Conn, id: &str) -> QueryResult<Option<HoldRow>> {
     holds::table.find(id).select(HoldRow::as_select()).first(conn).optional()
 }
@@ -533,6 +542,23 @@ pub(crate) fn close_hold(
             holds::returned.eq(returned),
             holds::closed_at.eq(Some(now)),
         ))
+        .execute(conn)
+        .map(|n| n == 1)
+}
+
+/// Draws `amount` from an open lease (what it charged so far grows) and moves its expiry;
+/// false when it is not open.
+pub(crate) fn draw_from_hold(conn: &mut Conn, id: &str, amount: i64, expires_at: NaiveDateTime) -> QueryResult<bool> {
+    diesel::update(holds::table.find(id).filter(holds::state.eq("open")))
+        .set((holds::charged.eq(holds::charged + amount), holds::expires_at.eq(expires_at)))
+        .execute(conn)
+        .map(|n| n == 1)
+}
+
+/// Adds `amount` to an open lease and moves its expiry; false when it is not open.
+pub(crate) fn grow_hold(conn: &mut Conn, id: &str, amount: i64, expires_at: NaiveDateTime) -> QueryResult<bool> {
+    diesel::update(holds::table.find(id).filter(holds::state.eq("open")))
+        .set((holds::amount.eq(holds::amount + amount), holds::expires_at.eq(expires_at)))
         .execute(conn)
         .map(|n| n == 1)
 }
@@ -687,7 +713,7 @@ pub(crate) fn period_consumption(
         held = held.filter(holds::api_key_id.eq(key));
         used = used.filter(usage_daily::api_key_id.eq(key));
     }
-    let held: Vec<i64> = held.select(holds::amount).load(conn)?;
+    let held: Vec<i64> = held.select(holds::amount - holds::charged).load(conn)?;
     let used: Vec<i64> = used.select(usage_daily::cost).load(conn)?;
     Ok(held.iter().chain(used.iter()).sum())
 }
@@ -703,6 +729,40 @@ pub(crate) fn insert_usage_if_new(conn: &mut Conn, row: &UsageEventRow) -> Query
         Conn::Sqlite(c) => insert.execute(c)?,
     };
     Ok(inserted == 1)
+}
+
+/// Which of these request ids were recorded already.
+pub(crate) fn existing_usage(conn: &mut Conn, request_ids: &[String]) -> QueryResult<Vec<String>> {
+    usage_events::table.filter(usage_events::request_id.eq_any(request_ids)).select(usage_events::request_id).load(conn)
+}
+
+/// Inserts usage events none of which was recorded before (the caller checked, under the
+/// lease's row lock); returns how many were inserted. One statement on PostgreSQL.
+pub(crate) fn insert_usage_batch(conn: &mut Conn, rows: &[UsageEventRow]) -> QueryResult<usize> {
+    match conn {
+        Conn::Pg(c) => {
+            let mut inserted = 0;
+            for chunk in rows.chunks(1_000) {
+                inserted += diesel::insert_into(usage_events::table)
+                    .values(chunk)
+                    .on_conflict(usage_events::request_id)
+                    .do_nothing()
+                    .execute(c)?;
+            }
+            Ok(inserted)
+        }
+        Conn::Sqlite(c) => {
+            let mut inserted = 0;
+            for row in rows {
+                inserted += diesel::insert_into(usage_events::table)
+                    .values(row)
+                    .on_conflict(usage_events::request_id)
+                    .do_nothing()
+                    .execute(c)?;
+            }
+            Ok(inserted)
+        }
+    }
 }
 
 pub(crate) fn usage_exists(conn: &mut Conn, request_id: &str) -> QueryResult<bool> {
@@ -928,7 +988,9 @@ pub(crate) type LedgerDump = (Vec<AccountRow>, Vec<(String, String, i64)>, Vec<(
 pub(crate) fn dump_ledger(conn: &mut Conn) -> QueryResult<LedgerDump> {
     let accounts = accounts::table.select(AccountRow::as_select()).load(conn)?;
     let entries = entries::table.select((entries::transfer_id, entries::account_id, entries::amount)).load(conn)?;
-    let holds =
-        holds::table.filter(holds::state.eq("open")).select((holds::organization_id, holds::amount)).load(conn)?;
+    let holds = holds::table
+        .filter(holds::state.eq("open"))
+        .select((holds::organization_id, holds::amount - holds::charged))
+        .load(conn)?;
     Ok((accounts, entries, holds))
 }

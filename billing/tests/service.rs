@@ -89,6 +89,22 @@ impl Fixture {
     }
 }
 
+/// Retries an operation while it answers `Unavailable` (a pool timeout on a loaded machine), as a
+/// client honouring 503 would: safe here because every retried call is idempotent (the same
+/// reservation key, the same hold).
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, BillingError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BillingError>>,
+{
+    loop {
+        match op().await {
+            Err(BillingError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => return other,
+        }
+    }
+}
+
 fn uuid_like() -> String {
     HoldId::new().to_string()[4..].to_owned()
 }
@@ -168,11 +184,13 @@ backend_tests! {
                     let billing = f.billing.clone();
                     let cost = costs[i];
                     tokio::spawn(async move {
-                        let hold = billing.reserve(reserve_request(org, Money::cents(1), &format!("race-{i}"))).await;
+                        let key = format!("race-{i}");
+                        let hold = retrying(|| billing.reserve(reserve_request(org, Money::cents(1), &key))).await;
                         match hold {
                             Ok(hold) => {
                                 let usage = usage(&format!("race-{seed}-{i}"), cost);
-                                billing.settle(SettleRequest { hold_id: hold.id, usage }).await.unwrap();
+                                let request = SettleRequest { hold_id: hold.id, usage };
+                                retrying(|| billing.settle(request.clone())).await.unwrap();
                                 Some(cost)
                             }
                             Err(BillingError::BudgetExceeded { .. }) => None,
@@ -213,7 +231,10 @@ backend_tests! {
                 .into_iter()
                 .map(|i| {
                     let billing = f.billing.clone();
-                    tokio::spawn(async move { billing.reserve(reserve_request(org, Money::cents(1), &format!("s-{i}"))).await })
+                    tokio::spawn(async move {
+                        let key = format!("s-{i}");
+                        retrying(|| billing.reserve(reserve_request(org, Money::cents(1), &key))).await
+                    })
                 })
                 .collect();
             let results = futures_util::future::join_all(tasks).await;
@@ -234,7 +255,7 @@ backend_tests! {
             .map(|_| {
                 let billing = f.billing.clone();
                 let request = SettleRequest { hold_id: hold.id, usage: usage("retried", Money::cents(4)) };
-                tokio::spawn(async move { billing.settle(request).await })
+                tokio::spawn(async move { retrying(|| billing.settle(request.clone())).await })
             })
             .collect();
         for result in futures_util::future::join_all(tasks).await {
@@ -333,7 +354,7 @@ backend_tests! {
         let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let (billing, admin, request) = (f.billing.clone(), admin.clone(), request.clone());
-                tokio::spawn(async move { billing.grant_credit(&admin, org, "key-1", request).await })
+                tokio::spawn(async move { retrying(|| billing.grant_credit(&admin, org, "key-1", request.clone())).await })
             })
             .collect();
         let grants: Vec<CreditGrant> =
@@ -410,7 +431,10 @@ backend_tests! {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let billing = f.billing.clone();
-                tokio::spawn(async move { billing.reserve(reserve_request(org, Money::cents(1), &format!("b-{i}"))).await })
+                tokio::spawn(async move {
+                    let key = format!("b-{i}");
+                    retrying(|| billing.reserve(reserve_request(org, Money::cents(1), &key))).await
+                })
             })
             .collect();
         let admitted = futures_util::future::join_all(tasks).await.into_iter().filter(|r| r.as_ref().unwrap().is_ok()).count();

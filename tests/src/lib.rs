@@ -5,6 +5,7 @@
 // This crate is test code from end to end: a failed step should stop the test where it is.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod billing;
 pub mod client;
 pub mod contract;
 pub mod fake_openai;

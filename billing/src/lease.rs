@@ -1,0 +1,741 @@
+//! `LeasedBilling`: the fast path, on the caller's side of `BillingApi`.
+//!
+//! It wraps any `BillingApi` (the in-process service or `HttpBillingClient`, so it works with
+//! billing remote too) and answers `reserve`, `settle` and `release` from memory:
+//!
+//! - **Leases.** Per organization and API key, it reserves a slice of spendable credit as one
+//!   hold (one ledger transfer, with the same conditional updates as any reservation, budgets
+//!   included), then authorizes requests against that slice in memory. It tops the lease up in
+//!   the background (`extend_lease`) before it runs dry, sizing slices from the recent spend rate
+//!   (`horizon_ms` of spend, within `min_slice`..`max_slice`), never above what is spendable: a
+//!   refused slice is retried at half of what was spendable, and below that the request takes
+//!   the direct path (one transaction, exact).
+//! - **Group commits.** Settlements are acknowledged at once and written every
+//!   `flush_interval_ms`, one `commit_lease` transaction per lease for everything settled since
+//!   the last one (idempotent by request id, so a retried commit charges nothing twice).
+//! - **Return.** A lease idle for `idle_release_ms` is committed and closed (its rest goes back
+//!   to available credit); `shutdown()` does that for all; a lease whose process died is
+//!   released by the billing service's sweeper once its TTL (`lease_ttl_ms`, pushed forward by
+//!   each commit) passes.
+//!
+//! Bounds (docs/BILLING.md): the ledger never lends out more than is spendable, so N processes
+//! cannot overshoot a budget by more than the direct path does (each request's cost above its
+//! own hold). A `kill -9` loses the settlements of at most the last flush interval (the
+//! customer is not charged for them) and nothing else: the lease's rest returns by expiry.
+
+use crate::api::*;
+use crate::config::LeaseConfig;
+use crate::error::BillingError;
+use async_trait::async_trait;
+use shared::{Page, PageRequest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+type SlotKey = (OrganizationId, Option<ApiKeyId>);
+
+/// `BillingApi` with caller-side leases and group-committed settlements.
+pub struct LeasedBilling {
+    shared: Arc<Shared>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LeasedBilling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedBilling").field("config", &self.shared.config).finish_non_exhaustive()
+    }
+}
+
+impl Drop for LeasedBilling {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+struct Shared {
+    inner: Arc<dyn BillingApi>,
+    /// Woken when a lease is opened or topped up (or the attempt failed).
+    changed: tokio::sync::Notify,
+    config: LeaseConfig,
+    state: Mutex<State>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    leased: AtomicU64,
+    direct: AtomicU64,
+    lease_opens: AtomicU64,
+    lease_extends: AtomicU64,
+    commits: AtomicU64,
+    committed_records: AtomicU64,
+}
+
+/// What this process's leases did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Reservations authorized in memory, against a lease.
+    pub leased: u64,
+    /// Reservations that took the direct path.
+    pub direct: u64,
+    pub lease_opens: u64,
+    pub lease_extends: u64,
+    /// `commit_lease` calls (group commits).
+    pub commits: u64,
+    pub committed_records: u64,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<SlotKey, Slot>,
+    holds: HashMap<HoldId, LocalHold>,
+    keys: HashMap<(OrganizationId, String), HoldId>,
+    /// Recent answers of settles, for retries (kept 10 minutes).
+    settled: HashMap<HoldId, (Settlement, Instant)>,
+}
+
+struct Slot {
+    /// The lease (a hold in the ledger), when there is one.
+    lease: Option<HoldId>,
+    /// What can still be authorized against it, in nano-units (below zero after an overshoot).
+    remaining: i64,
+    /// Settled usage not yet committed.
+    pending: Vec<UsageRecord>,
+    /// Local holds authorized against the current lease and not yet settled or released.
+    outstanding: usize,
+    opening: bool,
+    refilling: bool,
+    /// No lease (or no more of one) until then: what is spendable is too small.
+    starved_until: Option<Instant>,
+    last_used: Instant,
+    last_commit: Instant,
+    /// Spend rate estimate, nano-units per second (authorized amounts).
+    rate: f64,
+    window_start: Instant,
+    window_spend: i64,
+}
+
+impl Slot {
+    fn new(now: Instant) -> Self {
+        Self {
+            lease: None,
+            remaining: 0,
+            pending: Vec::new(),
+            outstanding: 0,
+            opening: false,
+            refilling: false,
+            starved_until: None,
+            last_used: now,
+            last_commit: now,
+            rate: 0.0,
+            window_start: now,
+            window_spend: 0,
+        }
+    }
+
+    fn note_spend(&mut self, amount: i64, now: Instant) {
+        self.last_used = now;
+        self.window_spend += amount;
+        let elapsed = now.duration_since(self.window_start).as_secs_f64();
+        if elapsed >= 0.1 {
+            let sample = self.window_spend as f64 / elapsed;
+            self.rate = if self.rate == 0.0 { sample } else { 0.7 * self.rate + 0.3 * sample };
+            self.window_start = now;
+            self.window_spend = 0;
+        }
+    }
+
+    fn starved(&self, now: Instant) -> bool {
+        self.starved_until.is_some_and(|t| now < t)
+    }
+}
+
+struct LocalHold {
+    slot: SlotKey,
+    lease: HoldId,
+    amount: i64,
+    idempotency_key: String,
+    expires: Instant,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+enum Step {
+    Authorized(Hold, Option<(HoldId, i64)>),
+    Open(i64),
+    /// A lease is being opened or topped up: wait for it rather than take the direct path.
+    Wait(Option<(HoldId, i64)>),
+    Direct,
+}
+
+/// How many times a reservation waits for a lease to be opened or topped up before it takes
+/// the direct path, and how long each wait lasts at most.
+const WAITS: usize = 40;
+const WAIT: Duration = Duration::from_millis(50);
+
+impl LeasedBilling {
+    /// Wraps `inner`; starts the background flusher on the current tokio runtime.
+    pub fn new(inner: Arc<dyn BillingApi>, config: LeaseConfig) -> Self {
+        let shared = Arc::new(Shared {
+            inner,
+            changed: tokio::sync::Notify::new(),
+            config,
+            state: Mutex::new(State::default()),
+            stats: Counters::default(),
+        });
+        let ticker = tokio::spawn(Shared::run(Arc::downgrade(&shared)));
+        Self { shared, ticker }
+    }
+
+    pub fn stats(&self) -> LeaseStats {
+        let s = &self.shared.stats;
+        LeaseStats {
+            leased: s.leased.load(Ordering::Relaxed),
+            direct: s.direct.load(Ordering::Relaxed),
+            lease_opens: s.lease_opens.load(Ordering::Relaxed),
+            lease_extends: s.lease_extends.load(Ordering::Relaxed),
+            commits: s.commits.load(Ordering::Relaxed),
+            committed_records: s.committed_records.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes every pending settlement now (without closing leases).
+    pub async fn flush(&self) {
+        self.shared.tick(false, false).await;
+    }
+
+    /// Writes every pending settlement and returns every lease: for a graceful stop. Local holds
+    /// still open lose their lease; their settlements are then charged with `record_usage`.
+    pub async fn shutdown(&self) {
+        self.ticker.abort();
+        self.shared.tick(true, true).await;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn run(weak: std::sync::Weak<Shared>) {
+        let interval = weak.upgrade().map(|s| s.config.flush_interval_ms).unwrap_or(5);
+        let mut ticker = tokio::time::interval(Duration::from_millis(interval.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            shared.tick(false, false).await;
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.config.lease_ttl_ms)
+    }
+
+    fn slice_for(&self, slot: &Slot, amount: i64) -> i64 {
+        let wanted = (slot.rate * self.config.horizon_ms as f64 / 1000.0) as i64;
+        // At least a few requests' worth per slice.
+        wanted
+            .clamp(self.config.min_slice.0, self.config.max_slice.0.max(self.config.min_slice.0))
+            .max(amount.saturating_mul(4))
+    }
+
+    /// One flusher pass: commits pending usage, closes idle leases (or all, with `close_all`),
+    /// keeps busy leases alive, forgets local holds past their TTL and old settle answers.
+    async fn tick(&self, close_all: bool, _final: bool) {
+        let now = Instant::now();
+        let idle = Duration::from_millis(self.config.idle_release_ms);
+        let keep_alive = self.ttl() / 3;
+        let mut work: Vec<(SlotKey, HoldId, Vec<UsageRecord>, bool)> = Vec::new();
+        {
+            let mut state = self.lock();
+            // Local holds past their TTL give their amount back to the slot.
+            let expired: Vec<HoldId> =
+                state.holds.iter().filter(|(_, h)| h.expires <= now).map(|(id, _)| *id).collect();
+            for id in expired {
+                if let Some(h) = state.holds.remove(&id) {
+                    state.keys.remove(&(h.slot.0, h.idempotency_key.clone()));
+                    if let Some(slot) = state.slots.get_mut(&h.slot)
+                        && slot.lease == Some(h.lease)
+                    {
+                        slot.remaining += h.amount;
+                        slot.outstanding = slot.outstanding.saturating_sub(1);
+                    }
+                }
+            }
+            state.settled.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(600));
+            for (key, slot) in state.slots.iter_mut() {
+                let Some(lease) = slot.lease else { continue };
+                let close = close_all || (slot.outstanding == 0 && now.duration_since(slot.last_used) >= idle);
+                let stale = now.duration_since(slot.last_commit) >= keep_alive;
+                if slot.pending.is_empty() && !close && !stale {
+                    continue;
+                }
+                // A closing commit takes everything (in several transactions if need be).
+                let take = if close { slot.pending.len() } else { slot.pending.len().min(self.config.max_batch) };
+                let usage: Vec<UsageRecord> = slot.pending.drain(..take).collect();
+                if close {
+                    // No more authorizations against it from here on.
+                    slot.lease = None;
+                    slot.remaining = 0;
+                    slot.outstanding = 0;
+                }
+                slot.last_commit = now;
+                work.push((*key, lease, usage, close));
+            }
+            state.slots.retain(|_, s| {
+                s.lease.is_some()
+                    || s.opening
+                    || s.refilling
+                    || !s.pending.is_empty()
+                    || now.duration_since(s.last_used) < idle
+            });
+        }
+        let commits = work.into_iter().map(|(key, lease, usage, close)| self.commit(key, lease, usage, close));
+        futures_util::future::join_all(commits).await;
+    }
+
+    async fn commit(&self, key: SlotKey, lease: HoldId, mut usage: Vec<UsageRecord>, close: bool) {
+        // Batches of at most `max_batch`; only the last one closes.
+        while usage.len() > self.config.max_batch {
+            let rest = usage.split_off(self.config.max_batch);
+            let batch = std::mem::replace(&mut usage, rest);
+            Box::pin(self.commit(key, lease, batch, false)).await;
+        }
+        let count = usage.len() as u64;
+        let request = CommitLeaseRequest { hold_id: lease, usage: usage.clone(), close, ttl: self.ttl() };
+        match self.inner.commit_lease(request).await {
+            Ok(done) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.committed_records.fetch_add(count, Ordering::Relaxed);
+                if done.closed && !close {
+                    // The lease had expired (a long pause): the batch was charged from available.
+                    let mut state = self.lock();
+                    if let Some(slot) = state.slots.get_mut(&key)
+                        && slot.lease == Some(lease)
+                    {
+                        slot.lease = None;
+                        slot.remaining = 0;
+                        slot.outstanding = 0;
+                    }
+                }
+            }
+            Err(BillingError::HoldNotFound) => {
+                // The lease is gone: charge each record on its own (idempotent by request id).
+                for u in usage {
+                    let request = RecordUsageRequest { organization_id: key.0, usage: u };
+                    if let Err(e) = self.inner.record_usage(request).await {
+                        tracing::error!(error = %e, "usage of a vanished lease could not be recorded");
+                    }
+                }
+            }
+            Err(e) => {
+                // Unavailable: keep the records for the next pass (a retry charges nothing
+                // twice). A close that failed leaves the rest to the sweeper (at expiry) and
+                // retries the records as plain usage, so none is lost.
+                tracing::warn!(error = %e, records = count, "lease commit failed; retrying");
+                if close {
+                    for u in usage {
+                        let request = RecordUsageRequest { organization_id: key.0, usage: u };
+                        if let Err(e) = self.inner.record_usage(request).await {
+                            tracing::error!(error = %e, "usage of a lease that could not be closed was not recorded");
+                        }
+                    }
+                    return;
+                }
+                let mut state = self.lock();
+                let slot = state.slots.entry(key).or_insert_with(|| Slot::new(Instant::now()));
+                if slot.lease == Some(lease) {
+                    let mut usage = usage;
+                    usage.append(&mut slot.pending);
+                    slot.pending = usage;
+                } else {
+                    drop(state);
+                    self.requeue_elsewhere(key, usage);
+                }
+            }
+        }
+    }
+
+    /// Records whose lease has moved on: charged one by one in the background.
+    fn requeue_elsewhere(&self, key: SlotKey, usage: Vec<UsageRecord>) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            for u in usage {
+                let request = RecordUsageRequest { organization_id: key.0, usage: u };
+                if let Err(e) = inner.record_usage(request).await {
+                    tracing::error!(error = %e, "usage of a replaced lease could not be recorded");
+                }
+            }
+        });
+    }
+
+    /// Reserves a new lease of about `size` for the slot; on a refusal, once more at half of
+    /// what was spendable. Returns whether the slot has a lease now.
+    async fn open(&self, key: SlotKey, size: i64, min_useful: i64) -> bool {
+        let mut size = size;
+        for _ in 0..2 {
+            let request = ReserveRequest {
+                organization_id: key.0,
+                api_key_id: key.1,
+                amount: Money(size),
+                idempotency_key: format!("lease:{}", HoldId::new()),
+                ttl: self.ttl(),
+            };
+            match self.inner.reserve(request).await {
+                Ok(hold) => {
+                    self.stats.lease_opens.fetch_add(1, Ordering::Relaxed);
+                    let mut state = self.lock();
+                    let slot = state.slots.entry(key).or_insert_with(|| Slot::new(Instant::now()));
+                    slot.opening = false;
+                    slot.lease = Some(hold.id);
+                    slot.remaining += size;
+                    slot.outstanding = 0;
+                    slot.last_commit = Instant::now();
+                    drop(state);
+                    self.changed.notify_waiters();
+                    return true;
+                }
+                Err(BillingError::BudgetExceeded { short_by, .. }) => {
+                    let spendable = size - short_by;
+                    size = spendable / 2;
+                    if size < min_useful {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a lease could not be opened; taking the direct path");
+                    break;
+                }
+            }
+        }
+        {
+            let mut state = self.lock();
+            if let Some(slot) = state.slots.get_mut(&key) {
+                slot.opening = false;
+                slot.starved_until = Some(Instant::now() + Duration::from_millis(self.config.starved_retry_ms));
+            }
+        }
+        self.changed.notify_waiters();
+        false
+    }
+
+    /// Tops the lease up in the background; on a refusal, once more at half of what was
+    /// spendable.
+    async fn refill(self: Arc<Self>, key: SlotKey, lease: HoldId, size: i64, min_useful: i64) {
+        let mut size = size;
+        let mut topped = false;
+        for _ in 0..2 {
+            let request = ExtendLeaseRequest { hold_id: lease, amount: Money(size), ttl: self.ttl() };
+            match self.inner.extend_lease(request).await {
+                Ok(_) => {
+                    self.stats.lease_extends.fetch_add(1, Ordering::Relaxed);
+                    topped = true;
+                    break;
+                }
+                Err(BillingError::BudgetExceeded { short_by, .. }) => {
+                    size = (size - short_by) / 2;
+                    if size < min_useful {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a lease could not be opened; taking the direct path");
+                    break;
+                }
+            }
+        }
+        {
+            let mut state = self.lock();
+            if let Some(slot) = state.slots.get_mut(&key) {
+                slot.refilling = false;
+                if slot.lease == Some(lease) {
+                    if topped {
+                        slot.remaining += size;
+                    } else {
+                        slot.starved_until = Some(Instant::now() + Duration::from_millis(self.config.starved_retry_ms));
+                    }
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl BillingApi for LeasedBilling {
+    async fn reserve(&self, request: ReserveRequest) -> Result<Hold, BillingError> {
+        let shared = &self.shared;
+        let amount = request.amount.0;
+        let key: SlotKey = (request.organization_id, request.api_key_id);
+        if amount <= 0 || request.ttl.is_zero() {
+            return shared.inner.reserve(request).await;
+        }
+        for _ in 0..WAITS {
+            let now = Instant::now();
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let plan = {
+                let mut state = shared.lock();
+                if let Some(id) = state.keys.get(&(request.organization_id, request.idempotency_key.clone())).copied()
+                    && let Some(h) = state.holds.get(&id)
+                {
+                    return Ok(Hold {
+                        id,
+                        organization_id: h.slot.0,
+                        api_key_id: h.slot.1,
+                        amount: Money(h.amount),
+                        expires_at: h.expires_at,
+                    });
+                }
+                let slot = state.slots.entry(key).or_insert_with(|| Slot::new(now));
+                if let Some(lease) = slot.lease.filter(|_| slot.remaining >= amount) {
+                    slot.remaining -= amount;
+                    slot.outstanding += 1;
+                    slot.note_spend(amount, now);
+                    let size = shared.slice_for(slot, amount);
+                    let refill = (slot.remaining < size / 2 && !slot.refilling && !slot.starved(now)).then(|| {
+                        slot.refilling = true;
+                        (lease, size)
+                    });
+                    let id = HoldId::new();
+                    let expires_at = chrono::Utc::now()
+                        + chrono::Duration::milliseconds(
+                            i64::try_from(request.ttl.as_millis()).unwrap_or(i64::MAX / 2),
+                        );
+                    state.holds.insert(
+                        id,
+                        LocalHold {
+                            slot: key,
+                            lease,
+                            amount,
+                            idempotency_key: request.idempotency_key.clone(),
+                            expires: now + request.ttl,
+                            expires_at,
+                        },
+                    );
+                    state.keys.insert((request.organization_id, request.idempotency_key.clone()), id);
+                    let hold = Hold {
+                        id,
+                        organization_id: request.organization_id,
+                        api_key_id: request.api_key_id,
+                        amount: request.amount,
+                        expires_at,
+                    };
+                    Step::Authorized(hold, refill)
+                } else if slot.lease.is_none() && !slot.opening && !slot.starved(now) {
+                    slot.opening = true;
+                    slot.note_spend(amount, now);
+                    Step::Open(shared.slice_for(slot, amount))
+                } else if slot.starved(now) {
+                    Step::Direct
+                } else if let Some(lease) = slot.lease.filter(|_| !slot.refilling) {
+                    // The lease is short of this request: top it up and wait for it.
+                    slot.refilling = true;
+                    Step::Wait(Some((lease, shared.slice_for(slot, amount))))
+                } else {
+                    Step::Wait(None)
+                }
+            };
+            match plan {
+                Step::Authorized(hold, refill) => {
+                    shared.stats.leased.fetch_add(1, Ordering::Relaxed);
+                    if let Some((lease, size)) = refill {
+                        tokio::spawn(shared.clone().refill(key, lease, size, amount.saturating_mul(4)));
+                    }
+                    return Ok(hold);
+                }
+                Step::Open(size) => {
+                    if shared.open(key, size, amount.saturating_mul(4)).await {
+                        continue;
+                    }
+                    break;
+                }
+                Step::Wait(refill) => {
+                    if let Some((lease, size)) = refill {
+                        tokio::spawn(shared.clone().refill(key, lease, size, amount.saturating_mul(4)));
+                    }
+                    let _ = tokio::time::timeout(WAIT, changed).await;
+                }
+                Step::Direct => break,
+            }
+        }
+        shared.stats.direct.fetch_add(1, Ordering::Relaxed);
+        shared.inner.reserve(request).await
+    }
+
+    async fn settle(&self, request: SettleRequest) -> Result<Settlement, BillingError> {
+        let shared = &self.shared;
+        if request.usage.cost < Money::ZERO || request.usage.request_id.is_empty() || request.usage.model.is_empty() {
+            return shared.inner.settle(request).await;
+        }
+        enum Outcome {
+            Done(Settlement),
+            Remote,
+            Orphan(OrganizationId, Settlement),
+        }
+        let outcome = {
+            let mut state = shared.lock();
+            if let Some((answer, _)) = state.settled.get(&request.hold_id) {
+                Outcome::Done(answer.clone())
+            } else if let Some(hold) = state.holds.remove(&request.hold_id) {
+                state.keys.remove(&(hold.slot.0, hold.idempotency_key.clone()));
+                let cost = request.usage.cost.0;
+                let answer = Settlement {
+                    hold_id: request.hold_id,
+                    charged: request.usage.cost,
+                    returned: Money((hold.amount - cost).max(0)),
+                };
+                state.settled.insert(request.hold_id, (answer.clone(), Instant::now()));
+                match state.slots.get_mut(&hold.slot) {
+                    Some(slot) if slot.lease == Some(hold.lease) => {
+                        slot.remaining += hold.amount - cost;
+                        slot.outstanding = slot.outstanding.saturating_sub(1);
+                        slot.last_used = Instant::now();
+                        slot.pending.push(request.usage.clone());
+                        Outcome::Done(answer)
+                    }
+                    _ => Outcome::Orphan(hold.slot.0, answer),
+                }
+            } else {
+                Outcome::Remote
+            }
+        };
+        let orphan = match outcome {
+            Outcome::Done(answer) => return Ok(answer),
+            Outcome::Remote => return shared.inner.settle(request).await,
+            Outcome::Orphan(org, answer) => (org, answer),
+        };
+        // The lease was returned while this request ran: charge it on its own.
+        let (organization_id, answer) = orphan;
+        shared.inner.record_usage(RecordUsageRequest { organization_id, usage: request.usage }).await?;
+        Ok(answer)
+    }
+
+    async fn release(&self, hold_id: HoldId) -> Result<(), BillingError> {
+        let shared = &self.shared;
+        {
+            let mut state = shared.lock();
+            if state.settled.contains_key(&hold_id) {
+                return Ok(());
+            }
+            if let Some(hold) = state.holds.remove(&hold_id) {
+                state.keys.remove(&(hold.slot.0, hold.idempotency_key.clone()));
+                if let Some(slot) = state.slots.get_mut(&hold.slot)
+                    && slot.lease == Some(hold.lease)
+                {
+                    slot.remaining += hold.amount;
+                    slot.outstanding = slot.outstanding.saturating_sub(1);
+                }
+                return Ok(());
+            }
+        }
+        shared.inner.release(hold_id).await
+    }
+
+    async fn record_usage(&self, request: RecordUsageRequest) -> Result<Recorded, BillingError> {
+        self.shared.inner.record_usage(request).await
+    }
+
+    async fn extend_lease(&self, request: ExtendLeaseRequest) -> Result<Hold, BillingError> {
+        self.shared.inner.extend_lease(request).await
+    }
+
+    async fn commit_lease(&self, request: CommitLeaseRequest) -> Result<LeaseCommitted, BillingError> {
+        self.shared.inner.commit_lease(request).await
+    }
+
+    async fn limits(&self, organization_id: OrganizationId) -> Result<PlanLimits, BillingError> {
+        self.shared.inner.limits(organization_id).await
+    }
+
+    async fn plans(&self) -> Result<Vec<Plan>, BillingError> {
+        self.shared.inner.plans().await
+    }
+
+    async fn subscription(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+    ) -> Result<Subscription, BillingError> {
+        self.shared.inner.subscription(principal, organization_id).await
+    }
+
+    async fn put_subscription(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        request: PutSubscriptionRequest,
+    ) -> Result<Subscription, BillingError> {
+        self.shared.inner.put_subscription(principal, organization_id, request).await
+    }
+
+    async fn grant_credit(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        idempotency_key: &str,
+        request: GrantCreditRequest,
+    ) -> Result<CreditGrant, BillingError> {
+        self.shared.inner.grant_credit(principal, organization_id, idempotency_key, request).await
+    }
+
+    async fn budgets(&self, principal: &Principal, organization_id: OrganizationId) -> Result<Budgets, BillingError> {
+        self.shared.inner.budgets(principal, organization_id).await
+    }
+
+    async fn put_budget(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        api_key_id: Option<ApiKeyId>,
+        request: PutBudgetRequest,
+    ) -> Result<Budget, BillingError> {
+        self.shared.inner.put_budget(principal, organization_id, api_key_id, request).await
+    }
+
+    async fn balance(&self, principal: &Principal, organization_id: OrganizationId) -> Result<Balance, BillingError> {
+        self.shared.inner.balance(principal, organization_id).await
+    }
+
+    async fn usage(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        query: UsageQuery,
+    ) -> Result<UsageReport, BillingError> {
+        self.shared.inner.usage(principal, organization_id, query).await
+    }
+
+    async fn ledger(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<LedgerEntry>, BillingError> {
+        self.shared.inner.ledger(principal, organization_id, page).await
+    }
+
+    async fn invoices(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<Invoice>, BillingError> {
+        self.shared.inner.invoices(principal, organization_id, page).await
+    }
+
+    async fn invoice(
+        &self,
+        principal: &Principal,
+        organization_id: OrganizationId,
+        invoice_id: InvoiceId,
+    ) -> Result<Invoice, BillingError> {
+        self.shared.inner.invoice(principal, organization_id, invoice_id).await
+    }
+
+    async fn ready(&self) -> Result<(), BillingError> {
+        self.shared.inner.ready().await
+    }
+}
