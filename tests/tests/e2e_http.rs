@@ -513,6 +513,8 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("post", "/internal/billing/holds/{hold_id}/release"),
         ("post", "/internal/billing/usage"),
         ("get", "/internal/billing/limits/{org_id}"),
+        ("post", "/internal/billing/leases/extend"),
+        ("post", "/internal/billing/leases/commit"),
         // inference
         ("post", "/v1/chat/completions"),
         ("post", "/v1/embeddings"),
