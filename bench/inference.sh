@@ -57,7 +57,7 @@ http {
     }
     server {
         listen 127.0.0.1:9102;
-        location /v1/chat/completions { default_type text/event-stream; return 200 "$SSE"; }
+        location /v1/chat/completions { default_type text/event-stream; return 200 '$SSE'; }
     }
 }
 EOF
@@ -162,6 +162,13 @@ for c in 1 10 64; do
     run "stream keel" "$API/v1/chat/completions" "$(body stream)" "$KEY" "$c"
     run "embeddings direct" "http://127.0.0.1:9101/v1/embeddings" "$(body embed)" none "$c"
     run "embeddings keel" "$API/v1/embeddings" "$(body embed)" "$KEY" "$c"
+done
+# The platform's own floor: an authenticated, non-AI route of the same gateway (API key from the
+# credential cache, no billing, no upstream).
+for c in 1 10 64; do
+    out=$(taskset -c 1 wrk -t1 -c"$c" -d"${DURATION}s" --latency -H "Authorization: Bearer $KEY" "$API/v1/auth/me" |
+        awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +90%/ {p90=$2} /^ +99%/ {p99=$2} END {print "rps=" rps " p50=" p50 " p90=" p90 " p99=" p99}')
+    printf '%-22s c=%-3s %s\n' "auth/me keel (GET)" "$c" "$out"
 done
 CPU1=$(cpu_secs)
 echo "keel: cpu ${CPU0}s -> ${CPU1}s over the runs; $(grep VmRSS "/proc/$KEEL_PID/status"); $(grep VmHWM "/proc/$KEEL_PID/status")"
