@@ -9,4 +9,6 @@ register_domains! {
     auth: auth::AuthConfig => auth::AuthModule,
     /// `[billing]`, `KEEL_BILLING__*`: plans, credits on a ledger, budget holds, usage, invoices.
     billing: billing::BillingConfig => billing::BillingModule,
+    /// `[inference]`, `KEEL_INFERENCE__*`: OpenAI-compatible model calls through configured providers.
+    inference: inference::InferenceConfig => inference::InferenceModule,
 }

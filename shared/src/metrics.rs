@@ -14,12 +14,14 @@
 mod cache;
 mod db;
 mod http;
+mod inference;
 mod jobs;
 mod ratelimit;
 
 pub use cache::{CacheHandle, CacheLayer, CacheMetrics, CacheResult};
 pub use db::{DbMetrics, PoolHandle, PoolRole, PoolSample, PoolSource};
 pub use http::{HttpMetrics, RecordHttpMetrics, metrics_endpoint};
+pub use inference::{InferenceHandle, InferenceMetrics};
 pub use jobs::{JobMetrics, JobOutcome, JobState, QueueHandle};
 pub use ratelimit::{RateLimitHandle, RateLimitMetrics, RedisMetrics};
 
@@ -105,6 +107,7 @@ struct Inner {
     cache: CacheMetrics,
     ratelimit: RateLimitMetrics,
     redis: RedisMetrics,
+    inference: InferenceMetrics,
 }
 
 impl Metrics {
@@ -117,12 +120,13 @@ impl Metrics {
         let cache = CacheMetrics::register(&mut registry);
         let ratelimit = RateLimitMetrics::register(&mut registry);
         let redis = RedisMetrics::register(&mut registry);
+        let inference = InferenceMetrics::register(&mut registry);
 
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: build.version.clone(), commit: build.commit.clone() }).set(1);
         registry.register("keel_build_info", "The running build: its version and source commit (value 1)", build_info);
 
-        Self { inner: Arc::new(Inner { registry, http, db, jobs, cache, ratelimit, redis }) }
+        Self { inner: Arc::new(Inner { registry, http, db, jobs, cache, ratelimit, redis, inference }) }
     }
 
     pub fn http(&self) -> &HttpMetrics {
@@ -147,6 +151,10 @@ impl Metrics {
 
     pub fn redis(&self) -> &RedisMetrics {
         &self.inner.redis
+    }
+
+    pub fn inference(&self) -> &InferenceMetrics {
+        &self.inner.inference
     }
 
     /// Every metric, in `format`.

@@ -8,6 +8,7 @@
 pub mod billing;
 pub mod client;
 pub mod contract;
+pub mod fake_openai;
 pub mod harness;
 
 pub use client::{Client, Reply};

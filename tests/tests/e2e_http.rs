@@ -495,6 +495,7 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("post", "/v1/organizations/{org_id}/api-keys"),
         ("delete", "/v1/organizations/{org_id}/api-keys/{key_id}"),
         ("get", "/v1/organizations/{org_id}/role"),
+        // billing
         ("get", "/v1/plans"),
         ("get", "/v1/organizations/{org_id}/subscription"),
         ("put", "/v1/organizations/{org_id}/subscription"),
@@ -514,6 +515,11 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("post", "/internal/billing/leases/extend"),
         ("post", "/internal/billing/leases/commit"),
         ("get", "/internal/billing/limits/{org_id}"),
+        // inference
+        ("post", "/v1/chat/completions"),
+        ("post", "/v1/embeddings"),
+        ("get", "/v1/models"),
+        ("get", "/v1/models/{model}"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -553,8 +559,8 @@ backend_tests! {
         // A also serves billing, so that B, whose domains are all remote, opens no database.
         let a = TestGateway::start(a_config, Some(&[auth::DOMAIN, billing::DOMAIN])).await;
 
-        // B: every route, auth (and billing) through A. Its database URL points nowhere: B must
-        // not use one.
+        // B: every route, auth and billing through A. Its database URL points nowhere: B must
+        // not use one for them. Inference runs in B, on the test database.
         let mut b_config = GatewayConfig::default();
         b_config.http.addr = "127.0.0.1:0".into();
         b_config.http.workers = 2;
@@ -563,6 +569,7 @@ backend_tests! {
         b_config.database.url = "postgres://nobody@127.0.0.1:1/nothing".into();
         b_config.auth.url = Some(a.url().into());
         b_config.billing.url = Some(a.url().into());
+        b_config.inference.database.url = Some(database.config().url.clone());
         let b = TestGateway::start(b_config, None).await;
         let (via_a, via_b) = (a.client(), b.client());
 

@@ -1,0 +1,362 @@
+//! The inference contract: `InferenceApi` and the OpenAI wire types it speaks.
+//!
+//! The request types keep every field Keel does not read in `extra`, so tools, response
+//! formats, logprobs and whatever the provider adds next reach it untouched. Always compiled:
+//! neither diesel nor actix.
+
+use crate::error::InferenceError;
+use async_trait::async_trait;
+use auth::Principal;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::pin::Pin;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// The header that carries the gateway's own time for a model call, in milliseconds.
+pub const OVERHEAD_HEADER: &str = "x-keel-overhead-ms";
+
+/// Unknown fields of a request or an answer, kept as they came.
+pub type Extra = Map<String, Value>;
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// The public model name (`GET /v1/models`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    /// Answer as server-sent events, chunk by chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// The most tokens to generate (the older name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The most tokens to generate (the newer name); wins over `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Every other field (tools, response_format, temperature, …), passed to the provider as is.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+impl ChatCompletionRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// The output cap the caller asked for, if any.
+    pub fn output_cap(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    pub role: String,
+    /// A string, an array of content parts, or null (an assistant message with tool calls).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub content: Option<Value>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+impl ChatMessage {
+    /// The text of the message: the string, or the text parts joined.
+    pub fn text(&self) -> String {
+        match &self.content {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage of the whole request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, extra: Extra::new() }
+    }
+}
+
+/// The answer of a chat completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Choice {
+    pub index: u32,
+    pub message: ChatMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+/// One chunk of a streamed chat completion (`data: {…}` of a server-sent event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Only on the last chunk, when `stream_options.include_usage` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+impl ChatCompletionChunk {
+    /// The text this chunk adds, over all its choices.
+    pub fn text(&self) -> impl Iterator<Item = &str> {
+        self.choices.iter().filter_map(|c| c.delta.content.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EmbeddingRequest {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    /// A string, an array of strings, or arrays of token ids.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: Extra,
+}
+
+impl EmbeddingRequest {
+    /// The text of the inputs (token-id inputs count as their length in tokens, see
+    /// `input_token_ids`).
+    pub fn texts(&self) -> Vec<&str> {
+        match &self.input {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The number of token ids given directly (`[1, 2, 3]` or `[[1, 2], [3]]`).
+    pub fn input_token_ids(&self) -> u64 {
+        match &self.input {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Number(_) => 1,
+                    Value::Array(ids) => ids.len() as u64,
+                    _ => 0,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// The answer of `POST /v1/embeddings`. The vectors are kept as the provider wrote them (never
+/// parsed into floats and written again).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EmbeddingResponse {
+    pub object: String,
+    /// The list of `{"object": "embedding", "index": 0, "embedding": [...]}`.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Box<RawValue>,
+    pub model: String,
+    #[serde(default)]
+    pub usage: EmbeddingUsage,
+}
+
+impl PartialEq for EmbeddingResponse {
+    fn eq(&self, other: &Self) -> bool {
+        self.object == other.object
+            && self.data.get() == other.data.get()
+            && self.model == other.model
+            && self.usage == other.usage
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EmbeddingUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// A model the caller may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix seconds (the gateway's start, for configured models).
+    pub created: i64,
+    pub owned_by: String,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<Model>,
+}
+
+/// An answer and how long of it was spent waiting for the provider, so that the route can
+/// report the gateway's own overhead (`x-keel-overhead-ms`).
+#[derive(Debug)]
+pub struct Served<T> {
+    pub value: T,
+    /// Time spent waiting for the provider (until its answer's head, for a stream).
+    pub upstream: Duration,
+    /// Whether the answer came from the response cache.
+    pub cached: bool,
+}
+
+impl<T> Served<T> {
+    pub fn new(value: T, upstream: Duration) -> Self {
+        Self { value, upstream, cached: false }
+    }
+}
+
+/// The chunks of a streamed completion, as they arrive. An `Err` item ends the stream: the
+/// provider failed after the answer had begun.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, InferenceError>> + Send>>;
+
+/// The inference domain. Every method acts for `caller`, an API key (a session is refused with
+/// `permission_denied`: model calls are billed to an organization's key).
+#[async_trait]
+pub trait InferenceApi: Send + Sync {
+    /// A chat completion in one answer (`stream` must not be true).
+    ///
+    /// Errors: `invalid_request` (validation, before any provider call), `model_not_found`,
+    /// `model_not_allowed`, `permission_denied`, `rate_limit_exceeded`, `insufficient_quota`,
+    /// `overloaded`, `upstream_error`, `upstream_timeout`, `upstream_rejected`,
+    /// `service_unavailable`, `internal_error`.
+    async fn chat(
+        &self,
+        caller: &Principal,
+        request: ChatCompletionRequest,
+    ) -> Result<Served<ChatCompletionResponse>, InferenceError>;
+
+    /// A chat completion as a stream of chunks. The errors of [`chat`](Self::chat) come before
+    /// the stream starts; after it starts, a failure is the stream's last item.
+    async fn chat_stream(
+        &self,
+        caller: &Principal,
+        request: ChatCompletionRequest,
+    ) -> Result<Served<ChunkStream>, InferenceError>;
+
+    /// Embeddings of the inputs. Errors as [`chat`](Self::chat).
+    async fn embeddings(
+        &self,
+        caller: &Principal,
+        request: EmbeddingRequest,
+    ) -> Result<Served<EmbeddingResponse>, InferenceError>;
+
+    /// The models the caller's plan allows. Errors: `permission_denied`, `service_unavailable`.
+    async fn models(&self, caller: &Principal) -> Result<ModelList, InferenceError>;
+
+    /// One model the caller's plan allows. Errors: `model_not_found` (unknown or not allowed),
+    /// `permission_denied`, `service_unavailable`.
+    async fn model(&self, caller: &Principal, id: &str) -> Result<Model, InferenceError>;
+
+    /// Whether the domain can serve (for `/readyz`).
+    async fn ready(&self) -> Result<(), InferenceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let body = serde_json::json!({
+            "model": "gpt", "messages": [{"role": "user", "content": "hi", "name": "ada"}],
+            "tools": [{"type": "function"}], "temperature": 0.2, "stream": true,
+            "stream_options": {"include_usage": true, "future": 1}
+        });
+        let request: ChatCompletionRequest = serde_json::from_value(body.clone()).unwrap();
+        assert!(request.is_stream());
+        assert_eq!(request.extra["tools"], serde_json::json!([{"type": "function"}]));
+        assert_eq!(serde_json::to_value(&request).unwrap(), body);
+    }
+
+    #[test]
+    fn embedding_vectors_are_kept_verbatim() {
+        let text = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2.5e-3]}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#;
+        let response: EmbeddingResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&response).unwrap(), text);
+    }
+}

@@ -1,0 +1,302 @@
+//! `InferenceConfig`: providers, models and their deployments, resilience settings
+//! (`[inference]`, `KEEL_INFERENCE__*`).
+//!
+//! ```toml
+//! [inference.providers.openai]
+//! kind = "openai"
+//! base_url = "https://api.openai.com/v1"
+//! api_key = "sk-…"
+//! max_concurrency = 256
+//!
+//! [inference.models.gpt-4o-mini]
+//! context_window = 128000
+//! max_output_tokens = 16384
+//! deployments = [
+//!   { provider = "openai", model = "gpt-4o-mini", weight = 1,
+//!     input_nanos_per_million = 150000000000, output_nanos_per_million = 600000000000 },
+//! ]
+//! ```
+
+use serde::{Deserialize, Serialize};
+use shared::Secret;
+use shared::config::{DatabaseOverride, check_range};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// A remote inference service (`http://host:port`): the gateway then forwards to it.
+    pub url: Option<Secret>,
+    /// Overrides of the shared database settings for this domain (it keeps no tables today).
+    pub database: DatabaseOverride,
+    /// Upstream providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Public model names → deployments.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// The built-in `echo` model: answers with the last user message, word by word, with no
+    /// upstream. On in the default configuration (`cargo run`); turn it off in production with
+    /// `KEEL_INFERENCE__ECHO__ENABLED=false`.
+    pub echo: EchoConfig,
+    pub retry: RetryConfig,
+    pub circuit: CircuitConfig,
+    /// Output tokens assumed for the budget hold when a request sets no `max_tokens` and its
+    /// model has no `max_output_tokens`.
+    pub default_max_output_tokens: u32,
+    /// The largest request body accepted on the model routes (prompts can be long).
+    pub max_body_bytes: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            database: DatabaseOverride::default(),
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+            echo: EchoConfig::default(),
+            retry: RetryConfig::default(),
+            circuit: CircuitConfig::default(),
+            default_max_output_tokens: 4096,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp, LM Studio, TGI, …
+    Openai,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// The API root, with its version: `https://api.openai.com/v1`, `http://vllm:8000/v1`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer`; never logged.
+    pub api_key: Option<Secret>,
+    /// Time to open a connection.
+    pub connect_timeout_ms: u64,
+    /// Time from sending the request to the answer's head and, for a stream, its first chunk.
+    pub first_token_timeout_ms: u64,
+    /// Longest silence between two chunks of a stream (or two reads of a body).
+    pub idle_timeout_ms: u64,
+    /// Longest whole call, retries included.
+    pub total_timeout_ms: u64,
+    /// Calls in flight at once per deployment on this provider (the bulkhead); past it a call
+    /// goes to another deployment or is refused at once with `overloaded` (no queue).
+    pub max_concurrency: u32,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Openai,
+            base_url: String::new(),
+            api_key: None,
+            connect_timeout_ms: 2_000,
+            first_token_timeout_ms: 60_000,
+            idle_timeout_ms: 30_000,
+            total_timeout_ms: 600_000,
+            max_concurrency: 256,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// A public model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `chat` or `embedding`: which route serves it.
+    pub kind: ModelKind,
+    /// Prompt plus output tokens the model accepts.
+    pub context_window: u32,
+    /// The largest `max_tokens` accepted, and the hold's output estimate when none is given.
+    pub max_output_tokens: Option<u32>,
+    pub owned_by: String,
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            kind: ModelKind::Chat,
+            context_window: 128_000,
+            max_output_tokens: None,
+            owned_by: "keel".into(),
+            deployments: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Chat,
+    Embedding,
+}
+
+/// One place a model runs: a provider and its name for the model, with prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A key of `providers`.
+    pub provider: String,
+    /// The provider's name for the model.
+    pub model: String,
+    /// Relative share of traffic among healthy deployments (0 = only as a fallback).
+    pub weight: u32,
+    /// Price of a million prompt tokens, in nano-units of the billing currency.
+    pub input_nanos_per_million: u64,
+    /// Price of a million output tokens, in nano-units.
+    pub output_nanos_per_million: u64,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        Self {
+            provider: String::new(),
+            model: String::new(),
+            weight: 1,
+            input_nanos_per_million: 0,
+            output_nanos_per_million: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoConfig {
+    pub enabled: bool,
+    /// The public model name of the echo model.
+    pub model: String,
+    /// Pause between streamed words (0: none).
+    pub chunk_delay_ms: u64,
+    /// Prices, as for a deployment, so that metering can be tried end to end.
+    pub input_nanos_per_million: u64,
+    pub output_nanos_per_million: u64,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: "echo".into(),
+            chunk_delay_ms: 0,
+            input_nanos_per_million: 0,
+            output_nanos_per_million: 0,
+        }
+    }
+}
+
+/// Retries of one call across attempts and deployments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included, across deployments.
+    pub max_attempts: u32,
+    /// First backoff; doubled per attempt, with full jitter.
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// A `Retry-After` longer than this is not waited for: the next deployment is tried, or the
+    /// 429 is passed on.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 3, base_backoff_ms: 50, max_backoff_ms: 2_000, max_retry_after_ms: 5_000 }
+    }
+}
+
+/// The circuit breaker of each deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses calls before one probe is let through.
+    pub open_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 5, open_ms: 10_000 }
+    }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+impl InferenceConfig {
+    /// Checks every value at start-up; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, p) in &self.providers {
+            let key = |field: &str| format!("inference.providers.{name}.{field}");
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err(format!("{} must start with http:// or https://", key("base_url")));
+            }
+            check_range(&key("connect_timeout_ms"), p.connect_timeout_ms, 1, HOUR_MS)?;
+            check_range(&key("first_token_timeout_ms"), p.first_token_timeout_ms, 1, HOUR_MS)?;
+            check_range(&key("idle_timeout_ms"), p.idle_timeout_ms, 1, HOUR_MS)?;
+            check_range(&key("total_timeout_ms"), p.total_timeout_ms, 1, 24 * HOUR_MS)?;
+            check_range(&key("max_concurrency"), u64::from(p.max_concurrency), 1, 1_000_000)?;
+        }
+        for (name, m) in &self.models {
+            let key = |field: &str| format!("inference.models.{name}.{field}");
+            if self.echo.enabled && *name == self.echo.model {
+                return Err(format!("inference.models.{name} has the name of the echo model"));
+            }
+            if m.deployments.is_empty() {
+                return Err(format!("{} must list at least one deployment", key("deployments")));
+            }
+            check_range(&key("context_window"), u64::from(m.context_window), 1, 100_000_000)?;
+            for (i, d) in m.deployments.iter().enumerate() {
+                if !self.providers.contains_key(&d.provider) {
+                    return Err(format!("{}[{i}].provider: no provider named `{}`", key("deployments"), d.provider));
+                }
+                if d.model.is_empty() {
+                    return Err(format!("{}[{i}].model must not be empty", key("deployments")));
+                }
+            }
+            if m.deployments.iter().all(|d| d.weight == 0) {
+                return Err(format!("{}: at least one deployment needs a weight above 0", key("deployments")));
+            }
+        }
+        check_range("inference.retry.max_attempts", u64::from(self.retry.max_attempts), 1, 10)?;
+        check_range("inference.retry.max_backoff_ms", self.retry.max_backoff_ms, 1, HOUR_MS)?;
+        check_range("inference.circuit.failure_threshold", u64::from(self.circuit.failure_threshold), 1, 1000)?;
+        check_range("inference.max_body_bytes", self.max_body_bytes as u64, 1024, 1 << 30)?;
+        check_range("inference.default_max_output_tokens", u64::from(self.default_max_output_tokens), 1, 10_000_000)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_a_deployment_needs_its_provider() {
+        assert_eq!(InferenceConfig::default().validate(), Ok(()));
+        let mut config = InferenceConfig::default();
+        config.models.insert(
+            "m".into(),
+            ModelConfig {
+                deployments: vec![DeploymentConfig {
+                    provider: "nope".into(),
+                    model: "x".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("inference.models.m.deployments[0].provider"), "{error}");
+    }
+}

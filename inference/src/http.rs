@@ -1,0 +1,298 @@
+//! The OpenAI-compatible routes, over `web::Data<dyn InferenceApi>`: the same handlers serve the
+//! in-process service and, in a gateway that forwards, the remote client.
+//!
+//! Errors use OpenAI's envelope and types (`insufficient_quota` included), so the official SDKs
+//! parse them and retry what they should. Every model call answers with `x-keel-overhead-ms`:
+//! the gateway's own time, the whole handler minus the wait for the provider (for a stream, up
+//! to its head).
+
+use crate::api::*;
+use crate::error::InferenceError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpResponse, ResponseError};
+use auth::web::Caller;
+use futures_util::{StreamExt, stream};
+use serde::Serialize;
+use shared::DomainError;
+use shared::ErrorKind;
+use shared::http::Resource;
+use shared::metrics::Metrics;
+use std::time::Instant;
+use utoipa::OpenApi;
+
+type Api = web::Data<dyn InferenceApi>;
+
+/// The largest body the model routes read (`inference.max_body_bytes`), as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyCap(pub usize);
+
+/// Registers the routes. Expects `web::Data<dyn InferenceApi>` and `web::Data<BodyCap>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    Resource::new("/v1/chat/completions").post(chat_completions).register(cfg);
+    Resource::new("/v1/embeddings").post(embeddings).register(cfg);
+    Resource::new("/v1/models").get(list_models).register(cfg);
+    Resource::new("/v1/models/{model}").get(get_model).register(cfg);
+}
+
+/// The codes of `InferenceError` each operation can answer with, beyond the platform's.
+pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
+    (
+        "create_chat_completion",
+        &[
+            "invalid_json",
+            "payload_too_large",
+            "invalid_request",
+            "model_not_found",
+            "model_not_allowed",
+            "permission_denied",
+            "rate_limit_exceeded",
+            "insufficient_quota",
+            "overloaded",
+            "upstream_error",
+            "upstream_timeout",
+            "upstream_rejected",
+        ],
+    ),
+    (
+        "create_embedding",
+        &[
+            "invalid_json",
+            "payload_too_large",
+            "invalid_request",
+            "model_not_found",
+            "model_not_allowed",
+            "permission_denied",
+            "rate_limit_exceeded",
+            "insufficient_quota",
+            "overloaded",
+            "upstream_error",
+            "upstream_timeout",
+            "upstream_rejected",
+        ],
+    ),
+    ("list_models", &["permission_denied"]),
+    ("retrieve_model", &["permission_denied", "model_not_found"]),
+];
+
+/// The OpenAPI description of the routes, with their error codes.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let unresolved = shared::openapi::domain_errors::<InferenceError>(&mut doc, ROUTE_ERRORS);
+    debug_assert!(unresolved.is_empty(), "{unresolved:?}");
+    doc
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(chat_completions, embeddings, list_models, get_model),
+    components(schemas(
+        ChatCompletionRequest, ChatMessage, StreamOptions, ChatCompletionResponse, Choice, Usage,
+        ChatCompletionChunk, ChunkChoice, Delta, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, Model, ModelList
+    )),
+    tags((name = "inference", description = "OpenAI-compatible model calls"))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+impl ResponseError for InferenceError {
+    fn status_code(&self) -> StatusCode {
+        shared::http::status_of(self.kind())
+    }
+
+    /// OpenAI's envelope with OpenAI's type; the cause of a 5xx is logged here, once.
+    fn error_response(&self) -> HttpResponse {
+        let kind = self.kind();
+        match kind {
+            ErrorKind::Unavailable => {
+                tracing::warn!(error.code = self.code(), error.cause = %self, "model call failed")
+            }
+            _ if kind.is_server_error() => {
+                tracing::error!(error.code = self.code(), error.cause = %self, "model call failed")
+            }
+            _ => {}
+        }
+        let mut response = HttpResponse::build(self.status_code()).json(envelope(self));
+        if let Some(secs) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// The error envelope of `error`, with OpenAI's type.
+fn envelope(error: &InferenceError) -> shared::ErrorEnvelope {
+    let mut envelope = error.envelope();
+    error.error_type().clone_into(&mut envelope.error.error_type);
+    envelope
+}
+
+/// Reads the body, up to the cap, and parses it.
+async fn parse<T: serde::de::DeserializeOwned>(
+    cap: Option<web::Data<BodyCap>>,
+    mut payload: web::Payload,
+) -> Result<T, InferenceError> {
+    let cap = cap.map_or(16 * 1024 * 1024, |c| c.0);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| InferenceError::InvalidBody("the body could not be read".into()))?;
+        if body.len() + chunk.len() > cap {
+            return Err(InferenceError::BodyTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        let message = e.to_string();
+        match message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+            Some(field) => InferenceError::validation(field, format!("Missing required parameter: '{field}'.")),
+            None if e.is_data() => InferenceError::validation("body", format!("Invalid request body: {message}")),
+            None => InferenceError::InvalidBody(message),
+        }
+    })
+}
+
+fn overhead_header(
+    response: &mut HttpResponse,
+    started: Instant,
+    upstream: std::time::Duration,
+) -> std::time::Duration {
+    let overhead = started.elapsed().saturating_sub(upstream);
+    let text = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response.headers_mut().insert(header::HeaderName::from_static(OVERHEAD_HEADER), value);
+    }
+    overhead
+}
+
+fn record_overhead(metrics: Option<&web::Data<Metrics>>, route: &'static str, overhead: std::time::Duration) {
+    if let Some(metrics) = metrics {
+        metrics.inference().overhead(route, overhead);
+    }
+}
+
+/// One server-sent event: `data: JSON\n\n`.
+fn event<T: Serialize>(value: &T) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.truncate(6);
+        out.extend_from_slice(
+            br#"{"error":{"message":"unserializable chunk","type":"api_error","code":"internal_error","param":null}}"#,
+        );
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// The chunks as server-sent events, each sent as it comes; `data: [DONE]` after the last, or
+/// an error event (and no `[DONE]`) when the stream failed.
+fn sse(chunks: ChunkStream) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    stream::unfold(Some(chunks), |state| async move {
+        let mut chunks = state?;
+        match chunks.next().await {
+            Some(Ok(chunk)) => Some((Ok(event(&chunk)), Some(chunks))),
+            Some(Err(error)) => {
+                tracing::warn!(error.code = error.code(), error.cause = %error, "stream ended with an error");
+                Some((Ok(event(&envelope(&error))), None))
+            }
+            None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
+        }
+    })
+}
+
+/// Create a chat completion (OpenAI's `POST /v1/chat/completions`); `stream: true` answers
+/// with server-sent events.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", operation_id = "create_chat_completion",
+    security(("bearer" = [])), request_body = ChatCompletionRequest, responses(
+    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`.", body = ChatCompletionResponse),
+))]
+async fn chat_completions(
+    api: Api,
+    caller: Caller,
+    cap: Option<web::Data<BodyCap>>,
+    metrics: Option<web::Data<Metrics>>,
+    payload: web::Payload,
+) -> Result<HttpResponse, InferenceError> {
+    let started = Instant::now();
+    let request: ChatCompletionRequest = parse(cap, payload).await?;
+    if request.is_stream() {
+        let served = api.chat_stream(&caller.0, request).await?;
+        let mut response = HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .streaming(sse(served.value));
+        let overhead = overhead_header(&mut response, started, served.upstream);
+        record_overhead(metrics.as_ref(), "chat_stream", overhead);
+        return Ok(response);
+    }
+    let served = api.chat(&caller.0, request).await?;
+    let mut response = HttpResponse::Ok().json(&served.value);
+    let overhead = overhead_header(&mut response, started, served.upstream);
+    record_overhead(metrics.as_ref(), "chat", overhead);
+    Ok(response)
+}
+
+/// Create embeddings (OpenAI's `POST /v1/embeddings`).
+#[utoipa::path(post, path = "/v1/embeddings", tag = "inference", operation_id = "create_embedding",
+    security(("bearer" = [])), request_body = EmbeddingRequest, responses(
+    (status = 200, description = "The embeddings.", body = EmbeddingResponse),
+))]
+async fn embeddings(
+    api: Api,
+    caller: Caller,
+    cap: Option<web::Data<BodyCap>>,
+    metrics: Option<web::Data<Metrics>>,
+    payload: web::Payload,
+) -> Result<HttpResponse, InferenceError> {
+    let started = Instant::now();
+    let request: EmbeddingRequest = parse(cap, payload).await?;
+    let served = api.embeddings(&caller.0, request).await?;
+    let mut response = HttpResponse::Ok().json(&served.value);
+    let overhead = overhead_header(&mut response, started, served.upstream);
+    record_overhead(metrics.as_ref(), "embeddings", overhead);
+    Ok(response)
+}
+
+/// The models the key's plan allows.
+#[utoipa::path(get, path = "/v1/models", tag = "inference", operation_id = "list_models",
+    security(("bearer" = [])), responses(
+    (status = 200, description = "The models.", body = ModelList),
+))]
+async fn list_models(api: Api, caller: Caller) -> Result<HttpResponse, InferenceError> {
+    Ok(HttpResponse::Ok().json(api.models(&caller.0).await?))
+}
+
+/// One model, if the key's plan allows it.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "inference", operation_id = "retrieve_model",
+    security(("bearer" = [])), params(("model" = String, Path, description = "The model's id")), responses(
+    (status = 200, description = "The model.", body = Model),
+))]
+async fn get_model(api: Api, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, InferenceError> {
+    Ok(HttpResponse::Ok().json(api.model(&caller.0, &path.into_inner()).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_resolves_every_error_code() {
+        let mut doc = ApiDoc::openapi();
+        assert_eq!(shared::openapi::domain_errors::<InferenceError>(&mut doc, ROUTE_ERRORS), Vec::<String>::new());
+    }
+
+    #[test]
+    fn insufficient_quota_has_openais_type() {
+        let envelope = serde_json::to_value(envelope(&InferenceError::InsufficientQuota)).unwrap();
+        assert_eq!(
+            envelope,
+            serde_json::json!({"error": {
+                "message": "You exceeded your current quota; check your plan and billing details.",
+                "type": "insufficient_quota", "code": "insufficient_quota", "param": null
+            }})
+        );
+        assert_eq!(InferenceError::InsufficientQuota.status_code(), StatusCode::TOO_MANY_REQUESTS);
+    }
+}

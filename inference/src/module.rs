@@ -1,0 +1,83 @@
+//! The inference domain as the gateway registers it.
+
+use crate::api::InferenceApi;
+use crate::client::HttpInferenceClient;
+use crate::config::InferenceConfig;
+use crate::service::InferenceService;
+use actix_web::web;
+use async_trait::async_trait;
+use billing::BillingApi;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use shared::Secret;
+use shared::config::DatabaseOverride;
+use shared::db::Db;
+use shared::module::{BoxError, Component, Contract, Contracts, Migrations, Module, Platform};
+use std::sync::Arc;
+
+/// The domain keeps no tables: its migration sets are empty (usage and money live in billing).
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// The inference domain, configured (`[inference]`, `KEEL_INFERENCE__*`).
+#[derive(Debug, Clone, Default)]
+pub struct InferenceModule {
+    config: InferenceConfig,
+}
+
+impl InferenceModule {
+    pub fn new(config: InferenceConfig) -> Self {
+        Self { config }
+    }
+}
+
+fn contract(api: Arc<dyn InferenceApi>) -> Arc<dyn Component> {
+    Contract::new(api, |api| Box::pin(async move { api.ready().await.map_err(|e| e.to_string()) }))
+}
+
+#[async_trait]
+impl Module for InferenceModule {
+    fn name(&self) -> &'static str {
+        crate::DOMAIN
+    }
+
+    fn remote_url(&self) -> Option<&Secret> {
+        self.config.url.as_ref()
+    }
+
+    fn database(&self) -> &DatabaseOverride {
+        &self.config.database
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.config.validate()
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations { postgres: POSTGRES_MIGRATIONS, sqlite: SQLITE_MIGRATIONS }
+    }
+
+    async fn build_local(
+        &self,
+        _db: Db,
+        platform: &Platform,
+        contracts: &Contracts,
+    ) -> Result<Arc<dyn Component>, BoxError> {
+        let billing = contracts.require::<dyn BillingApi>(crate::DOMAIN)?;
+        let service =
+            InferenceService::new(&self.config, platform.metrics.inference(), billing, platform.rate_limiter.clone())?;
+        Ok(contract(Arc::new(service)))
+    }
+
+    fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
+        Ok(contract(Arc::new(HttpInferenceClient::new(url, &platform.remote)?)))
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        crate::http::document()
+    }
+
+    fn routes(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::new(crate::http::BodyCap(self.config.max_body_bytes)));
+        crate::http::configure(cfg);
+    }
+}

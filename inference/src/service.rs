@@ -1,0 +1,935 @@
+//! `InferenceService`: validation, the choice of deployment, retries and fallback, streaming
+//! and metering.
+//!
+//! One call goes: check the caller and the request (400 before any provider call) → plan
+//! limits and budget hold → attempts over the model's deployments (bulkhead, circuit breaker,
+//! backoff with jitter, `Retry-After`) until an answer's head (and for a stream, its first
+//! event) arrives → the answer. From then on nothing is retried: a failure in a stream is its
+//! last event. Every call is metered exactly once, when it ends however it ends (a dropped
+//! stream included), by [`Meter`].
+
+use crate::api::*;
+use crate::config::{InferenceConfig, ModelKind, RetryConfig};
+use crate::error::InferenceError;
+use crate::metrics::InferenceMetrics;
+use crate::provider::{BodyReader, Echo, Failure, SseEvent, SseReader};
+use crate::router::{Deployment, ModelEntry, Router, Upstream};
+use crate::tokens;
+use async_trait::async_trait;
+use auth::{Principal, PrincipalKind};
+use billing::{BillingApi, BillingError, HoldId, Money, ReserveRequest, SettleRequest, UsageRecord};
+use bytes::Bytes;
+use futures_util::stream;
+use shared::ratelimit::{Quota, RateKey, RateLimiter, Subject};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+/// The largest non-streamed answer read from a provider.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// The in-process inference domain.
+#[derive(Clone)]
+pub struct InferenceService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for InferenceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceService").field("models", &self.inner.router.models.len()).finish()
+    }
+}
+
+struct Inner {
+    router: Router,
+    billing: Arc<dyn BillingApi>,
+    limiter: Arc<dyn RateLimiter>,
+    retry: RetryConfig,
+    default_max_output_tokens: u32,
+    /// How long a hold lives: the longest call, plus a minute for the settlement.
+    hold_ttl: Duration,
+    /// Unix seconds of the start: the `created` of configured models.
+    created: i64,
+}
+
+fn hold_ttl(config: &InferenceConfig) -> Duration {
+    let longest = config.providers.values().map(|p| p.total_timeout_ms).max().unwrap_or(0);
+    Duration::from_millis(longest) + Duration::from_secs(60)
+}
+
+fn billing_error(error: BillingError) -> InferenceError {
+    match error {
+        BillingError::BudgetExceeded { .. } => InferenceError::InsufficientQuota,
+        BillingError::Unavailable(cause) => InferenceError::Unavailable(format!("billing: {cause}")),
+        other => InferenceError::Internal(format!("billing: {other}")),
+    }
+}
+
+/// A call admitted by billing: settles its hold with the usage exactly once, or releases it
+/// when dropped unsettled (the call failed before any answer, or was cancelled).
+struct Admission {
+    billing: Arc<dyn BillingApi>,
+    organization_id: auth::OrganizationId,
+    api_key_id: Option<auth::ApiKeyId>,
+    /// The public model name, as usage is reported.
+    model: String,
+    /// The idempotency key of the hold and the settlement.
+    request_id: String,
+    hold: Option<HoldId>,
+    closed: bool,
+}
+
+impl Admission {
+    /// Settles the hold with `usage` (or, with no hold, records the usage), in the background
+    /// with retries: idempotent by the request id, so a retry never charges twice.
+    fn settle(&mut self, input_tokens: u64, output_tokens: u64, cost: Money) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let usage = UsageRecord {
+            request_id: self.request_id.clone(),
+            model: self.model.clone(),
+            api_key_id: self.api_key_id,
+            input_tokens,
+            output_tokens,
+            cost,
+        };
+        let billing = self.billing.clone();
+        let hold = self.hold;
+        let organization_id = self.organization_id;
+        spawn_with_retries("settle", move || {
+            let billing = billing.clone();
+            let usage = usage.clone();
+            async move {
+                match hold {
+                    Some(hold_id) => billing.settle(SettleRequest { hold_id, usage }).await.map(drop),
+                    None => {
+                        billing.record_usage(billing::RecordUsageRequest { organization_id, usage }).await.map(drop)
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        if let Some(hold) = self.hold {
+            let billing = self.billing.clone();
+            spawn_with_retries("release", move || {
+                let billing = billing.clone();
+                async move { billing.release(hold).await }
+            });
+        }
+    }
+}
+
+/// Runs a billing call in the background, retrying while billing is unavailable (5 attempts,
+/// backoff from 100 ms); other errors are logged.
+fn spawn_with_retries<F, Fut>(what: &'static str, call: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), BillingError>> + Send,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(billing.call = what, "no runtime to settle on");
+        return;
+    };
+    runtime.spawn(async move {
+        for attempt in 0..5u32 {
+            match call().await {
+                Ok(()) => return,
+                Err(BillingError::Unavailable(cause)) if attempt < 4 => {
+                    tracing::warn!(billing.call = what, error.cause = %cause, "billing unavailable; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(error) => {
+                    tracing::error!(billing.call = what, error.cause = %error, "billing call failed");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl InferenceService {
+    /// The service over `billing` (limits, holds, settlements) and the platform's `limiter`.
+    pub fn new(
+        config: &InferenceConfig,
+        metrics: &InferenceMetrics,
+        billing: Arc<dyn BillingApi>,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Result<Self, String> {
+        let router = Router::new(config, metrics)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                router,
+                billing,
+                limiter,
+                retry: config.retry.clone(),
+                default_max_output_tokens: config.default_max_output_tokens,
+                hold_ttl: hold_ttl(config),
+                created: now_secs(),
+            }),
+        })
+    }
+
+    /// The caller's organization: model calls need an API key.
+    fn organization(caller: &Principal) -> Result<auth::OrganizationId, InferenceError> {
+        match (&caller.kind, caller.organization_id) {
+            (PrincipalKind::ApiKey, Some(org)) => Ok(org),
+            _ => Err(InferenceError::ApiKeyRequired),
+        }
+    }
+
+    fn model(&self, name: &str, kind: ModelKind) -> Result<Arc<ModelEntry>, InferenceError> {
+        let model = self.inner.router.models.get(name).ok_or_else(|| InferenceError::ModelNotFound(name.to_owned()))?;
+        if model.kind != kind {
+            let what = match model.kind {
+                ModelKind::Chat => "a chat model: use /v1/chat/completions",
+                ModelKind::Embedding => "an embedding model: use /v1/embeddings",
+            };
+            return Err(InferenceError::validation("model", format!("`{name}` is {what}.")));
+        }
+        Ok(model.clone())
+    }
+
+    /// Admits a call before any provider is asked: the plan allows the model, the plan's
+    /// requests and tokens per minute (per key and per organization, through the platform
+    /// limiter) have room, and a hold covers the estimated cost (`insufficient_quota` if not).
+    async fn admit(
+        &self,
+        caller: &Principal,
+        model: &ModelEntry,
+        prompt_estimate: u64,
+        output_cap: u64,
+    ) -> Result<Admission, InferenceError> {
+        let org = Self::organization(caller)?;
+        let billing = &self.inner.billing;
+        let limits = billing.limits(org).await.map_err(billing_error)?;
+        if !limits.allows_model(&model.name) {
+            return Err(InferenceError::ModelNotAllowed(model.name.clone()));
+        }
+        let tokens = prompt_estimate + output_cap;
+        let key = caller.api_key_id.map(|k| k.to_string()).unwrap_or_default();
+        let checks = [
+            ("inference_requests", "requests per minute", limits.requests_per_minute, 1),
+            (
+                "inference_tokens",
+                "tokens per minute",
+                u32::try_from(limits.tokens_per_minute).unwrap_or(u32::MAX),
+                tokens,
+            ),
+        ];
+        for (class, what, limit, cost) in checks {
+            let quota = Quota { limit, period_secs: 60 };
+            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+            for subject in [Subject::ApiKey(key.clone()), Subject::Organization(org.to_string())] {
+                let decision = self.inner.limiter.check(&RateKey::new(class, subject), quota, cost).await;
+                if !decision.allowed {
+                    let retry_after_secs = decision.retry_after.map_or(60, |d| d.as_secs_f64().ceil() as u64).max(1);
+                    return Err(InferenceError::RateLimited { limit: what.into(), retry_after_secs });
+                }
+            }
+        }
+        let amount = model
+            .deployments
+            .iter()
+            .map(|d| billing::cost_of(&d.price(), prompt_estimate, output_cap))
+            .max()
+            .unwrap_or(Money::ZERO);
+        let request_id = shared::request_id::current().unwrap_or_else(|| new_id("req"));
+        let mut admission = Admission {
+            billing: billing.clone(),
+            organization_id: org,
+            api_key_id: caller.api_key_id,
+            model: model.name.clone(),
+            request_id,
+            hold: None,
+            closed: false,
+        };
+        if amount > Money::ZERO {
+            let hold = billing
+                .reserve(ReserveRequest {
+                    organization_id: org,
+                    api_key_id: caller.api_key_id,
+                    amount,
+                    idempotency_key: admission.request_id.clone(),
+                    ttl: self.inner.hold_ttl,
+                })
+                .await
+                .map_err(billing_error)?;
+            admission.hold = Some(hold.id);
+        }
+        Ok(admission)
+    }
+
+    /// Checks what Keel relies on; returns the output cap used for the estimate.
+    fn validate_chat(&self, model: &ModelEntry, request: &ChatCompletionRequest) -> Result<u32, InferenceError> {
+        if request.messages.is_empty() {
+            return Err(InferenceError::validation("messages", "`messages` must not be empty."));
+        }
+        const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+        for (i, m) in request.messages.iter().enumerate() {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(InferenceError::validation(
+                    &format!("messages[{i}].role"),
+                    format!("`{}` is not a valid role.", m.role),
+                ));
+            }
+        }
+        let field = if request.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+        let limit = model.max_output_tokens.unwrap_or(model.context_window).min(model.context_window);
+        match request.output_cap() {
+            Some(0) => Err(InferenceError::validation(field, format!("`{field}` must be at least 1."))),
+            Some(n) if n > limit => Err(InferenceError::validation(
+                field,
+                format!("`{field}` is too large: {n}. This model supports at most {limit} output tokens."),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(model.max_output_tokens.unwrap_or(self.inner.default_max_output_tokens).min(limit)),
+        }
+    }
+
+    /// Runs `attempt` over the model's deployments until one answers: each attempt holds a slot
+    /// of its deployment's bulkhead (a full one is skipped, never waited for) and passes its
+    /// circuit breaker; a retryable failure is retried after a backoff with full jitter (or the
+    /// provider's `Retry-After`), on the next deployment when there is one. Returns the answer,
+    /// its deployment and slot, and the time spent waiting (for the provider and in backoff).
+    async fn attempts<T, F, Fut>(
+        &self,
+        model: &ModelEntry,
+        started: Instant,
+        mut attempt: F,
+    ) -> Result<(T, Arc<Deployment>, OwnedSemaphorePermit, Duration), InferenceError>
+    where
+        F: FnMut(Arc<Deployment>, Instant) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let retry = &self.inner.retry;
+        let plan = model.plan();
+        let mut waited = Duration::ZERO;
+        let mut last: Option<Failure> = None;
+        let mut next = 0;
+        for n in 0..retry.max_attempts {
+            let mut picked = None;
+            for _ in 0..plan.len() {
+                let deployment = &plan[next % plan.len()];
+                next += 1;
+                if let Some(permit) = deployment.try_acquire()
+                    && deployment.circuit.allow()
+                {
+                    picked = Some((deployment.clone(), permit));
+                    break;
+                }
+            }
+            let Some((deployment, permit)) = picked else { break };
+            if n > 0 {
+                deployment.metrics.retry();
+            }
+            let deadline = started + total_timeout(&deployment);
+            let t0 = Instant::now();
+            let result = attempt(deployment.clone(), deadline).await;
+            waited += t0.elapsed();
+            let failure = match result {
+                Ok(value) => {
+                    if deployment.circuit.success() {
+                        deployment.metrics.circuit(deployment.circuit.gauge());
+                    }
+                    return Ok((value, deployment, permit, waited));
+                }
+                Err(failure) => failure,
+            };
+            drop(permit);
+            deployment.metrics.upstream_error(failure.label());
+            tracing::warn!(
+                inference.model = %model.name,
+                inference.deployment = %deployment.label,
+                inference.attempt = n + 1,
+                error.kind = failure.label(),
+                error.cause = ?failure,
+                "provider attempt failed"
+            );
+            let counts_for_circuit = !matches!(failure, Failure::Status { status, .. } if status < 500);
+            if counts_for_circuit && deployment.circuit.failure() {
+                deployment.metrics.circuit(deployment.circuit.gauge());
+            }
+            if !failure.retryable() || n + 1 >= retry.max_attempts {
+                last = Some(failure);
+                break;
+            }
+            let wait = match &failure {
+                Failure::Status { status: 429, retry_after: Some(after), .. } => {
+                    if *after > Duration::from_millis(retry.max_retry_after_ms) {
+                        if plan.len() > 1 {
+                            Duration::ZERO
+                        } else {
+                            last = Some(failure);
+                            break;
+                        }
+                    } else {
+                        *after
+                    }
+                }
+                _ => backoff(retry, n),
+            };
+            if Instant::now() + wait >= deadline {
+                last = Some(failure);
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            waited += wait;
+            last = Some(failure);
+        }
+        Err(last.map_or(InferenceError::Overloaded { retry_after_secs: 1 }, Failure::into_error))
+    }
+
+    fn echo_delay(deployment: &Deployment) -> Duration {
+        match &deployment.upstream {
+            Upstream::Echo(echo) => Duration::from_millis(echo.config.chunk_delay_ms),
+            Upstream::OpenAi(_) => Duration::ZERO,
+        }
+    }
+}
+
+fn total_timeout(deployment: &Deployment) -> Duration {
+    match &deployment.upstream {
+        Upstream::OpenAi(p) => p.timeouts.total,
+        Upstream::Echo(_) => Duration::from_secs(3600),
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, base × 2^n)].
+fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let cap = retry.base_backoff_ms.saturating_mul(1 << attempt.min(20)).min(retry.max_backoff_ms);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
+
+/// The request body for one deployment: the caller's request with the provider's model name.
+fn body_for<T: serde::Serialize>(request: &T) -> Result<Bytes, Failure> {
+    serde_json::to_vec(request).map(Bytes::from).map_err(|e| Failure::Malformed(format!("request body: {e}")))
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The metering of one call: records its usage exactly once, when it is finished or, at the
+/// latest, when it is dropped (a client that went away mid-stream).
+struct Meter {
+    deployment: Arc<Deployment>,
+    /// The provider's model name, for counting tokens.
+    count_model: String,
+    messages: Vec<ChatMessage>,
+    started: Instant,
+    /// The text generated so far (streams), counted when the provider reports no usage.
+    generated: String,
+    usage: Option<Usage>,
+    admission: Admission,
+    done: bool,
+}
+
+impl Meter {
+    fn new(deployment: Arc<Deployment>, messages: Vec<ChatMessage>, started: Instant, admission: Admission) -> Self {
+        let count_model = deployment.upstream_model.clone();
+        Self {
+            deployment,
+            count_model,
+            messages,
+            started,
+            generated: String::new(),
+            usage: None,
+            admission,
+            done: false,
+        }
+    }
+
+    /// The usage to bill: the provider's, else counted from the prompt and what was generated.
+    fn usage(&self) -> Usage {
+        match &self.usage {
+            Some(usage) if usage.prompt_tokens + usage.completion_tokens > 0 => usage.clone(),
+            _ => Usage::new(
+                tokens::count_messages(&self.count_model, &self.messages),
+                tokens::count(&self.count_model, &self.generated),
+            ),
+        }
+    }
+
+    /// Records the call's end; a second call does nothing.
+    fn finish(&mut self, ok: bool) -> Usage {
+        let usage = self.usage();
+        if self.done {
+            return usage;
+        }
+        self.done = true;
+        let d = &self.deployment;
+        let cost = billing::cost_of(&d.price(), usage.prompt_tokens, usage.completion_tokens);
+        self.admission.settle(usage.prompt_tokens, usage.completion_tokens, cost);
+        let cost = u64::try_from(cost.as_nanos()).unwrap_or(0);
+        d.metrics.finished(ok, usage.prompt_tokens, usage.completion_tokens, cost, self.started.elapsed());
+        tracing::info!(
+            inference.deployment = %d.label,
+            inference.input_tokens = usage.prompt_tokens,
+            inference.output_tokens = usage.completion_tokens,
+            inference.cost_nanos = cost,
+            inference.ok = ok,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "model call metered"
+        );
+        usage
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(false);
+        }
+    }
+}
+
+/// Where the chunks of a stream come from.
+enum Source {
+    Provider { reader: SseReader, include_usage: bool },
+    Echo { id: String, model: String, created: i64, words: VecDeque<String>, delay: Duration, usage: Option<Usage> },
+}
+
+/// The state of a stream being forwarded.
+struct Forward {
+    source: Source,
+    /// The first chunk, read before the stream was handed out.
+    pending: Option<ChatCompletionChunk>,
+    meter: Meter,
+    /// Whether a chunk said how the answer finished (then a missing `[DONE]` is forgiven).
+    finished: bool,
+    first_token_seen: bool,
+    ended: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Forward {
+    /// Notes a chunk: its text and usage. Returns whether the caller should see it (a usage
+    /// chunk the caller did not ask for is dropped, and `usage` removed from the others).
+    fn note(&mut self, chunk: &mut ChatCompletionChunk, include_usage: bool) -> bool {
+        for text in chunk.text() {
+            self.meter.generated.push_str(text);
+        }
+        if !self.first_token_seen && chunk.text().next().is_some() {
+            self.first_token_seen = true;
+            self.meter.deployment.metrics.first_token(self.meter.started.elapsed());
+        }
+        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+            self.finished = true;
+        }
+        if let Some(usage) = &chunk.usage {
+            self.meter.usage = Some(usage.clone());
+        }
+        if include_usage {
+            return true;
+        }
+        if chunk.usage.is_some() && chunk.choices.is_empty() {
+            return false;
+        }
+        chunk.usage = None;
+        true
+    }
+
+    async fn next(&mut self) -> Option<Result<ChatCompletionChunk, InferenceError>> {
+        if self.ended {
+            return None;
+        }
+        if let Some(mut chunk) = self.pending.take() {
+            let include = self.include_usage();
+            if self.note(&mut chunk, include) {
+                return Some(Ok(chunk));
+            }
+        }
+        loop {
+            let item = match &mut self.source {
+                Source::Provider { reader, include_usage } => {
+                    let include = *include_usage;
+                    match reader.next().await {
+                        Ok(SseEvent::Data(data)) => match serde_json::from_str::<ChatCompletionChunk>(&data) {
+                            Ok(mut chunk) => {
+                                if self.note(&mut chunk, include) {
+                                    return Some(Ok(chunk));
+                                }
+                                continue;
+                            }
+                            Err(e) => Err(Failure::Malformed(format!("a chunk is not a completion chunk: {e}"))),
+                        },
+                        Ok(SseEvent::Done) => Ok(()),
+                        Ok(SseEvent::End) if self.finished => Ok(()),
+                        Ok(SseEvent::End) => Err(Failure::Broken("the stream ended before the answer finished".into())),
+                        Err(failure) => Err(failure),
+                    }
+                }
+                Source::Echo { id, model, created, words, delay, usage } => {
+                    if let Some(word) = words.pop_front() {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(*delay).await;
+                        }
+                        let last = words.is_empty();
+                        let mut chunk = echo_chunk(id, model, *created, Some(word), last.then(|| "stop".to_owned()));
+                        if self.note(&mut chunk, true) {
+                            return Some(Ok(chunk));
+                        }
+                        continue;
+                    }
+                    match usage.take() {
+                        Some(usage) => {
+                            let mut chunk = echo_chunk(id, model, *created, None, None);
+                            chunk.choices.clear();
+                            chunk.usage = Some(usage);
+                            self.meter.usage = chunk.usage.clone();
+                            return Some(Ok(chunk));
+                        }
+                        None => Ok(()),
+                    }
+                }
+            };
+            self.ended = true;
+            return match item {
+                Ok(()) => {
+                    self.meter.finish(true);
+                    None
+                }
+                Err(failure) => {
+                    self.meter.deployment.metrics.upstream_error(failure.label());
+                    tracing::warn!(
+                        inference.deployment = %self.meter.deployment.label,
+                        error.kind = failure.label(),
+                        error.cause = ?failure,
+                        "stream failed after it started"
+                    );
+                    self.meter.finish(false);
+                    Some(Err(failure.into_error()))
+                }
+            };
+        }
+    }
+
+    fn include_usage(&self) -> bool {
+        match &self.source {
+            Source::Provider { include_usage, .. } => *include_usage,
+            Source::Echo { .. } => true,
+        }
+    }
+}
+
+fn echo_chunk(
+    id: &str,
+    model: &str,
+    created: i64,
+    word: Option<String>,
+    finish: Option<String>,
+) -> ChatCompletionChunk {
+    ChatCompletionChunk {
+        id: id.to_owned(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.to_owned(),
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta: Delta { role: Some("assistant".into()), content: word, extra: Extra::new() },
+            finish_reason: finish,
+            extra: Extra::new(),
+        }],
+        usage: None,
+        extra: Extra::new(),
+    }
+}
+
+/// The echo model's answer: the last user message.
+fn echo_text(messages: &[ChatMessage]) -> String {
+    messages.iter().rev().find(|m| m.role == "user").map(ChatMessage::text).unwrap_or_default()
+}
+
+/// What a stream's attempt got before the stream was handed out.
+enum Opened {
+    Provider(Box<(SseReader, Option<ChatCompletionChunk>)>),
+    Echo,
+}
+
+#[async_trait]
+impl InferenceApi for InferenceService {
+    #[tracing::instrument(skip_all, fields(inference.model = %request.model))]
+    async fn chat(
+        &self,
+        caller: &Principal,
+        mut request: ChatCompletionRequest,
+    ) -> Result<Served<ChatCompletionResponse>, InferenceError> {
+        let started = Instant::now();
+        Self::organization(caller)?;
+        if request.is_stream() {
+            return Err(InferenceError::validation("stream", "Use chat_stream for a streamed answer."));
+        }
+        let model = self.model(&request.model, ModelKind::Chat)?;
+        let output_cap = self.validate_chat(&model, &request)?;
+        let admission =
+            self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
+        let public = std::mem::take(&mut request.model);
+        let public = &public;
+        let (response, deployment, _permit, waited) = self
+            .attempts(&model, started, |deployment, deadline| {
+                let request = &request;
+                async move {
+                    match &deployment.upstream {
+                        Upstream::Echo(_) => Ok(echo_response(public, &request.messages)),
+                        Upstream::OpenAi(provider) => {
+                            let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+                            let answer = provider.post("/chat/completions", body, deadline).await?;
+                            let bytes = BodyReader::new(answer, provider.timeouts.idle, deadline)
+                                .read_all(MAX_ANSWER_BYTES)
+                                .await?;
+                            serde_json::from_slice::<ChatCompletionResponse>(&bytes)
+                                .map_err(|e| Failure::Malformed(format!("not a chat completion: {e}")))
+                        }
+                    }
+                }
+            })
+            .await?;
+        let mut meter = Meter::new(deployment.clone(), std::mem::take(&mut request.messages), started, admission);
+        meter.deployment.metrics.first_token(started.elapsed());
+        meter.usage = response.usage.clone();
+        if meter.usage.as_ref().is_none_or(|u| u.prompt_tokens + u.completion_tokens == 0) {
+            for choice in &response.choices {
+                meter.generated.push_str(&choice.message.text());
+            }
+        }
+        meter.finish(true);
+        Ok(Served::new(response, waited))
+    }
+
+    #[tracing::instrument(skip_all, fields(inference.model = %request.model))]
+    async fn chat_stream(
+        &self,
+        caller: &Principal,
+        mut request: ChatCompletionRequest,
+    ) -> Result<Served<ChunkStream>, InferenceError> {
+        let started = Instant::now();
+        Self::organization(caller)?;
+        let model = self.model(&request.model, ModelKind::Chat)?;
+        let output_cap = self.validate_chat(&model, &request)?;
+        let admission =
+            self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
+        request.stream = Some(true);
+        // Always ask the provider for usage; the caller sees it only if it asked.
+        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+        let mut options =
+            request.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: Extra::new() });
+        options.include_usage = Some(true);
+        request.stream_options = Some(options);
+        let public = std::mem::take(&mut request.model);
+        let (opened, deployment, permit, waited) = self
+            .attempts(&model, started, |deployment, deadline| {
+                let request = &request;
+                async move {
+                    let Upstream::OpenAi(provider) = &deployment.upstream else { return Ok(Opened::Echo) };
+                    let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+                    let first_by = deadline.min(Instant::now() + provider.timeouts.first_token);
+                    let answer = provider.post("/chat/completions", body, deadline).await?;
+                    let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.first_token, deadline));
+                    // The first event is read before the answer is committed to the client, so
+                    // that a provider that fails before it can still be retried.
+                    let first = match tokio::time::timeout_at(first_by, reader.next()).await {
+                        Err(_) => return Err(Failure::Timeout("first_token")),
+                        Ok(Err(failure)) => return Err(failure),
+                        Ok(Ok(SseEvent::Data(data))) => Some(
+                            serde_json::from_str::<ChatCompletionChunk>(&data)
+                                .map_err(|e| Failure::Malformed(format!("a chunk is not a completion chunk: {e}")))?,
+                        ),
+                        Ok(Ok(SseEvent::Done)) => None,
+                        Ok(Ok(SseEvent::End)) => {
+                            return Err(Failure::Broken("the stream ended before its first event".into()));
+                        }
+                    };
+                    reader.body_mut().set_idle(provider.timeouts.idle);
+                    Ok(Opened::Provider(Box::new((reader, first))))
+                }
+            })
+            .await?;
+        let messages = std::mem::take(&mut request.messages);
+        let (source, pending) = match opened {
+            Opened::Provider(opened) => {
+                let (reader, first) = *opened;
+                (Source::Provider { reader, include_usage }, first)
+            }
+            Opened::Echo => {
+                let words: VecDeque<String> = Echo::words(&echo_text(&messages)).into();
+                let usage = Usage::new(tokens::estimate_messages(&messages), words.len() as u64);
+                let source = Source::Echo {
+                    id: new_id("chatcmpl"),
+                    model: public.clone(),
+                    created: now_secs(),
+                    delay: Self::echo_delay(&deployment),
+                    usage: include_usage.then_some(usage.clone()),
+                    words,
+                };
+                // Without include_usage the echo still bills its exact counts.
+                let mut forward = Forward {
+                    source,
+                    pending: None,
+                    meter: Meter::new(deployment.clone(), messages, started, admission),
+                    finished: false,
+                    first_token_seen: false,
+                    ended: false,
+                    _permit: permit,
+                };
+                forward.meter.usage = Some(usage);
+                return Ok(Served::new(into_stream(forward), waited));
+            }
+        };
+        let forward = Forward {
+            source,
+            pending,
+            meter: Meter::new(deployment, messages, started, admission),
+            finished: false,
+            first_token_seen: false,
+            ended: false,
+            _permit: permit,
+        };
+        Ok(Served::new(into_stream(forward), waited))
+    }
+
+    #[tracing::instrument(skip_all, fields(inference.model = %request.model))]
+    async fn embeddings(
+        &self,
+        caller: &Principal,
+        mut request: EmbeddingRequest,
+    ) -> Result<Served<EmbeddingResponse>, InferenceError> {
+        let started = Instant::now();
+        Self::organization(caller)?;
+        let model = self.model(&request.model, ModelKind::Embedding)?;
+        let empty = match &request.input {
+            serde_json::Value::String(s) => s.is_empty(),
+            serde_json::Value::Array(items) => items.is_empty(),
+            _ => return Err(InferenceError::validation("input", "`input` must be a string or an array.")),
+        };
+        if empty {
+            return Err(InferenceError::validation("input", "`input` must not be empty."));
+        }
+        let estimate = request.texts().iter().map(|t| tokens::estimate(t)).sum::<u64>() + request.input_token_ids();
+        let admission = self.admit(caller, &model, estimate, 0).await?;
+        request.model.clear();
+        let (response, deployment, _permit, waited) = self
+            .attempts(&model, started, |deployment, deadline| {
+                let request = &request;
+                async move {
+                    let Upstream::OpenAi(provider) = &deployment.upstream else {
+                        return Err(Failure::Status {
+                            status: 400,
+                            retry_after: None,
+                            message: "not an embedding model".into(),
+                        });
+                    };
+                    let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+                    let answer = provider.post("/embeddings", body, deadline).await?;
+                    let bytes =
+                        BodyReader::new(answer, provider.timeouts.idle, deadline).read_all(MAX_ANSWER_BYTES).await?;
+                    serde_json::from_slice::<EmbeddingResponse>(&bytes)
+                        .map_err(|e| Failure::Malformed(format!("not an embedding answer: {e}")))
+                }
+            })
+            .await?;
+        let mut meter = Meter::new(deployment.clone(), Vec::new(), started, admission);
+        let prompt = if response.usage.prompt_tokens > 0 {
+            response.usage.prompt_tokens
+        } else {
+            request.texts().iter().map(|t| tokens::count(&deployment.upstream_model, t)).sum::<u64>()
+                + request.input_token_ids()
+        };
+        meter.usage = Some(Usage::new(prompt, 0));
+        meter.finish(true);
+        Ok(Served::new(response, waited))
+    }
+
+    async fn models(&self, caller: &Principal) -> Result<ModelList, InferenceError> {
+        let org = Self::organization(caller)?;
+        let limits = self.inner.billing.limits(org).await.map_err(billing_error)?;
+        let mut data: Vec<Model> = self
+            .inner
+            .router
+            .models
+            .values()
+            .filter(|m| limits.allows_model(&m.name))
+            .map(|m| self.describe(m))
+            .collect();
+        data.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(ModelList { object: "list".into(), data })
+    }
+
+    async fn model(&self, caller: &Principal, id: &str) -> Result<Model, InferenceError> {
+        let org = Self::organization(caller)?;
+        let limits = self.inner.billing.limits(org).await.map_err(billing_error)?;
+        let model = self
+            .inner
+            .router
+            .models
+            .get(id)
+            .filter(|m| limits.allows_model(&m.name))
+            .ok_or_else(|| InferenceError::ModelNotFound(id.to_owned()))?;
+        Ok(self.describe(model))
+    }
+
+    async fn ready(&self) -> Result<(), InferenceError> {
+        Ok(())
+    }
+}
+
+impl InferenceService {
+    fn describe(&self, model: &ModelEntry) -> Model {
+        Model {
+            id: model.name.clone(),
+            object: "model".into(),
+            created: self.inner.created,
+            owned_by: model.owned_by.clone(),
+        }
+    }
+}
+
+/// A request with the provider's model name in place of the public one.
+#[derive(serde::Serialize)]
+struct WithModel<'a, T> {
+    model: &'a str,
+    #[serde(flatten)]
+    request: &'a T,
+}
+
+fn echo_response(model: &str, messages: &[ChatMessage]) -> ChatCompletionResponse {
+    let text = echo_text(messages);
+    let words = Echo::words(&text);
+    let usage = Usage::new(tokens::estimate_messages(messages), words.len() as u64);
+    ChatCompletionResponse {
+        id: new_id("chatcmpl"),
+        object: "chat.completion".into(),
+        created: now_secs(),
+        model: model.to_owned(),
+        choices: vec![Choice {
+            index: 0,
+            message: ChatMessage {
+                role: "assistant".into(),
+                content: Some(serde_json::Value::String(words.concat())),
+                extra: Extra::new(),
+            },
+            finish_reason: Some("stop".into()),
+            extra: Extra::new(),
+        }],
+        usage: Some(usage),
+        extra: Extra::new(),
+    }
+}
+
+fn into_stream(forward: Forward) -> ChunkStream {
+    Box::pin(stream::unfold(forward, |mut forward| async move { forward.next().await.map(|item| (item, forward)) }))
+}

@@ -1,0 +1,212 @@
+//! Inference metrics, per public model and deployment (`provider/upstream-model`): both label
+//! values come from the configuration, so they stay bounded.
+
+use super::{HistogramFamily, histogram_family};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Buckets for the gateway's own overhead: 25 µs to 100 ms.
+pub const OVERHEAD_BUCKETS: &[f64] =
+    &[0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
+
+/// Buckets for time to first token and whole calls: 10 ms to 10 min.
+pub const GENERATION_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeploymentLabels {
+    model: String,
+    deployment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    model: String,
+    deployment: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    deployment: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    model: String,
+    deployment: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+/// The `keel_inference_*` families.
+#[derive(Debug, Clone)]
+pub struct InferenceMetrics {
+    requests: Family<OutcomeLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<DeploymentLabels, Counter>,
+    ttft: HistogramFamily<DeploymentLabels>,
+    duration: HistogramFamily<DeploymentLabels>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    retries: Family<DeploymentLabels, Counter>,
+    circuit: Family<DeploymentLabels, Gauge>,
+    overhead: HistogramFamily<RouteLabels>,
+}
+
+impl InferenceMetrics {
+    pub(super) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            tokens: Family::default(),
+            cost: Family::default(),
+            ttft: histogram_family(|| Histogram::new(GENERATION_BUCKETS.iter().copied())),
+            duration: histogram_family(|| Histogram::new(GENERATION_BUCKETS.iter().copied())),
+            upstream_errors: Family::default(),
+            retries: Family::default(),
+            circuit: Family::default(),
+            overhead: histogram_family(|| Histogram::new(OVERHEAD_BUCKETS.iter().copied())),
+        };
+        registry.register(
+            "keel_inference_requests",
+            "Model calls answered, by model, deployment and outcome (ok or error)",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "keel_inference_tokens",
+            "Tokens billed, by model, deployment and direction (input or output)",
+            metrics.tokens.clone(),
+        );
+        registry.register(
+            "keel_inference_cost_nanos",
+            "Cost billed, in nano-units of the billing currency, by model and deployment",
+            metrics.cost.clone(),
+        );
+        registry.register(
+            "keel_inference_time_to_first_token_seconds",
+            "Time from the request to the provider's first token (the whole answer when not streamed)",
+            metrics.ttft.clone(),
+        );
+        registry.register(
+            "keel_inference_request_duration_seconds",
+            "Time from the request to the end of the provider's answer",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "keel_inference_upstream_errors",
+            "Failed provider attempts, by kind (connect, timeout, rate_limited, server_error, client_error, malformed, broken)",
+            metrics.upstream_errors.clone(),
+        );
+        registry.register("keel_inference_retries", "Provider attempts after the first", metrics.retries.clone());
+        registry.register(
+            "keel_inference_circuit_state",
+            "The deployment's circuit breaker: 0 closed, 1 open, 2 half-open",
+            metrics.circuit.clone(),
+        );
+        registry.register(
+            "keel_inference_overhead_seconds",
+            "The gateway's own time per model call (the whole call minus the wait for the provider), by route",
+            metrics.overhead.clone(),
+        );
+        metrics
+    }
+
+    /// The handles of one deployment of one model (labels from the configuration only).
+    pub fn deployment(&self, model: &str, deployment: &str) -> InferenceHandle {
+        let labels = DeploymentLabels { model: model.to_owned(), deployment: deployment.to_owned() };
+        let outcome = |outcome| {
+            self.requests.get_or_create_owned(&OutcomeLabels {
+                model: model.to_owned(),
+                deployment: deployment.to_owned(),
+                outcome,
+            })
+        };
+        let tokens = |direction| {
+            self.tokens.get_or_create_owned(&TokenLabels {
+                model: model.to_owned(),
+                deployment: deployment.to_owned(),
+                direction,
+            })
+        };
+        let circuit = self.circuit.get_or_create_owned(&labels);
+        circuit.set(0);
+        InferenceHandle {
+            ok: outcome("ok"),
+            error: outcome("error"),
+            input_tokens: tokens("input"),
+            output_tokens: tokens("output"),
+            cost: self.cost.get_or_create_owned(&labels),
+            ttft: self.ttft.get_or_create_owned(&labels),
+            duration: self.duration.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
+            circuit,
+            errors: self.upstream_errors.clone(),
+            labels,
+        }
+    }
+
+    /// Records the gateway's own overhead on `route` (`chat`, `chat_stream`, `embeddings`).
+    pub fn overhead(&self, route: &'static str, overhead: Duration) {
+        self.overhead.get_or_create(&RouteLabels { route }).observe(overhead.as_secs_f64());
+    }
+}
+
+/// Records the calls of one deployment.
+#[derive(Debug, Clone)]
+pub struct InferenceHandle {
+    ok: Counter,
+    error: Counter,
+    input_tokens: Counter,
+    output_tokens: Counter,
+    cost: Counter,
+    ttft: Histogram,
+    duration: Histogram,
+    retries: Counter,
+    circuit: Gauge,
+    errors: Family<ErrorLabels, Counter>,
+    labels: DeploymentLabels,
+}
+
+impl InferenceHandle {
+    /// A call that ended: its outcome, usage, cost in nano-units and duration.
+    pub fn finished(&self, ok: bool, input_tokens: u64, output_tokens: u64, cost_nanos: u64, duration: Duration) {
+        if ok { &self.ok } else { &self.error }.inc();
+        self.input_tokens.inc_by(input_tokens);
+        self.output_tokens.inc_by(output_tokens);
+        self.cost.inc_by(cost_nanos);
+        self.duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn first_token(&self, after: Duration) {
+        self.ttft.observe(after.as_secs_f64());
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// A failed attempt, by kind (a fixed word).
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                model: self.labels.model.clone(),
+                deployment: self.labels.deployment.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn circuit(&self, state: i64) {
+        self.circuit.set(state);
+    }
+}

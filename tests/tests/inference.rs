@@ -1,0 +1,579 @@
+//! The inference routes end to end: a real gateway in front of the scriptable fake upstream
+//! (`tests::fake_openai`), over HTTP, with an API key. The wire format, validation before any
+//! upstream call, every fault of the fake (each a well-formed error within its deadline, with
+//! bounded retries), fallback and the circuit breaker, the bulkhead, client disconnects, and
+//! the latency of the other routes while the upstream is slow.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use billing::Money;
+use billing::config::PlanConfig;
+use futures_util::StreamExt;
+use gateway::GatewayConfig;
+use inference::config::{DeploymentConfig, ModelConfig, ModelKind, ProviderConfig};
+use serde_json::{Value, json};
+use shared::testing::{TestBackend, TestDatabase};
+use std::time::{Duration, Instant};
+use tests::Client;
+use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
+use tests::harness::{TestGateway, database, gateway_config};
+
+const PASSWORD: &str = "correct horse battery";
+
+fn provider(fake: &FakeOpenAi) -> ProviderConfig {
+    ProviderConfig {
+        base_url: fake.url.clone(),
+        first_token_timeout_ms: 1_000,
+        idle_timeout_ms: 500,
+        total_timeout_ms: 4_000,
+        max_concurrency: 8,
+        ..ProviderConfig::default()
+    }
+}
+
+fn deployment(provider: &str, model: &str) -> DeploymentConfig {
+    DeploymentConfig {
+        provider: provider.into(),
+        model: model.into(),
+        weight: 1,
+        input_nanos_per_million: 1_000_000_000,
+        output_nanos_per_million: 2_000_000_000,
+    }
+}
+
+/// A gateway with the chat model `gpt-4o-mini` and the embedding model `embed` on `fake`.
+fn config(database: &TestDatabase, fake: &FakeOpenAi) -> GatewayConfig {
+    let mut config = gateway_config(database);
+    let inference = &mut config.inference;
+    inference.providers.insert("fake".into(), provider(fake));
+    inference.models.insert(
+        "gpt-4o-mini".into(),
+        ModelConfig {
+            max_output_tokens: Some(1_000),
+            deployments: vec![deployment("fake", "gpt-4o-mini")],
+            ..ModelConfig::default()
+        },
+    );
+    inference.models.insert(
+        "embed".into(),
+        ModelConfig {
+            kind: ModelKind::Embedding,
+            deployments: vec![deployment("fake", "text-embedding-3-small")],
+            ..ModelConfig::default()
+        },
+    );
+    inference.retry.base_backoff_ms = 10;
+    inference.retry.max_backoff_ms = 50;
+    // The plan every test organization subscribes to: room enough for the tests' traffic.
+    config.billing.plans.insert(
+        "test".into(),
+        PlanConfig {
+            name: "Test".into(),
+            included_credit: Money::units(1_000),
+            requests_per_minute: 100_000,
+            tokens_per_minute: 100_000_000,
+            ..PlanConfig::default()
+        },
+    );
+    config
+}
+
+/// Signs up, subscribes the organization to the `test` plan (its credit is granted then) and
+/// creates an API key: (session token, API key, organization id).
+async fn credentials(api: &Client) -> (String, String, String) {
+    let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
+    let reply = api.post("/v1/auth/signup", None, &json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let session = reply.body["token"].as_str().unwrap().to_owned();
+    let org = reply.body["organization"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/organizations/{org}/subscription");
+    let reply = api.json(reqwest::Method::PUT, &path, Some(&session), &json!({"plan": "test"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api.post(&format!("/v1/organizations/{org}/api-keys"), Some(&session), &json!({"name": "k"})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    (session, reply.body["key"].as_str().unwrap().to_owned(), org)
+}
+
+/// The organization's balance: (available, held, spent) in nano-units.
+async fn balance(api: &Client, session: &str, org: &str) -> (i64, i64, i64) {
+    let reply = api.get(&format!("/v1/organizations/{org}/billing/balance"), Some(session)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let field = |name: &str| reply.body[name].as_i64().unwrap();
+    (field("available"), field("held"), field("spent"))
+}
+
+async fn start(config: GatewayConfig) -> (TestGateway, Client, String, String) {
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key, _) = credentials(&api).await;
+    (gateway, api, session, key)
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say something"}], "stream": stream})
+}
+
+/// A streamed answer read to its end: the `data` of each event.
+async fn events(api: &Client, key: &str, body: &Value) -> (u16, Vec<String>) {
+    let response =
+        api.request(reqwest::Method::POST, "/v1/chat/completions", Some(key)).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let data = text.split("\n\n").filter_map(|event| event.strip_prefix("data: ")).map(str::to_owned).collect();
+    (status, data)
+}
+
+fn backend() -> TestBackend {
+    TestBackend::Sqlite
+}
+
+#[tokio::test]
+async fn the_openai_routes_answer_in_openais_format() {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend());
+    let (gateway, api, session, key) = start(config(&database, &fake)).await;
+
+    // Non-streamed: the provider's answer, unknown fields passed through, the provider's model
+    // name sent upstream, the overhead and request id headers.
+    let mut body = chat(false);
+    body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    body["temperature"] = json!(0.5);
+    let reply = api.post("/v1/chat/completions", Some(&key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["object"], "chat.completion");
+    assert_eq!(reply.body["choices"][0]["message"]["content"], WORD.repeat(3));
+    assert_eq!(reply.body["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
+    assert_eq!(reply.body["system_fingerprint"], "fp_fake", "unknown answer fields pass through");
+    let overhead: f64 = reply.header("x-keel-overhead-ms").unwrap().parse().unwrap();
+    assert!((0.0..1_000.0).contains(&overhead), "{overhead}");
+    assert!(reply.header("x-request-id").is_some());
+    let sent = fake.bodies().pop().unwrap();
+    assert_eq!(sent["tools"], body["tools"]);
+    assert_eq!(sent["temperature"], 0.5);
+    assert_eq!(sent["model"], "gpt-4o-mini");
+
+    // Streamed with usage: word chunks, a usage chunk, [DONE]; upstream was asked for usage.
+    let mut body = chat(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, data) = events(&api, &key, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 5, "{data:?}");
+    for chunk in &data[..3] {
+        let chunk: Value = serde_json::from_str(chunk).unwrap();
+        assert_eq!(chunk["choices"][0]["delta"]["content"], WORD);
+        assert!(chunk.get("usage").is_none());
+    }
+    let usage: Value = serde_json::from_str(&data[3]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+    assert_eq!(data[4], "[DONE]");
+
+    // Streamed without usage: upstream is still asked (for metering); the caller sees none.
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 4, "{data:?}");
+    assert_eq!(data[3], "[DONE]");
+    assert_eq!(fake.bodies().pop().unwrap()["stream_options"]["include_usage"], true);
+
+    // Embeddings: the vectors verbatim.
+    let reply = api.post("/v1/embeddings", Some(&key), &json!({"model": "embed", "input": ["a", "b"]})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["data"][1], json!({"object": "embedding", "index": 1, "embedding": [0.5, -0.25, 0.125]}));
+    assert_eq!(fake.bodies().pop().unwrap()["model"], "text-embedding-3-small");
+
+    // Models.
+    let reply = api.get("/v1/models", Some(&key)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ids: Vec<&str> = reply.body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["echo", "embed", "gpt-4o-mini"]);
+    let reply = api.get("/v1/models/gpt-4o-mini", Some(&key)).await;
+    assert_eq!(reply.body["object"], "model");
+    let reply = api.get("/v1/models/gpt-9", Some(&key)).await;
+    assert_eq!(
+        reply.body,
+        json!({"error": {"message": "The model `gpt-9` does not exist or you do not have access to it.",
+            "type": "not_found_error", "code": "model_not_found", "param": "model"}})
+    );
+    assert_eq!(reply.status, 404);
+
+    // Validation: 400 before any upstream call.
+    let before = fake.requests();
+    let reply = api.post("/v1/chat/completions", Some(&key), &json!({"model": "gpt-4o-mini", "messages": []})).await;
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["type"], "invalid_request_error");
+    assert_eq!(reply.body["error"]["param"], "messages");
+    let mut too_long = chat(false);
+    too_long["max_tokens"] = json!(1_001);
+    let reply = api.post("/v1/chat/completions", Some(&key), &too_long).await;
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["param"], "max_tokens");
+    let reply = api.post("/v1/chat/completions", Some(&key), &json!({"messages": [{"role": "user"}]})).await;
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["param"], "model");
+    let reply =
+        api.post("/v1/chat/completions", Some(&key), &json!({"model": "nope", "messages": [{"role": "user"}]})).await;
+    reply.assert_error(404, "model_not_found");
+    let reply = api.post("/v1/embeddings", Some(&key), &json!({"model": "gpt-4o-mini", "input": "x"})).await;
+    reply.assert_error(400, "invalid_request");
+    let raw = api
+        .request(reqwest::Method::POST, "/v1/chat/completions", Some(&key))
+        .header("content-type", "application/json")
+        .body("{not json");
+    Client::send(raw).await.assert_error(400, "invalid_json");
+    assert_eq!(fake.requests(), before, "no invalid request reached the provider");
+
+    // Credentials: none → 401; a session instead of an API key → 403.
+    api.post("/v1/chat/completions", None, &chat(false)).await.assert_error(401, "unauthenticated");
+    let reply = api.post("/v1/chat/completions", Some(&session), &chat(false)).await;
+    reply.assert_error(403, "permission_denied");
+    assert_eq!(reply.body["error"]["type"], "permission_error");
+    assert_eq!(fake.requests(), before);
+
+    // The echo model needs no upstream: the last user message, word by word.
+    let echo = json!({"model": "echo", "messages": [{"role": "user", "content": "hello big world"}]});
+    let reply = api.post("/v1/chat/completions", Some(&key), &echo).await;
+    assert_eq!(reply.body["choices"][0]["message"]["content"], "hello big world");
+    assert_eq!(reply.body["usage"]["completion_tokens"], 3);
+    let mut echo_stream = echo.clone();
+    echo_stream["stream"] = json!(true);
+    let (_, data) = events(&api, &key, &echo_stream).await;
+    let words: Vec<String> = data[..3]
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(words, ["hello", " big", " world"]);
+    assert_eq!(fake.requests(), before);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn every_fault_of_the_upstream_is_a_clean_error_within_its_deadline() {
+    let fake = FakeOpenAi::start(Behavior::answer(2)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    // Faults follow one another here: the breaker is tested on its own.
+    config.inference.circuit.failure_threshold = 1_000;
+    let (gateway, api, _, key) = start(config).await;
+
+    // 429 with Retry-After, then success: retried after the wait, answered 200.
+    fake.script([Behavior::Status { status: 429, retry_after: Some(1) }]);
+    let t0 = Instant::now();
+    let before = fake.requests();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(t0.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
+    assert_eq!(fake.requests() - before, 2);
+
+    // 500 every time: three attempts (retry.max_attempts), then 503 upstream_error.
+    fake.script(vec![Behavior::Status { status: 500, retry_after: None }; 3]);
+    let before = fake.requests();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(503, "upstream_error");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(fake.requests() - before, 3, "retries are bounded");
+
+    // 400 from the provider: passed on at once, never retried.
+    fake.script([Behavior::Status { status: 400, retry_after: None }]);
+    let before = fake.requests();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(400, "upstream_rejected");
+    assert_eq!(reply.body["error"]["message"], "fake says 400");
+    assert_eq!(fake.requests() - before, 1);
+
+    // Malformed JSON every time: 503 after the bounded retries.
+    fake.script([Behavior::Malformed, Behavior::Malformed, Behavior::Malformed]);
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(503, "upstream_error");
+
+    // A hang: 503 upstream_timeout, within the total deadline (4 s) plus a margin.
+    fake.script([Behavior::Hang, Behavior::Hang, Behavior::Hang]);
+    let t0 = Instant::now();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(503, "upstream_timeout");
+    assert!(t0.elapsed() < Duration::from_millis(4_500), "{:?}", t0.elapsed());
+
+    // A streamed hang: the same error before the stream starts (nothing committed yet).
+    fake.script([Behavior::Hang, Behavior::Hang, Behavior::Hang]);
+    let t0 = Instant::now();
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 503, "{data:?}");
+    assert!(t0.elapsed() < Duration::from_millis(4_500), "{:?}", t0.elapsed());
+
+    // A stream cut in the middle: the chunks so far, then an error event, and no [DONE].
+    fake.script([Behavior::CutAfter(2)]);
+    let before = fake.requests();
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 3, "{data:?}");
+    let error: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert_eq!(error["error"]["type"], "service_unavailable_error");
+    assert_eq!(fake.requests() - before, 1, "never retried after the first byte");
+
+    // Chunks 300 ms apart (within the idle deadline of 500 ms): the whole answer.
+    fake.script([Behavior::Answer { words: 5, delay: Duration::from_millis(300), usage: true }]);
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 6, "{data:?}");
+    assert_eq!(data[5], "[DONE]");
+
+    // Trickling, 700 ms apart: the first chunk is in time (first-token deadline 1 s), the next
+    // is past the idle deadline: an error event, well before the trickle would have ended.
+    fake.script([Behavior::Answer { words: 4, delay: Duration::from_millis(700), usage: true }]);
+    let t0 = Instant::now();
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 2, "{data:?}");
+    let error: Value = serde_json::from_str(&data[1]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    assert!(t0.elapsed() < Duration::from_millis(2_000), "{:?}", t0.elapsed());
+
+    // A malformed chunk in a stream: retried before anything was sent, then a clean 503.
+    fake.script([Behavior::Malformed, Behavior::Malformed, Behavior::Malformed]);
+    let (status, _) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 503);
+    gateway.stop().await;
+}
+
+/// The price of `input` and `output` tokens at the test deployments' prices (1 and 2 units per
+/// million tokens), in nano-units.
+fn cost(input: i64, output: i64) -> i64 {
+    input * 1_000 + output * 2_000
+}
+
+#[tokio::test]
+async fn a_budget_race_never_spends_beyond_the_bound_and_rejected_calls_never_reach_the_provider() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 3, delay: Duration::from_millis(50), usage: true }).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    // Credit for a few holds only: a hold is 10 prompt tokens (estimated) + max_tokens 10.
+    config.billing.plans.get_mut("test").unwrap().included_credit = Money::nanos(100_000);
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    let mut body = chat(false);
+    body["max_tokens"] = json!(10);
+    let hold = cost(10, 10);
+    let calls = (0..200).map(|_| {
+        let (api, key, body) = (api.clone(), key.clone(), body.clone());
+        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &body).await })
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let mut ok = 0;
+    for reply in replies {
+        let reply = reply.unwrap();
+        match reply.status {
+            200 => ok += 1,
+            _ => {
+                reply.assert_error(429, "insufficient_quota");
+                assert_eq!(reply.body["error"]["type"], "insufficient_quota");
+            }
+        }
+    }
+    assert!(ok >= 1, "some calls fit the budget");
+    assert_eq!(fake.requests(), ok, "a refused call never reaches the provider");
+
+    // Every call settles with the provider's usage (7 + 3 tokens); nothing stays held.
+    let settled = async {
+        loop {
+            let (_, held, spent) = balance(&api, &session, &org).await;
+            if held == 0 && spent == ok as i64 * cost(7, 3) {
+                return spent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every hold settled");
+    assert!(spent <= 100_000 + hold, "spent {spent} beyond the credit and one hold");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_and_pays_for_what_it_got() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 30, delay: Duration::from_millis(150), usage: true }).await;
+    let database = database(&backend());
+    let gateway = TestGateway::start(config(&database, &fake), None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+    let (_, _, spent_before) = balance(&api, &session, &org).await;
+
+    let response =
+        api.request(reqwest::Method::POST, "/v1/chat/completions", Some(&key)).json(&chat(true)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 3 {
+        text.push_str(std::str::from_utf8(&body.next().await.unwrap().unwrap()).unwrap());
+    }
+    let received = text.matches(WORD).count();
+    assert_eq!(received, 3, "{text}");
+    drop(body);
+
+    // The provider sees the cancellation within a chunk or two (it writes one every 150 ms).
+    let cancelled = async {
+        while fake.cancelled() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(5), cancelled).await;
+    assert!(waited.is_ok(), "the upstream request was not cancelled: {} chunks sent", fake.chunks_sent());
+    assert!(fake.chunks_sent() < 30);
+
+    // Billed: the prompt (8 tokens with the chat format, counted by tiktoken: the provider's usage
+    // never came) and the chunks the gateway forwarded before it saw the client go. actix notices
+    // a closed connection only when a write to it fails, so the chunks in flight by then (at most
+    // two here) are billed too: they were generated and sent.
+    let billed = async {
+        loop {
+            let (_, held, spent) = balance(&api, &session, &org).await;
+            if held == 0 && spent > spent_before {
+                return spent - spent_before;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let billed = tokio::time::timeout(Duration::from_secs(5), billed).await.expect("the call was settled");
+    let output = (billed - cost(8, 0)) / 2_000;
+    assert_eq!(billed, cost(8, output), "{billed}");
+    assert!((3..=5).contains(&output), "billed {output} output tokens for {received} received");
+    assert!(output as usize <= fake.chunks_sent(), "never more than the provider generated");
+    let metrics = api.get("/metrics", None).await;
+    let line = format!(
+        "keel_inference_tokens_total{{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"}} {output}"
+    );
+    assert!(metrics.body.as_str().unwrap().contains(&line), "{line}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_deployment_falls_back_then_its_circuit_opens() {
+    let broken = FakeOpenAi::start(Behavior::Status { status: 500, retry_after: None }).await;
+    let healthy = FakeOpenAi::start(Behavior::answer(1)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &healthy);
+    config.inference.providers.insert("broken".into(), provider(&broken));
+    let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
+    model.deployments = vec![deployment("broken", "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
+    model.deployments[0].weight = 100;
+    config.inference.circuit.failure_threshold = 3;
+    config.inference.circuit.open_ms = 60_000;
+    let (gateway, api, _, key) = start(config).await;
+
+    for _ in 0..20 {
+        let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(broken.requests(), 3, "the circuit opened after 3 failures and stays open");
+    assert_eq!(healthy.requests(), 20);
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains("keel_inference_circuit_state{model=\"gpt-4o-mini\",deployment=\"broken/gpt-4o-mini\"} 1"),
+        "{text}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.inference.providers.get_mut("fake").unwrap().max_concurrency = 4;
+    config.inference.providers.get_mut("fake").unwrap().first_token_timeout_ms = 5_000;
+    let (gateway, api, _, key) = start(config).await;
+
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let (api, key) = (api.clone(), key.clone());
+            tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
+        })
+        .collect();
+    while fake.requests() < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The fifth call finds the bulkhead full: 503 overloaded with Retry-After, at once.
+    let t0 = Instant::now();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(503, "overloaded");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert_eq!(fake.requests(), 4);
+
+    // The other routes answer as fast as ever while the provider is slow.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let reply = api.get("/v1/auth/me", Some(&key)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        slowest = slowest.max(t0.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(250), "{slowest:?}");
+    for call in slow {
+        assert_eq!(call.await.unwrap().status, 200);
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_plan_sees_and_calls_only_its_models() {
+    let fake = FakeOpenAi::start(Behavior::answer(1)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.billing.plans.get_mut("test").unwrap().allowed_models = vec!["echo".into()];
+    let (gateway, api, _, key) = start(config).await;
+    let reply = api.get("/v1/models", Some(&key)).await;
+    assert_eq!(reply.body["data"].as_array().unwrap().len(), 1, "{}", reply.body);
+    assert_eq!(reply.body["data"][0]["id"], "echo");
+    api.get("/v1/models/gpt-4o-mini", Some(&key)).await.assert_error(404, "model_not_found");
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(403, "model_not_allowed");
+    assert_eq!(reply.body["error"]["param"], "model");
+    assert_eq!(fake.requests(), 0);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_whose_inference_is_remote_answers_the_same() {
+    let fake = FakeOpenAi::start(Behavior::answer(2)).await;
+    let database = database(&backend());
+    let service = TestGateway::start(config(&database, &fake), None).await;
+    let mut front = config(&database, &fake);
+    front.inference.url = Some(shared::Secret::new(service.url()));
+    let front = TestGateway::start(front, None).await;
+    let api = front.client();
+    let (session, key, _) = credentials(&api).await;
+
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["choices"][0]["message"]["content"], WORD.repeat(2));
+    assert!(reply.header("x-keel-overhead-ms").is_some());
+    let mut body = chat(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, data) = events(&api, &key, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 4, "{data:?}");
+    assert_eq!(data[3], "[DONE]");
+    let reply = api.post("/v1/embeddings", Some(&key), &json!({"model": "embed", "input": "x"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api.get("/v1/models", Some(&key)).await;
+    assert_eq!(reply.body["data"].as_array().unwrap().len(), 3, "{}", reply.body);
+
+    // Errors come back as the same variants, hence the same envelopes.
+    api.get("/v1/models/gpt-9", Some(&key)).await.assert_error(404, "model_not_found");
+    let reply = api.post("/v1/chat/completions", Some(&key), &json!({"model": "gpt-4o-mini", "messages": []})).await;
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["param"], "messages");
+    api.post("/v1/chat/completions", Some(&session), &chat(false)).await.assert_error(403, "permission_denied");
+    fake.script(vec![Behavior::Status { status: 500, retry_after: None }; 3]);
+    api.post("/v1/chat/completions", Some(&key), &chat(false)).await.assert_error(503, "service_unavailable");
+    fake.script([Behavior::CutAfter(1)]);
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 2, "{data:?}");
+    assert!(data[1].contains("\"error\""), "{data:?}");
+    front.stop().await;
+    service.stop().await;
+}
