@@ -17,7 +17,8 @@ the login throttle), JSON logs, and a quota on the `auth` route class so that ra
 (allowed and rejected) are counted. Argon2 is set to its cheapest parameters: the debug build
 would otherwise spend seconds per password hash.
 
-Traffic: /healthz, /readyz, a signup, a wrong login (401), a login, /v1/auth/me twice (a cache
+Traffic: /healthz, /readyz, a signup, an API key and one chat completion with the echo model, a
+wrong login (401), a login, /v1/auth/me twice (a cache
 load, then an L1 hit), an unmatched route (404), a logout (a cache invalidation), then
 unauthenticated /v1/auth/me until the `auth` quota answers 429. Every answer's status is checked.
 
@@ -162,8 +163,15 @@ def drive(gw):
     password = "correct horse battery"
     _, text = gw.request("POST", "/v1/auth/signup", {"email": email, "password": password, "name": "CI"},
                          expect=201)
-    if not json.loads(text).get("token"):
+    signup = json.loads(text)
+    if not signup.get("token"):
         raise Failure("signup answered no token")
+    # A model call through the built-in echo model: the keel_inference_* series, overhead included.
+    _, text = gw.request("POST", f"/v1/organizations/{signup['organization']['id']}/api-keys", {"name": "ci"},
+                         token=signup["token"], expect=201)
+    key = json.loads(text)["key"]
+    gw.request("POST", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+               token=key, expect=200)
     gw.request("POST", "/v1/auth/login", {"email": email, "password": "wrong password!"}, expect=401)
     _, text = gw.request("POST", "/v1/auth/login", {"email": email, "password": password}, expect=200)
     token = json.loads(text)["token"]

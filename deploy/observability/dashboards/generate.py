@@ -380,9 +380,57 @@ def jobs_board():
     return b
 
 
-# Placeholder: billing_board (keel_billing_*) and inference_board (keel_inference_*) join this list
-# when their domains land and export those metrics (see ../README.md, "Later domains").
-BOARDS = [http_board, database_board, cache_board, ratelimit_board, jobs_board]
+def inference_board():
+    sel = 'instance=~"$instance", model=~"$model"'
+    b = Board(
+        "keel-inference",
+        "Keel / Inference",
+        "Model calls per public model and deployment (keel_inference_*): traffic, tokens and cost, "
+        "time to first token, the gateway's own overhead, upstream errors, retries and circuits.",
+        [query_var("instance", "Instance", "keel_build_info"),
+         query_var("model", "Model", "keel_inference_requests_total")],
+    )
+    b.row("Traffic")
+    b.add(timeseries("Calls/s by outcome", "Model calls answered per second, by model and outcome.", "ops",
+                     (f"sum by (model, outcome) (rate(keel_inference_requests_total{{{sel}}}[$__rate_interval]))",
+                      "{{model}} {{outcome}}"), stack=True), 8, 8)
+    b.add(timeseries("Tokens/s", "Tokens billed per second, input and output.", "short",
+                     (f"sum by (model, direction) (rate(keel_inference_tokens_total{{{sel}}}[$__rate_interval]))",
+                      "{{model}} {{direction}}")), 8, 8)
+    b.add(timeseries("Cost per hour", "Cost billed, in the billing currency (nano-units / 1e9).", "short",
+                     (f"sum by (model) (rate(keel_inference_cost_nanos_total{{{sel}}}[$__rate_interval])) * 3600 / 1e9",
+                      "{{model}}")), 8, 8)
+    b.row("Latency")
+    b.add(timeseries("Time to first token", "From the request to the provider's first token.", "s",
+                     (quantile("0.5", "keel_inference_time_to_first_token_seconds", "model", sel), "p50 {{model}}"),
+                     (quantile("0.95", "keel_inference_time_to_first_token_seconds", "model", sel), "p95 {{model}}")),
+          8, 8)
+    b.add(timeseries("Call duration", "From the request to the end of the provider's answer.", "s",
+                     (quantile("0.5", "keel_inference_request_duration_seconds", "model", sel), "p50 {{model}}"),
+                     (quantile("0.95", "keel_inference_request_duration_seconds", "model", sel), "p95 {{model}}")),
+          8, 8)
+    b.add(timeseries("Gateway overhead", "The gateway's own time per call (the whole call minus the wait "
+                     "for the provider), by route.", "s",
+                     (quantile("0.5", "keel_inference_overhead_seconds", "route", 'instance=~"$instance"'),
+                      "p50 {{route}}"),
+                     (quantile("0.99", "keel_inference_overhead_seconds", "route", 'instance=~"$instance"'),
+                      "p99 {{route}}")), 8, 8)
+    b.row("Upstreams")
+    b.add(timeseries("Upstream errors/s by kind", "Failed provider attempts per deployment and kind.", "ops",
+                     (f"sum by (deployment, kind) (rate(keel_inference_upstream_errors_total{{{sel}}}[$__rate_interval]))",
+                      "{{deployment}} {{kind}}"), stack=True), 8, 8)
+    b.add(timeseries("Retries/s", "Provider attempts after the first, per deployment.", "ops",
+                     (f"sum by (deployment) (rate(keel_inference_retries_total{{{sel}}}[$__rate_interval]))",
+                      "{{deployment}}")), 8, 8)
+    b.add(timeseries("Circuit state", "0 closed, 1 open, 2 half-open (max over processes).", "short",
+                     (f"max by (deployment) (keel_inference_circuit_state{{{sel}}})", "{{deployment}}"),
+                     max_value=2), 8, 8)
+    return b
+
+
+# billing_board joins this list when billing exports metrics of its own (keel_billing_*: holds,
+# settlements, lease refills); today its activity shows in the jobs and database boards.
+BOARDS = [http_board, database_board, cache_board, ratelimit_board, jobs_board, inference_board]
 
 
 def render():
