@@ -37,7 +37,8 @@ impl Failure {
         }
     }
 
-    /// The `kind` label of `keel_inference_upstream_errors_total`.
+    /// The `kind` label of `keel_inference_upstream_errors_total` (each listed in
+    /// `shared::metrics::inference::UPSTREAM_ERROR_KINDS`).
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",

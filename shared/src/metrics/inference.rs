@@ -10,6 +10,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
+/// Every `kind` of `keel_inference_upstream_errors_total`: each deployment's series exist from
+/// the start at 0, so dashboards and alerts see a rate of 0 rather than nothing.
+pub const UPSTREAM_ERROR_KINDS: &[&str] =
+    &["connect", "timeout", "rate_limited", "server_error", "client_error", "malformed", "broken"];
+
 /// Buckets for the gateway's own overhead: 25 µs to 100 ms.
 pub const OVERHEAD_BUCKETS: &[f64] =
     &[0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
@@ -140,6 +145,13 @@ impl InferenceMetrics {
         };
         let circuit = self.circuit.get_or_create_owned(&labels);
         circuit.set(0);
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.get_or_create(&ErrorLabels {
+                model: model.to_owned(),
+                deployment: deployment.to_owned(),
+                kind,
+            });
+        }
         InferenceHandle {
             ok: outcome("ok"),
             error: outcome("error"),
@@ -195,7 +207,7 @@ impl InferenceHandle {
         self.retries.inc();
     }
 
-    /// A failed attempt, by kind (a fixed word).
+    /// A failed attempt, by kind (one of [`UPSTREAM_ERROR_KINDS`]).
     pub fn upstream_error(&self, kind: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels {
