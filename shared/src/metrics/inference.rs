@@ -146,11 +146,12 @@ impl InferenceMetrics {
         let circuit = self.circuit.get_or_create_owned(&labels);
         circuit.set(0);
         for kind in UPSTREAM_ERROR_KINDS {
-            self.upstream_errors.get_or_create(&ErrorLabels {
+            // Creating the series is the point; the guard it returns is not needed.
+            drop(self.upstream_errors.get_or_create(&ErrorLabels {
                 model: model.to_owned(),
                 deployment: deployment.to_owned(),
                 kind,
-            });
+            }));
         }
         InferenceHandle {
             ok: outcome("ok"),
