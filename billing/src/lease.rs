@@ -440,7 +440,7 @@ impl Shared {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "a lease could not be opened; taking the direct path");
+                    tracing::warn!(error = %e, "a lease could not be topped up; it serves what it has left");
                     break;
                 }
             }

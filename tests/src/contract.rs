@@ -140,8 +140,12 @@ pub async fn auth_contract(api: Arc<dyn AuthApi>) {
         AuthError::OrganizationNotFound
     );
 
+    assert_eq!(api.organization_role(&bob_session, acme.id).await.unwrap_err(), AuthError::OrganizationNotFound);
+
     let bob_member = api.add_member(&session, acme.id, add_bob.clone()).await.unwrap();
     assert_eq!((bob_member.user.clone(), bob_member.role), (bob.user.clone(), Role::Member));
+    assert_eq!(api.organization_role(&bob_session, acme.id).await.unwrap(), Role::Member);
+    assert_eq!(api.organization_role(&session, acme.id).await.unwrap(), Role::Owner);
     assert_eq!(api.add_member(&session, acme.id, add_bob).await.unwrap_err(), AuthError::AlreadyMember);
     let ghost = AddMemberRequest { email: "ghost@example.com".into(), role: Role::Member };
     assert_eq!(api.add_member(&session, acme.id, ghost).await.unwrap_err(), AuthError::UserNotFound);
