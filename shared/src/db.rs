@@ -27,7 +27,9 @@ pub mod listen;
 
 use crate::config::{Backend, DomainDatabase, PoolConfig};
 use crate::secret::Secret;
-use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+use diesel::connection::{
+    AnsiTransactionManager, Instrumentation, InstrumentationEvent, SimpleConnection, TransactionManager,
+};
 use diesel::r2d2::{CustomizeConnection, HandleError, ManageConnection, Pool, PooledConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection, SqliteConnection};
@@ -327,8 +329,12 @@ impl Db {
     /// Runs `f` in a transaction on the primary; rolled back when `f` fails.
     ///
     /// SQLite allows one writer at a time, and a deferred transaction that upgrades to a write
-    /// after another writer committed fails at once, whatever the busy timeout. Serialising
-    /// write transactions in the process avoids that; readers still run concurrently (WAL).
+    /// after another connection committed fails at once, whatever the busy timeout
+    /// (`SQLITE_BUSY_SNAPSHOT`). So on SQLite a transaction starts with `BEGIN IMMEDIATE`: it
+    /// takes the write lock first, waiting up to the busy timeout for a writer outside any
+    /// transaction (a background `UPDATE`, another process). Transactions of this process also
+    /// queue on a mutex, so they do not spin on the busy handler; readers still run
+    /// concurrently (WAL).
     pub async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Conn) -> Result<T, E> + Send + 'static,
@@ -342,8 +348,7 @@ impl Db {
                 Backend::Postgres => None,
             };
             let mut pooled = inner.connection(false)?;
-            let conn: &mut Conn = &mut pooled;
-            conn.transaction(f)
+            in_transaction(&mut pooled, f)
         })
         .await
     }
@@ -351,6 +356,32 @@ impl Db {
     /// Checks that the primary answers a query.
     pub async fn ping(&self) -> Result<(), DbError> {
         self.run(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from)).await
+    }
+}
+
+/// [`Connection::transaction`], except that SQLite begins with `BEGIN IMMEDIATE` (see
+/// [`Db::transaction`]).
+fn in_transaction<T, E, F>(conn: &mut Conn, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut Conn) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    let Conn::Sqlite(sqlite) = conn else {
+        return conn.transaction(f);
+    };
+    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
+    // From here as in diesel's `TransactionManager::transaction`: the state lives on the inner
+    // connection, which `Conn`'s manager delegates to.
+    type Manager = <Conn as Connection>::TransactionManager;
+    match f(conn) {
+        Ok(value) => {
+            Manager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(error) => match Manager::rollback_transaction(conn) {
+            Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(error),
+            Err(rollback_error) => Err(rollback_error.into()),
+        },
     }
 }
 

@@ -185,3 +185,41 @@ backend_tests! {
         }
     }
 }
+
+backend_tests! {
+    async fn an_sqlite_transaction_does_not_fail_when_another_connection_writes_after_its_first_read(backend) {
+        if backend != shared::testing::TestBackend::Sqlite {
+            return; // PostgreSQL's row versions have no such failure to guard against.
+        }
+        let database = TestDatabase::new(&backend);
+        let settings = database.domain("epsilon");
+        let db = Db::connect(&settings).unwrap();
+        db.run(|conn| {
+            diesel::sql_query("CREATE TABLE things (id TEXT PRIMARY KEY)").execute(conn).map_err(DbError::from)
+        })
+        .await
+        .unwrap();
+        // Another connection (here a thread with its own connection, in production a background
+        // UPDATE or another process) writes between the transaction's first read and its first
+        // write. A deferred transaction would fail with "database is locked" whatever the busy
+        // timeout; an immediate one makes the other writer wait its turn.
+        let path = settings.url.expose().to_owned();
+        let written: Result<(), DbError> = db
+            .transaction(move |conn| {
+                text(conn, "SELECT CAST(COUNT(*) AS TEXT) AS value FROM things")?;
+                let other = std::thread::spawn(move || {
+                    let mut other = SqliteConnection::establish(&path).unwrap();
+                    other.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+                    other.batch_execute("INSERT INTO things (id) VALUES ('other')")
+                });
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                diesel::sql_query("INSERT INTO things (id) VALUES ('ours')").execute(conn)?;
+                Ok(other)
+            })
+            .await
+            .map(|other| other.join().unwrap().unwrap());
+        written.unwrap();
+        let count = db.run(|conn| text(conn, "SELECT CAST(COUNT(*) AS TEXT) AS value FROM things")).await.unwrap();
+        assert_eq!(count, "2", "both writers committed");
+    }
+}
