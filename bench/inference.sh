@@ -3,6 +3,7 @@
 #
 #   bash bench/inference.sh            # builds the release gateway first
 #   SKIP_BUILD=1 DURATION=10 bash bench/inference.sh
+#   LITELLM=/path/to/venv/bin/litellm bash bench/inference.sh   # and LiteLLM beside it
 #
 # - Upstream: nginx with fixed bodies (a chat completion, an SSE stream of 3 chunks + [DONE],
 #   an embedding), on 127.0.0.1:9101 (JSON) and :9102 (SSE).
@@ -10,7 +11,10 @@
 #   governance on: API key, plan limits through the rate limiter, a billing hold and a
 #   settlement per call (prices are non-zero).
 # - Load: wrk pinned to CPU 1, concurrency 1, 10 and 64, each scenario direct and through Keel.
-# Prints one line per run: RPS and latency percentiles; then Keel's CPU seconds and RSS.
+# - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
+#   same three models on the same upstream, no database (so no virtual keys, budgets or spend
+#   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
+# Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS.
 # Needs: wrk, nginx, curl, jq, taskset. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,8 +24,10 @@ PORT=${PORT:-9100}
 WORK=$(mktemp -d)
 NGINX_PID=""
 KEEL_PID=""
+LITELLM_PID=""
 cleanup() {
     [ -n "$KEEL_PID" ] && kill "$KEEL_PID" 2>/dev/null || true
+    [ -n "$LITELLM_PID" ] && kill "$LITELLM_PID" 2>/dev/null || true
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -147,14 +153,16 @@ run() { # run NAME URL BODY AUTH CONCURRENCY
     out=$(taskset -c 1 wrk -t1 -c"$5" -d"${DURATION}s" -s "$WORK/post.lua" "$2" | grep '^RESULT' | cut -d' ' -f2-)
     printf '%-22s c=%-3s %s (latency ms)\n' "$1" "$5" "$out"
 }
-cpu_secs() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$KEEL_PID/stat"; }
+cpu_secs() { # cpu_secs PID: user + system CPU of the process and of its children that ended
+    awk '{printf "%.2f", ($14 + $15 + $16 + $17) / 100}' "/proc/$1/stat"
+}
 
 # Warm up (connections, caches).
 script "$(body chat)" "$KEY"
 taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$API/v1/chat/completions" >/dev/null
 
 echo "upstream: nginx on CPU 1; Keel: 1 worker on CPU 0; wrk on CPU 1; ${DURATION}s per run"
-CPU0=$(cpu_secs)
+CPU0=$(cpu_secs "$KEEL_PID")
 for c in 1 10 64; do
     run "chat direct" "http://127.0.0.1:9101/v1/chat/completions" "$(body chat)" none "$c"
     run "chat keel" "$API/v1/chat/completions" "$(body chat)" "$KEY" "$c"
@@ -170,7 +178,42 @@ for c in 1 10 64; do
         awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +90%/ {p90=$2} /^ +99%/ {p99=$2} END {print "rps=" rps " p50=" p50 " p90=" p90 " p99=" p99}')
     printf '%-22s c=%-3s %s\n' "auth/me keel (GET)" "$c" "$out"
 done
-CPU1=$(cpu_secs)
+CPU1=$(cpu_secs "$KEEL_PID")
 echo "keel: cpu ${CPU0}s -> ${CPU1}s over the runs; $(grep VmRSS "/proc/$KEEL_PID/status"); $(grep VmHWM "/proc/$KEEL_PID/status")"
 echo "keel overhead histogram (x-keel-overhead-ms as measured inside the gateway):"
 curl -s "$API/metrics" | grep -E '^keel_inference_overhead_seconds_(sum|count)'
+
+[ -n "${LITELLM:-}" ] || exit 0
+kill "$KEEL_PID"
+wait "$KEEL_PID" 2>/dev/null || true
+KEEL_PID=""
+cat >"$WORK/litellm.yaml" <<EOF
+model_list:
+  - model_name: bench-chat
+    litellm_params: { model: openai/m, api_base: "http://127.0.0.1:9101/v1", api_key: none }
+  - model_name: bench-stream
+    litellm_params: { model: openai/m, api_base: "http://127.0.0.1:9102/v1", api_key: none }
+  - model_name: bench-embed
+    litellm_params: { model: openai/e, api_base: "http://127.0.0.1:9101/v1", api_key: none }
+general_settings:
+  master_key: sk-bench
+EOF
+LITELLM_PORT=$((PORT + 10))
+LITELLM_LOG=ERROR taskset -c 0 "$LITELLM" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port "$LITELLM_PORT" \
+    --num_workers 1 >"$WORK/litellm.log" 2>&1 &
+LITELLM_PID=$!
+LAPI=http://127.0.0.1:$LITELLM_PORT
+for _ in $(seq 1 600); do curl -sf "$LAPI/health/liveliness" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "$LAPI/health/liveliness" >/dev/null || { tail -20 "$WORK/litellm.log"; exit 1; }
+script "$(body chat)" sk-bench
+taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$LAPI/v1/chat/completions" >/dev/null
+echo "LiteLLM $("$LITELLM" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1): 1 worker on CPU 0, master key, no database"
+CPU0=$(cpu_secs "$LITELLM_PID")
+for c in 1 10 64; do
+    run "chat litellm" "$LAPI/v1/chat/completions" "$(body chat)" sk-bench "$c"
+    run "stream litellm" "$LAPI/v1/chat/completions" "$(body stream)" sk-bench "$c"
+    run "embeddings litellm" "$LAPI/v1/embeddings" "$(body embed)" sk-bench "$c"
+done
+CPU1=$(cpu_secs "$LITELLM_PID")
+RSS=$(ps -o rss= --ppid "$LITELLM_PID" -p "$LITELLM_PID" | awk '{s += $1} END {print s}')
+echo "litellm: cpu ${CPU0}s -> ${CPU1}s over the runs (the process and its workers); RSS ${RSS} kB in all"

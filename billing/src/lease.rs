@@ -28,7 +28,7 @@ use crate::config::LeaseConfig;
 use crate::error::BillingError;
 use async_trait::async_trait;
 use shared::{Page, PageRequest};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -91,8 +91,13 @@ struct State {
     slots: HashMap<SlotKey, Slot>,
     holds: HashMap<HoldId, LocalHold>,
     keys: HashMap<(OrganizationId, String), HoldId>,
-    /// Recent answers of settles, for retries (kept 10 minutes).
-    settled: HashMap<HoldId, (Settlement, Instant)>,
+    /// Recent answers of settles (charged, returned), so a retried settle replays its answer;
+    /// kept `settle_replay_ms`. A retry after that is passed to the wrapped service, which
+    /// does not know the local hold and answers `hold_not_found`: never a second charge.
+    settled: HashMap<HoldId, (Money, Money)>,
+    /// The same hold ids in the order they were settled, so that forgetting old answers pops
+    /// from the front instead of scanning the map on every flush.
+    settled_order: VecDeque<(Instant, HoldId)>,
 }
 
 struct Slot {
@@ -263,7 +268,12 @@ impl Shared {
                     }
                 }
             }
-            state.settled.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(600));
+            while let Some(&(at, id)) = state.settled_order.front()
+                && now.duration_since(at) >= Duration::from_millis(self.config.settle_replay_ms)
+            {
+                state.settled.remove(&id);
+                state.settled_order.pop_front();
+            }
             for (key, slot) in state.slots.iter_mut() {
                 let Some(lease) = slot.lease else { continue };
                 let close = close_all || (slot.outstanding == 0 && now.duration_since(slot.last_used) >= idle);
@@ -577,8 +587,8 @@ impl BillingApi for LeasedBilling {
         }
         let outcome = {
             let mut state = shared.lock();
-            if let Some((answer, _)) = state.settled.get(&request.hold_id) {
-                Outcome::Done(answer.clone())
+            if let Some(&(charged, returned)) = state.settled.get(&request.hold_id) {
+                Outcome::Done(Settlement { hold_id: request.hold_id, charged, returned })
             } else if let Some(hold) = state.holds.remove(&request.hold_id) {
                 state.keys.remove(&(hold.slot.0, hold.idempotency_key.clone()));
                 let cost = request.usage.cost.0;
@@ -587,7 +597,8 @@ impl BillingApi for LeasedBilling {
                     charged: request.usage.cost,
                     returned: Money((hold.amount - cost).max(0)),
                 };
-                state.settled.insert(request.hold_id, (answer.clone(), Instant::now()));
+                state.settled.insert(request.hold_id, (answer.charged, answer.returned));
+                state.settled_order.push_back((Instant::now(), request.hold_id));
                 match state.slots.get_mut(&hold.slot) {
                     Some(slot) if slot.lease == Some(hold.lease) => {
                         slot.remaining += hold.amount - cost;

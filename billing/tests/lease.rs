@@ -183,6 +183,32 @@ backend_tests! {
         eprintln!("1,280 leased pairs: {stats:?}, {queries} queries");
     }
 
+    async fn a_settle_retried_after_its_replay_window_is_refused_and_charges_nothing_more(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("replay@example.com", Money::units(10)).await;
+        let api = f.leased(LeaseConfig { settle_replay_ms: 50, ..LeaseConfig::default() });
+        let hold = api.reserve(reserve(org, Money::cents(1), "r")).await.unwrap();
+        let settle = || SettleRequest { hold_id: hold.id, usage: usage("r", Money::nanos(4_000_000)) };
+        let settled = api.settle(settle()).await.unwrap();
+        assert_eq!(api.settle(settle()).await.unwrap(), settled, "within the window the answer is replayed");
+        // Past the window (the flusher forgets answers on its ticks), the retry reaches the
+        // service, which never saw this local hold.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let refused = loop {
+            match api.settle(settle()).await {
+                Ok(replayed) => assert_eq!(replayed, settled),
+                Err(error) => break error,
+            }
+            assert!(std::time::Instant::now() < deadline, "the answer is never forgotten");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(refused, BillingError::HoldNotFound);
+        api.shutdown().await;
+        let report = f.check().await;
+        let (_, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, 4_000_000), "charged once");
+    }
+
     async fn a_graceful_stop_writes_the_buffered_settlements_and_returns_the_lease(backend) {
         let f = fixture(&backend).await;
         let org = f.funded("stop@example.com", Money::units(10)).await;
