@@ -166,7 +166,13 @@ async fn main() {
             )
             .await
             .unwrap();
-        let lease = leased.then(|| Arc::new(LeasedBilling::new(Arc::new(service.clone()), Default::default())));
+        let lease = leased.then(|| {
+            Arc::new(LeasedBilling::new(
+                Arc::new(service.clone()),
+                Default::default(),
+                platform.metrics.billing().clone(),
+            ))
+        });
         let api: Arc<dyn BillingApi> = match &lease {
             Some(l) => l.clone(),
             None => Arc::new(service.clone()),

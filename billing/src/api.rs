@@ -51,6 +51,15 @@ pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
 /// Nano-units per cent, the unit statements are rounded to.
 pub const NANOS_PER_CENT: i64 = 10_000_000;
 
+/// The start of the idempotency key of a lease (`LeasedBilling` reserves each lease as a hold
+/// with `lease:` and a fresh id): the sweeper and the metrics tell leases from holds by it.
+pub const LEASE_KEY_PREFIX: &str = "lease:";
+
+/// Whether a hold's idempotency key is a lease's.
+pub fn is_lease_key(idempotency_key: &str) -> bool {
+    idempotency_key.starts_with(LEASE_KEY_PREFIX)
+}
+
 /// An amount in nano-units of the deployment's currency (see the module documentation).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]

@@ -27,6 +27,7 @@ use crate::api::*;
 use crate::config::LeaseConfig;
 use crate::error::BillingError;
 use async_trait::async_trait;
+use shared::metrics::{BillingMetrics, BillingOp, BillingOutcome, BillingPath, SliceKind, SliceOutcome};
 use shared::{Page, PageRequest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +61,8 @@ struct Shared {
     config: LeaseConfig,
     state: Mutex<State>,
     stats: Counters,
+    /// `keel_billing_*`: the leased path, slices, commits, what is unflushed.
+    metrics: BillingMetrics,
 }
 
 #[derive(Default)]
@@ -173,20 +176,31 @@ enum Step {
     Direct,
 }
 
+/// The metrics' outcome of a lease request.
+fn slice_outcome<T>(result: &Result<T, BillingError>) -> SliceOutcome {
+    match result {
+        Ok(_) => SliceOutcome::Granted,
+        Err(BillingError::BudgetExceeded { .. }) => SliceOutcome::Refused,
+        Err(_) => SliceOutcome::Error,
+    }
+}
+
 /// How many times a reservation waits for a lease to be opened or topped up before it takes
 /// the direct path, and how long each wait lasts at most.
 const WAITS: usize = 40;
 const WAIT: Duration = Duration::from_millis(50);
 
 impl LeasedBilling {
-    /// Wraps `inner`; starts the background flusher on the current tokio runtime.
-    pub fn new(inner: Arc<dyn BillingApi>, config: LeaseConfig) -> Self {
+    /// Wraps `inner`; starts the background flusher on the current tokio runtime. Records into
+    /// `metrics` (the process's `keel_billing_*` families).
+    pub fn new(inner: Arc<dyn BillingApi>, config: LeaseConfig, metrics: BillingMetrics) -> Self {
         let shared = Arc::new(Shared {
             inner,
             changed: tokio::sync::Notify::new(),
             config,
             state: Mutex::new(State::default()),
             stats: Counters::default(),
+            metrics,
         });
         let ticker = tokio::spawn(Shared::run(Arc::downgrade(&shared)));
         Self { shared, ticker }
@@ -293,6 +307,16 @@ impl Shared {
                 slot.last_commit = now;
                 work.push((*key, lease, usage, close));
             }
+            // What this process's leases hold: unauthorized, authorized and unsettled, settled
+            // and uncommitted (batches being written included).
+            let mut leases = 0;
+            let mut credit: i64 = state.holds.values().map(|h| h.amount).sum();
+            for slot in state.slots.values().filter(|s| s.lease.is_some()) {
+                leases += 1;
+                credit += slot.remaining.max(0) + slot.pending.iter().map(|u| u.cost.0).sum::<i64>();
+            }
+            credit += work.iter().filter(|w| !w.3).flat_map(|w| w.2.iter()).map(|u| u.cost.0).sum::<i64>();
+            self.metrics.set_leases(leases, credit);
             state.slots.retain(|_, s| {
                 s.lease.is_some()
                     || s.opening
@@ -314,8 +338,12 @@ impl Shared {
         }
         let count = usage.len() as u64;
         let request = CommitLeaseRequest { hold_id: lease, usage: usage.clone(), close, ttl: self.ttl() };
-        match self.inner.commit_lease(request).await {
+        let started = Instant::now();
+        let result = self.inner.commit_lease(request).await;
+        self.metrics.commit(result.is_ok(), usage.len(), started.elapsed());
+        match result {
             Ok(done) => {
+                self.metrics.flushed(usage.len());
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats.committed_records.fetch_add(count, Ordering::Relaxed);
                 if done.closed && !close {
@@ -333,10 +361,13 @@ impl Shared {
             Err(BillingError::HoldNotFound) => {
                 // The lease is gone: charge each record on its own (idempotent by request id).
                 for u in usage {
+                    let (id, cost) = (u.request_id.clone(), u.cost.0);
                     let request = RecordUsageRequest { organization_id: key.0, usage: u };
                     if let Err(e) = self.inner.record_usage(request).await {
-                        tracing::error!(error = %e, "usage of a vanished lease could not be recorded");
+                        self.metrics.unrecorded();
+                        tracing::error!(error = %e, request.id = %id, cost_nanos = cost, "usage of a vanished lease could not be recorded");
                     }
+                    self.metrics.flushed(1);
                 }
             }
             Err(e) => {
@@ -346,10 +377,13 @@ impl Shared {
                 tracing::warn!(error = %e, records = count, "lease commit failed; retrying");
                 if close {
                     for u in usage {
+                        let (id, cost) = (u.request_id.clone(), u.cost.0);
                         let request = RecordUsageRequest { organization_id: key.0, usage: u };
                         if let Err(e) = self.inner.record_usage(request).await {
-                            tracing::error!(error = %e, "usage of a lease that could not be closed was not recorded");
+                            self.metrics.unrecorded();
+                            tracing::error!(error = %e, request.id = %id, cost_nanos = cost, "usage of a lease that could not be closed was not recorded");
                         }
+                        self.metrics.flushed(1);
                     }
                     return;
                 }
@@ -370,12 +404,16 @@ impl Shared {
     /// Records whose lease has moved on: charged one by one in the background.
     fn requeue_elsewhere(&self, key: SlotKey, usage: Vec<UsageRecord>) {
         let inner = self.inner.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             for u in usage {
+                let (id, cost) = (u.request_id.clone(), u.cost.0);
                 let request = RecordUsageRequest { organization_id: key.0, usage: u };
                 if let Err(e) = inner.record_usage(request).await {
-                    tracing::error!(error = %e, "usage of a replaced lease could not be recorded");
+                    metrics.unrecorded();
+                    tracing::error!(error = %e, request.id = %id, cost_nanos = cost, "usage of a replaced lease could not be recorded");
                 }
+                metrics.flushed(1);
             }
         });
     }
@@ -389,10 +427,12 @@ impl Shared {
                 organization_id: key.0,
                 api_key_id: key.1,
                 amount: Money(size),
-                idempotency_key: format!("lease:{}", HoldId::new()),
+                idempotency_key: format!("{LEASE_KEY_PREFIX}{}", HoldId::new()),
                 ttl: self.ttl(),
             };
-            match self.inner.reserve(request).await {
+            let result = self.inner.reserve(request).await;
+            self.metrics.slice(SliceKind::Open, slice_outcome(&result));
+            match result {
                 Ok(hold) => {
                     self.stats.lease_opens.fetch_add(1, Ordering::Relaxed);
                     let mut state = self.lock();
@@ -437,7 +477,9 @@ impl Shared {
         let mut topped = false;
         for _ in 0..2 {
             let request = ExtendLeaseRequest { hold_id: lease, amount: Money(size), ttl: self.ttl() };
-            match self.inner.extend_lease(request).await {
+            let result = self.inner.extend_lease(request).await;
+            self.metrics.slice(SliceKind::TopUp, slice_outcome(&result));
+            match result {
                 Ok(_) => {
                     self.stats.lease_extends.fetch_add(1, Ordering::Relaxed);
                     topped = true;
@@ -491,6 +533,7 @@ impl BillingApi for LeasedBilling {
                 if let Some(id) = state.keys.get(&(request.organization_id, request.idempotency_key.clone())).copied()
                     && let Some(h) = state.holds.get(&id)
                 {
+                    shared.metrics.decision(BillingOp::Reserve, BillingPath::Leased, BillingOutcome::Ok);
                     return Ok(Hold {
                         id,
                         organization_id: h.slot.0,
@@ -551,6 +594,7 @@ impl BillingApi for LeasedBilling {
             match plan {
                 Step::Authorized(hold, refill) => {
                     shared.stats.leased.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.decision(BillingOp::Reserve, BillingPath::Leased, BillingOutcome::Ok);
                     if let Some((lease, size)) = refill {
                         tokio::spawn(shared.clone().refill(key, lease, size, amount.saturating_mul(4)));
                     }
@@ -605,6 +649,7 @@ impl BillingApi for LeasedBilling {
                         slot.outstanding = slot.outstanding.saturating_sub(1);
                         slot.last_used = Instant::now();
                         slot.pending.push(request.usage.clone());
+                        shared.metrics.acknowledged();
                         Outcome::Done(answer)
                     }
                     _ => Outcome::Orphan(hold.slot.0, answer),
@@ -614,13 +659,19 @@ impl BillingApi for LeasedBilling {
             }
         };
         let orphan = match outcome {
-            Outcome::Done(answer) => return Ok(answer),
+            Outcome::Done(answer) => {
+                shared.metrics.decision(BillingOp::Settle, BillingPath::Leased, BillingOutcome::Ok);
+                return Ok(answer);
+            }
             Outcome::Remote => return shared.inner.settle(request).await,
             Outcome::Orphan(org, answer) => (org, answer),
         };
         // The lease was returned while this request ran: charge it on its own.
         let (organization_id, answer) = orphan;
-        shared.inner.record_usage(RecordUsageRequest { organization_id, usage: request.usage }).await?;
+        let recorded = shared.inner.record_usage(RecordUsageRequest { organization_id, usage: request.usage }).await;
+        let outcome = if recorded.is_ok() { BillingOutcome::Ok } else { BillingOutcome::Error };
+        shared.metrics.decision(BillingOp::Settle, BillingPath::Leased, outcome);
+        recorded?;
         Ok(answer)
     }
 
@@ -629,9 +680,11 @@ impl BillingApi for LeasedBilling {
         {
             let mut state = shared.lock();
             if state.settled.contains_key(&hold_id) {
+                shared.metrics.decision(BillingOp::Release, BillingPath::Leased, BillingOutcome::Ok);
                 return Ok(());
             }
             if let Some(hold) = state.holds.remove(&hold_id) {
+                shared.metrics.decision(BillingOp::Release, BillingPath::Leased, BillingOutcome::Ok);
                 state.keys.remove(&(hold.slot.0, hold.idempotency_key.clone()));
                 if let Some(slot) = state.slots.get_mut(&hold.slot)
                     && slot.lease == Some(hold.lease)

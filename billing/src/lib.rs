@@ -16,7 +16,7 @@ pub mod client;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod jobs;
-#[cfg(feature = "client")]
+#[cfg(all(feature = "server", feature = "client"))]
 pub mod lease;
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod module;
@@ -36,7 +36,7 @@ pub use api::*;
 pub use client::HttpBillingClient;
 pub use config::BillingConfig;
 pub use error::BillingError;
-#[cfg(feature = "client")]
+#[cfg(all(feature = "server", feature = "client"))]
 pub use lease::LeasedBilling;
 #[cfg(all(feature = "server", feature = "client"))]
 pub use module::BillingModule;

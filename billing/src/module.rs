@@ -79,9 +79,14 @@ impl Component for BillingComponent {
 impl BillingModule {
     /// `api` behind caller-side leases when `billing.lease.enabled` (and a tokio runtime runs
     /// the flusher), else `api` itself; with the leases, to flush them on a graceful stop.
-    fn leased(&self, api: Arc<dyn BillingApi>) -> (Arc<dyn BillingApi>, Option<Arc<crate::lease::LeasedBilling>>) {
+    fn leased(
+        &self,
+        api: Arc<dyn BillingApi>,
+        platform: &Platform,
+    ) -> (Arc<dyn BillingApi>, Option<Arc<crate::lease::LeasedBilling>>) {
         if self.config.lease.enabled && tokio::runtime::Handle::try_current().is_ok() {
-            let leased = Arc::new(crate::lease::LeasedBilling::new(api, self.config.lease.clone()));
+            let metrics = platform.metrics.billing().clone();
+            let leased = Arc::new(crate::lease::LeasedBilling::new(api, self.config.lease.clone(), metrics));
             (leased.clone(), Some(leased))
         } else {
             (api, None)
@@ -120,7 +125,7 @@ impl Module for BillingModule {
         let auth = contracts.require::<dyn AuthApi>(crate::DOMAIN)?;
         let service = BillingService::new(db, self.config.clone(), platform, auth);
         let api: Arc<dyn BillingApi> = Arc::new(service.clone());
-        let (provided, leased) = self.leased(api.clone());
+        let (provided, leased) = self.leased(api.clone(), platform);
         Ok(Arc::new(BillingComponent {
             provided,
             leased,
@@ -133,7 +138,7 @@ impl Module for BillingModule {
     fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
         let client = HttpBillingClient::new(url, self.config.service_token.clone(), &platform.remote)?;
         let api: Arc<dyn BillingApi> = Arc::new(client);
-        let (provided, leased) = self.leased(api.clone());
+        let (provided, leased) = self.leased(api.clone(), platform);
         Ok(Arc::new(BillingComponent {
             provided,
             leased,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use shared::cache::{Cache, CacheKey};
 use shared::db::{Db, DbError};
 use shared::jobs::Jobs;
+use shared::metrics::{BillingMetrics, BillingOp, BillingOutcome, BillingPath};
 use shared::module::Platform;
 use shared::{Clock, Page, PageRequest};
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ struct Inner {
     auth: Arc<dyn AuthApi>,
     limits: Cache<PlanLimits>,
     jobs: Jobs,
+    metrics: BillingMetrics,
 }
 
 impl std::fmt::Debug for BillingService {
@@ -107,6 +109,11 @@ fn key_text(key: Option<ApiKeyId>) -> Option<String> {
     key.map(|k| k.to_string())
 }
 
+/// The metrics' outcome of a settle or release (neither refuses for budget).
+fn outcome_of<T>(result: &Result<T, BillingError>) -> BillingOutcome {
+    if result.is_ok() { BillingOutcome::Ok } else { BillingOutcome::Error }
+}
+
 fn tokens(n: u64) -> Result<i64, BillingError> {
     i64::try_from(n).map_err(|_| BillingError::validation("usage", "token counts must fit in 63 bits"))
 }
@@ -127,7 +134,8 @@ impl BillingService {
         )
         .observe(platform.metrics.cache());
         let jobs = Jobs::with_clock(db.clone(), db.settings(), platform.clock.clone());
-        Self { inner: Arc::new(Inner { db, config, clock: platform.clock.clone(), auth, limits, jobs }) }
+        let metrics = platform.metrics.billing().clone();
+        Self { inner: Arc::new(Inner { db, config, clock: platform.clock.clone(), auth, limits, jobs, metrics }) }
     }
 
     pub fn db(&self) -> &Db {
@@ -367,8 +375,8 @@ impl BillingService {
     }
 
     /// Closes an open hold without usage (release or expiry): the amount goes back to
-    /// available credit. False when it was not open.
-    async fn close_unused(&self, hold_id: HoldId, to: &'static str) -> Result<bool, BillingError> {
+    /// available credit. `None` when it was not open, else whether it was a lease.
+    async fn close_unused(&self, hold_id: HoldId, to: &'static str) -> Result<Option<bool>, BillingError> {
         let now = self.now();
         let id = hold_id.to_string();
         self.inner
@@ -378,7 +386,7 @@ impl BillingService {
                 // What is still held: the amount, less what a lease drew from it already.
                 let rest = hold.amount - hold.charged;
                 if hold.state != "open" || !store::close_hold(conn, &id, &["open"], to, hold.charged, rest, now)? {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let org = &hold.organization_id;
                 let scopes: Vec<&str> = std::iter::once("").chain(hold.api_key_id.as_deref()).collect();
@@ -386,7 +394,7 @@ impl BillingService {
                 let legs = [Leg::org(org, HELD, -rest), Leg::org(org, AVAILABLE, rest)];
                 store::post(conn, org, to, Some(&id), &legs, now)?
                     .map_err(|_| BillingError::Internal("uncovered release".into()))?;
-                Ok(true)
+                Ok(Some(is_lease_key(&hold.idempotency_key)))
             })
             .await
     }
@@ -404,7 +412,8 @@ impl BillingService {
             let batch = ids.len();
             for id in ids {
                 let id: HoldId = parse_id(&id)?;
-                if self.close_unused(id, "expired").await? {
+                if let Some(lease) = self.close_unused(id, "expired").await? {
+                    self.inner.metrics.expired(lease);
                     released += 1;
                 }
             }
@@ -642,6 +651,7 @@ impl BillingService {
                 })
                 .await?;
             written += usize::from(wrote);
+            self.inner.metrics.invoices_finalized(usize::from(wrote));
         }
         Ok(written)
     }
@@ -682,10 +692,9 @@ impl BillingService {
     }
 }
 
-#[async_trait]
-impl BillingApi for BillingService {
-    #[tracing::instrument(skip_all, fields(organization.id = %request.organization_id))]
-    async fn reserve(&self, request: ReserveRequest) -> Result<Hold, BillingError> {
+impl BillingService {
+    /// `reserve` in one transaction (the direct path).
+    async fn reserve_hold(&self, request: ReserveRequest) -> Result<Hold, BillingError> {
         if request.amount <= Money::ZERO {
             return Err(BillingError::validation("amount", "must be positive"));
         }
@@ -742,8 +751,8 @@ impl BillingApi for BillingService {
         Self::hold_of(&row)
     }
 
-    #[tracing::instrument(skip_all, fields(hold.id = %request.hold_id))]
-    async fn settle(&self, request: SettleRequest) -> Result<Settlement, BillingError> {
+    /// `settle` in one transaction (the direct path).
+    async fn settle_hold(&self, request: SettleRequest) -> Result<Settlement, BillingError> {
         Self::validate_usage(&request.usage)?;
         // A concurrent settle or release may close the hold between our read and our
         // conditional update: then read again and answer from what it wrote.
@@ -808,10 +817,42 @@ impl BillingApi for BillingService {
         }
         Err(BillingError::Unavailable("the hold kept changing under the settlement; retry".into()))
     }
+}
+
+#[async_trait]
+impl BillingApi for BillingService {
+    #[tracing::instrument(skip_all, fields(organization.id = %request.organization_id))]
+    async fn reserve(&self, request: ReserveRequest) -> Result<Hold, BillingError> {
+        // A lease's own reservation is counted by its holder (`keel_billing_lease_slices`).
+        let lease = is_lease_key(&request.idempotency_key);
+        let result = self.reserve_hold(request).await;
+        if !lease {
+            let metrics = &self.inner.metrics;
+            let outcome = match &result {
+                Ok(_) => BillingOutcome::Ok,
+                Err(BillingError::BudgetExceeded { limit, .. }) => {
+                    metrics.budget_exceeded(limit);
+                    BillingOutcome::BudgetExceeded
+                }
+                Err(_) => BillingOutcome::Error,
+            };
+            metrics.decision(BillingOp::Reserve, BillingPath::Direct, outcome);
+        }
+        result
+    }
+
+    #[tracing::instrument(skip_all, fields(hold.id = %request.hold_id))]
+    async fn settle(&self, request: SettleRequest) -> Result<Settlement, BillingError> {
+        let result = self.settle_hold(request).await;
+        self.inner.metrics.decision(BillingOp::Settle, BillingPath::Direct, outcome_of(&result));
+        result
+    }
 
     #[tracing::instrument(skip_all, fields(hold.id = %hold_id))]
     async fn release(&self, hold_id: HoldId) -> Result<(), BillingError> {
-        self.close_unused(hold_id, "released").await.map(drop)
+        let result = self.close_unused(hold_id, "released").await.map(drop);
+        self.inner.metrics.decision(BillingOp::Release, BillingPath::Direct, outcome_of(&result));
+        result
     }
 
     #[tracing::instrument(skip_all, fields(organization.id = %request.organization_id))]

@@ -22,6 +22,8 @@ struct Fixture {
     auth: Arc<dyn AuthApi>,
     clock: ManualClock,
     billing: BillingService,
+    /// The registry the service and the leases record into.
+    metrics: shared::metrics::Metrics,
 }
 
 async fn fixture(backend: &TestBackend) -> Fixture {
@@ -35,7 +37,7 @@ async fn fixture(backend: &TestBackend) -> Fixture {
     let auth: Arc<dyn AuthApi> = Arc::new(AuthService::new(auth_db, auth_config, &platform).await.unwrap());
     let billing =
         BillingService::new(database.open(billing::DOMAIN).await, BillingConfig::default(), &platform, auth.clone());
-    Fixture { _database: database, auth, clock, billing }
+    Fixture { _database: database, auth, clock, billing, metrics: platform.metrics.clone() }
 }
 
 impl Fixture {
@@ -61,7 +63,20 @@ impl Fixture {
     }
 
     fn leased(&self, config: LeaseConfig) -> Arc<LeasedBilling> {
-        Arc::new(LeasedBilling::new(Arc::new(self.billing.clone()), config))
+        Arc::new(LeasedBilling::new(Arc::new(self.billing.clone()), config, self.metrics.billing().clone()))
+    }
+
+    /// The value of one series of `/metrics` (Prometheus text), e.g.
+    /// `keel_billing_decisions_total{op="reserve",path="leased",outcome="ok"}`.
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics.encode(shared::metrics::Format::Prometheus).unwrap();
+        let line = text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
+        let line = line.unwrap_or_else(|| panic!("{series} missing from\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    fn decisions(&self, op: &str, path: &str, outcome: &str) -> f64 {
+        self.metric(&format!(r#"keel_billing_decisions_total{{op="{op}",path="{path}",outcome="{outcome}"}}"#))
     }
 
     async fn check(&self) -> billing::service::LedgerReport {
@@ -241,11 +256,12 @@ backend_tests! {
         let org = f.funded("crash@example.com", Money::units(1)).await;
         // A flush interval long enough that nothing is written before the "kill".
         let config = LeaseConfig { flush_interval_ms: 60_000, ..LeaseConfig::default() };
-        let api = LeasedBilling::new(Arc::new(f.billing.clone()), config);
+        let api = LeasedBilling::new(Arc::new(f.billing.clone()), config, f.metrics.billing().clone());
         let hold = api.reserve(reserve(org, Money::cents(5), "a")).await.unwrap();
         api.settle(SettleRequest { hold_id: hold.id, usage: usage("a", Money::cents(5)) }).await.unwrap();
         let open = api.reserve(reserve(org, Money::cents(5), "b")).await.unwrap();
         assert_eq!(api.stats().leased, 2);
+        assert_eq!(f.metric("keel_billing_settlements_unflushed"), 1.0, "the exposure of a kill -9");
         // kill -9: the process and its memory are gone.
         drop(api);
         let _ = open;
@@ -257,8 +273,77 @@ backend_tests! {
         // Past the lease's TTL the sweeper gives everything back.
         f.clock.advance(ChronoDuration::milliseconds(LeaseConfig::default().lease_ttl_ms as i64 + 1));
         assert_eq!(f.billing.sweep_expired().await.unwrap(), 1);
+        assert_eq!(f.metric(r#"keel_billing_holds_expired_total{kind="lease"}"#), 1.0);
+        assert_eq!(f.metric(r#"keel_billing_holds_expired_total{kind="hold"}"#), 0.0);
         let report = f.check().await;
         assert_eq!(report.balances[&org.to_string()], (Money::units(1).0, 0, 0));
+    }
+
+    async fn the_billing_metrics_start_at_zero_and_follow_reservations_settlements_and_commits(backend) {
+        let f = fixture(&backend).await;
+        // Twice the first lease (`min_slice`), so that the direct path has credit too.
+        let org = f.funded("metrics@example.com", Money::units(2)).await;
+        for op in ["reserve", "settle", "release"] {
+            for path in ["leased", "direct"] {
+                for outcome in ["ok", "budget_exceeded", "error"] {
+                    assert_eq!(f.decisions(op, path, outcome), 0.0, "{op} {path} {outcome}");
+                }
+            }
+        }
+        for series in [
+            r#"keel_billing_lease_slices_total{kind="open",outcome="granted"}"#,
+            r#"keel_billing_lease_commits_total{outcome="ok"}"#,
+            "keel_billing_lease_commit_batch_size_count",
+            "keel_billing_settlements_unflushed",
+            "keel_billing_leases",
+            "keel_billing_leased_credit_nanos",
+            r#"keel_billing_budget_exceeded_total{limit="credit"}"#,
+        ] {
+            assert_eq!(f.metric(series), 0.0, "{series}");
+        }
+
+        // Commits only when asked (flush), so every step can be observed.
+        let api = f.leased(LeaseConfig { flush_interval_ms: 60_000, ..LeaseConfig::default() });
+        let hold = api.reserve(reserve(org, Money::cents(2), "m-1")).await.unwrap();
+        assert_eq!(f.decisions("reserve", "leased", "ok"), 1.0);
+        assert_eq!(f.decisions("reserve", "direct", "ok"), 0.0, "the lease's own hold is not a decision");
+        assert_eq!(f.metric(r#"keel_billing_lease_slices_total{kind="open",outcome="granted"}"#), 1.0);
+        api.settle(SettleRequest { hold_id: hold.id, usage: usage("m-1", Money::cents(1)) }).await.unwrap();
+        assert_eq!(f.decisions("settle", "leased", "ok"), 1.0);
+        assert_eq!(f.metric("keel_billing_settlements_unflushed"), 1.0, "acknowledged, not committed");
+        let other = api.reserve(reserve(org, Money::cents(2), "m-2")).await.unwrap();
+        api.release(other.id).await.unwrap();
+        assert_eq!(f.decisions("release", "leased", "ok"), 1.0);
+
+        api.flush().await;
+        assert_eq!(f.metric("keel_billing_settlements_unflushed"), 0.0);
+        assert_eq!(f.metric(r#"keel_billing_lease_commits_total{outcome="ok"}"#), 1.0);
+        assert_eq!(f.metric(r#"keel_billing_lease_commits_total{outcome="error"}"#), 0.0);
+        assert_eq!(f.metric("keel_billing_lease_commit_batch_size_count"), 1.0);
+        assert_eq!(f.metric("keel_billing_lease_commit_batch_size_sum"), 1.0);
+        assert_eq!(f.metric("keel_billing_lease_commit_duration_seconds_count"), 1.0);
+        assert_eq!(f.metric("keel_billing_leases"), 1.0);
+        // The gauges are sampled by each flush pass: the next one sees the commit landed.
+        api.flush().await;
+        let (_, held, _) = f.check().await.balances[&org.to_string()];
+        assert_eq!(f.metric("keel_billing_leased_credit_nanos"), held as f64, "what the lease still holds");
+
+        // The direct path, refused: more than the organization has.
+        let refused = f.billing.reserve(reserve(org, Money::units(5), "m-3")).await;
+        assert!(matches!(refused, Err(BillingError::BudgetExceeded { .. })), "{refused:?}");
+        assert_eq!(f.decisions("reserve", "direct", "budget_exceeded"), 1.0);
+        assert_eq!(f.metric(r#"keel_billing_budget_exceeded_total{limit="credit"}"#), 1.0);
+        let direct = f.billing.reserve(reserve(org, Money::cents(1), "m-4")).await.unwrap();
+        f.billing.release(direct.id).await.unwrap();
+        assert_eq!(f.decisions("reserve", "direct", "ok"), 1.0);
+        assert_eq!(f.decisions("release", "direct", "ok"), 1.0);
+
+        let commits = f.metric(r#"keel_billing_lease_commits_total{outcome="ok"}"#);
+        api.shutdown().await;
+        assert_eq!(f.metric("keel_billing_leases"), 0.0);
+        assert_eq!(f.metric("keel_billing_leased_credit_nanos"), 0.0);
+        assert_eq!(f.metric(r#"keel_billing_lease_commits_total{outcome="ok"}"#), commits + 1.0, "the closing commit");
+        f.check().await;
     }
 
     async fn small_balances_get_small_slices_or_the_direct_path(backend) {

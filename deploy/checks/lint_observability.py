@@ -9,8 +9,9 @@ Every dashboard expression, and every Prometheus query of the KEDA ScaledObjects
 FILE as a recording rule, Grafana variables replaced (.ci/check-metric-names does the same
 replacement), so that `promtool check rules FILE` parses each one with Prometheus's own parser.
 
-Rules (deploy/observability/prometheus/*.rules.yaml): every alert has a severity of critical or
-warning, a summary, a description and a runbook_url whose anchor is a heading of
+Rules (deploy/observability/prometheus/*.rules.yaml): every alert has a severity of critical,
+warning or info (kube-prometheus' levels: info is a notice for a person to look at, never a
+page), a summary, a description and a runbook_url whose anchor is a heading of
 deploy/RUNBOOK.md.
 
 Exit status 1 with one line per problem. Needs PyYAML.
@@ -97,8 +98,8 @@ def lint_rules(paths, problems):
                 if "alert" not in rule:
                     continue
                 name = rule["alert"]
-                if rule.get("labels", {}).get("severity") not in ("critical", "warning"):
-                    problems.append(f"{rel}: {name}: severity must be critical or warning")
+                if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                    problems.append(f"{rel}: {name}: severity must be critical, warning or info")
                 annotations = rule.get("annotations", {})
                 for key in ("summary", "description", "runbook_url"):
                     if not annotations.get(key):

@@ -1,5 +1,5 @@
 //! `/metrics` of the real gateway after traffic: route templates, statuses, the auth domain's
-//! pool, and the build.
+//! pool, the build, and billing's families at 0.
 
 // The helpers below are test code too (clippy only exempts `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -64,6 +64,30 @@ async fn the_gateway_serves_metrics_for_its_routes_pools_and_build() {
     let idle = value(&text, "keel_db_pool_connections", &[("domain", "auth"), ("pool", "primary"), ("state", "idle")]);
     assert!(idle.is_some(), "{text}");
     assert!(value(&text, "keel_db_pool_wait_duration_seconds", &pool).unwrap() >= 1.0, "{text}");
+
+    // Billing's families exist from the start, at 0 (this traffic reserves nothing): dashboards
+    // and alerts see a rate of 0, not an absent series. billing/tests/lease.rs sees them move.
+    for (op, path, outcome) in
+        [("reserve", "leased", "ok"), ("reserve", "direct", "budget_exceeded"), ("settle", "direct", "error")]
+    {
+        let labels = [("op", op), ("path", path), ("outcome", outcome)];
+        assert_eq!(value(&text, "keel_billing_decisions_total", &labels), Some(0.0), "{labels:?} in {text}");
+    }
+    for (name, labels) in [
+        ("keel_billing_budget_exceeded_total", &[("limit", "credit")][..]),
+        ("keel_billing_lease_slices_total", &[("kind", "topup"), ("outcome", "refused")]),
+        ("keel_billing_lease_commits_total", &[("outcome", "error")]),
+        ("keel_billing_lease_commit_batch_size", &[]),
+        ("keel_billing_lease_commit_duration_seconds", &[]),
+        ("keel_billing_settlements_unflushed", &[]),
+        ("keel_billing_leases", &[]),
+        ("keel_billing_leased_credit_nanos", &[]),
+        ("keel_billing_usage_unrecorded_total", &[]),
+        ("keel_billing_holds_expired_total", &[("kind", "lease")]),
+        ("keel_billing_invoices_finalized_total", &[]),
+    ] {
+        assert_eq!(value(&text, name, labels), Some(0.0), "{name} {labels:?} in {text}");
+    }
 
     gateway.stop(true).await.unwrap();
 }

@@ -11,6 +11,7 @@
 //! Recording into a resolved handle ([`QueueHandle`], [`CacheHandle`], [`PoolHandle`], …) is an
 //! atomic add; resolve handles once (at construction) rather than per event.
 
+mod billing;
 mod cache;
 mod db;
 mod http;
@@ -18,6 +19,10 @@ mod inference;
 mod jobs;
 mod ratelimit;
 
+pub use billing::{
+    BUDGET_LIMITS, BillingMetrics, BillingOp, BillingOutcome, BillingPath, COMMIT_BATCH_BUCKETS, SliceKind,
+    SliceOutcome,
+};
 pub use cache::{CacheHandle, CacheLayer, CacheMetrics, CacheResult};
 pub use db::{DbMetrics, PoolHandle, PoolRole, PoolSample, PoolSource};
 pub use http::{HttpMetrics, RecordHttpMetrics, metrics_endpoint};
@@ -108,6 +113,7 @@ struct Inner {
     ratelimit: RateLimitMetrics,
     redis: RedisMetrics,
     inference: InferenceMetrics,
+    billing: BillingMetrics,
 }
 
 impl Metrics {
@@ -121,12 +127,13 @@ impl Metrics {
         let ratelimit = RateLimitMetrics::register(&mut registry);
         let redis = RedisMetrics::register(&mut registry);
         let inference = InferenceMetrics::register(&mut registry);
+        let billing = BillingMetrics::register(&mut registry);
 
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: build.version.clone(), commit: build.commit.clone() }).set(1);
         registry.register("keel_build_info", "The running build: its version and source commit (value 1)", build_info);
 
-        Self { inner: Arc::new(Inner { registry, http, db, jobs, cache, ratelimit, redis, inference }) }
+        Self { inner: Arc::new(Inner { registry, http, db, jobs, cache, ratelimit, redis, inference, billing }) }
     }
 
     pub fn http(&self) -> &HttpMetrics {
@@ -155,6 +162,10 @@ impl Metrics {
 
     pub fn inference(&self) -> &InferenceMetrics {
         &self.inner.inference
+    }
+
+    pub fn billing(&self) -> &BillingMetrics {
+        &self.inner.billing
     }
 
     /// Every metric, in `format`.
@@ -297,6 +308,83 @@ mod tests {
         ] {
             assert!(text.contains(&format!("# TYPE {family} {kind}\n")), "no TYPE line for {family} in\n{text}");
         }
+    }
+
+    /// Every `keel_billing_*` series exists at 0 before anything is recorded, and each record
+    /// moves its own series only.
+    #[test]
+    fn billing_series_exist_at_zero_and_move_one_by_one() {
+        let metrics = Metrics::new(&build());
+        let text = metrics.encode(Format::Prometheus).unwrap();
+        let s = samples(&text);
+        let get = |s: &[Series], name: &str, labels: &[(&str, &str)]| {
+            value(s, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing from\n{text}"))
+        };
+        for op in ["reserve", "settle", "release"] {
+            for path in ["leased", "direct"] {
+                for outcome in ["ok", "budget_exceeded", "error"] {
+                    let labels = [("op", op), ("path", path), ("outcome", outcome)];
+                    assert_eq!(get(&s, "keel_billing_decisions_total", &labels), 0.0);
+                }
+            }
+        }
+        for limit in BUDGET_LIMITS {
+            assert_eq!(get(&s, "keel_billing_budget_exceeded_total", &[("limit", limit)]), 0.0);
+        }
+        for kind in ["open", "topup"] {
+            for outcome in ["granted", "refused", "error"] {
+                assert_eq!(get(&s, "keel_billing_lease_slices_total", &[("kind", kind), ("outcome", outcome)]), 0.0);
+            }
+        }
+        for (name, labels) in [
+            ("keel_billing_leases", &[][..]),
+            ("keel_billing_leased_credit_nanos", &[]),
+            ("keel_billing_lease_commits_total", &[("outcome", "ok")]),
+            ("keel_billing_lease_commits_total", &[("outcome", "error")]),
+            ("keel_billing_lease_commit_batch_size", &[]),
+            ("keel_billing_lease_commit_duration_seconds", &[]),
+            ("keel_billing_settlements_unflushed", &[]),
+            ("keel_billing_usage_unrecorded_total", &[]),
+            ("keel_billing_holds_expired_total", &[("kind", "hold")]),
+            ("keel_billing_holds_expired_total", &[("kind", "lease")]),
+            ("keel_billing_invoices_finalized_total", &[]),
+        ] {
+            assert_eq!(get(&s, name, labels), 0.0, "{name} {labels:?}");
+        }
+
+        let billing = metrics.billing();
+        billing.decision(BillingOp::Reserve, BillingPath::Leased, BillingOutcome::Ok);
+        billing.decision(BillingOp::Reserve, BillingPath::Direct, BillingOutcome::BudgetExceeded);
+        billing.budget_exceeded("api_key_budget");
+        billing.budget_exceeded("not a limit");
+        billing.slice(SliceKind::TopUp, SliceOutcome::Refused);
+        billing.acknowledged();
+        billing.acknowledged();
+        billing.flushed(1);
+        billing.commit(true, 1, Duration::from_millis(2));
+        billing.set_leases(2, 5_000_000);
+        billing.expired(true);
+        billing.invoices_finalized(3);
+        let text = metrics.encode(Format::Prometheus).unwrap();
+        let s = samples(&text);
+        let decision = |op, path, outcome| {
+            value(&s, "keel_billing_decisions_total", &[("op", op), ("path", path), ("outcome", outcome)]).unwrap()
+        };
+        assert_eq!(decision("reserve", "leased", "ok"), 1.0);
+        assert_eq!(decision("reserve", "direct", "budget_exceeded"), 1.0);
+        assert_eq!(decision("reserve", "direct", "ok"), 0.0);
+        assert_eq!(decision("settle", "leased", "ok"), 0.0);
+        assert_eq!(get(&s, "keel_billing_budget_exceeded_total", &[("limit", "api_key_budget")]), 1.0);
+        assert_eq!(get(&s, "keel_billing_budget_exceeded_total", &[("limit", "credit")]), 0.0);
+        assert_eq!(get(&s, "keel_billing_lease_slices_total", &[("kind", "topup"), ("outcome", "refused")]), 1.0);
+        assert_eq!(get(&s, "keel_billing_settlements_unflushed", &[]), 1.0);
+        assert_eq!(get(&s, "keel_billing_lease_commits_total", &[("outcome", "ok")]), 1.0);
+        assert_eq!(get(&s, "keel_billing_lease_commit_batch_size", &[]), 1.0);
+        assert_eq!(get(&s, "keel_billing_leases", &[]), 2.0);
+        assert_eq!(get(&s, "keel_billing_leased_credit_nanos", &[]), 5_000_000.0);
+        assert_eq!(get(&s, "keel_billing_holds_expired_total", &[("kind", "lease")]), 1.0);
+        assert_eq!(get(&s, "keel_billing_holds_expired_total", &[("kind", "hold")]), 0.0);
+        assert_eq!(get(&s, "keel_billing_invoices_finalized_total", &[]), 3.0);
     }
 
     #[test]

@@ -70,7 +70,7 @@ backend_tests! {
             let callers: Vec<Arc<billing::LeasedBilling>> = (0..2)
                 .map(|_| {
                     let client = HttpBillingClient::new(&url, Some(shared::Secret::new(SERVICE_TOKEN)), &Default::default()).unwrap();
-                    Arc::new(billing::LeasedBilling::new(Arc::new(client), Default::default()))
+                    Arc::new(billing::LeasedBilling::new(Arc::new(client), Default::default(), world.platform.metrics.billing().clone()))
                 })
                 .collect();
             let admin = world.platform_admin(&format!("lease-admin-{seed}@example.com")).await;

@@ -428,9 +428,75 @@ def inference_board():
     return b
 
 
-# billing_board joins this list when billing exports metrics of its own (keel_billing_*: holds,
-# settlements, lease refills); today its activity shows in the jobs and database boards.
-BOARDS = [http_board, database_board, cache_board, ratelimit_board, jobs_board, inference_board]
+def billing_board():
+    sel = 'instance=~"$instance"'
+    rate = "[$__rate_interval]"
+    b = Board(
+        "keel-billing",
+        "Keel / Billing",
+        "The metering path (keel_billing_*): reserve, settle and release decisions, leased (in memory, "
+        "in the caller's process) or direct (one transaction in the billing service); refusals; the "
+        "leases, their slices and group commits; what a kill -9 would lose; the sweeper and invoices. "
+        "Billing's jobs show on the Jobs board, its pool on the Database board.",
+        [query_var("instance", "Instance", "keel_build_info")],
+    )
+    b.row("Decisions")
+    b.add(timeseries("Decisions/s by path", "Reserve, settle and release per second, leased (against a lease, "
+                     "no transaction) or direct (a transaction each).", "ops",
+                     (f"sum by (op, path) (rate(keel_billing_decisions_total{{{sel}}}{rate}))", "{{op}} {{path}}"),
+                     stack=True), 8, 8)
+    b.add(timeseries("Direct share of reservations", "Reservations on the direct path over all reservations. "
+                     "High while leases are refused (credit or a budget nearly spent) or turned off.",
+                     "percentunit",
+                     (f'sum(rate(keel_billing_decisions_total{{{sel}, op="reserve", path="direct"}}{rate})) / '
+                      f'sum(rate(keel_billing_decisions_total{{{sel}, op="reserve"}}{rate}))', "direct"),
+                     max_value=1), 8, 8)
+    b.add(timeseries("Refusals and errors/s", "Reservations refused for budget, by the limit that refused them; "
+                     "decisions that failed.", "ops",
+                     (f"sum by (limit) (rate(keel_billing_budget_exceeded_total{{{sel}}}{rate}))",
+                      "budget_exceeded {{limit}}"),
+                     (f'sum by (op, path) (rate(keel_billing_decisions_total{{{sel}, outcome="error"}}{rate}))',
+                      "error {{op}} {{path}}")), 8, 8)
+    b.row("Leases")
+    b.add(timeseries("Leases held", "Leases each process holds (one per organization and API key in use).",
+                     "short", (f"sum by (instance) (keel_billing_leases{{{sel}}})", "{{instance}}")), 8, 8)
+    b.add(timeseries("Credit held by leases", "Credit the processes' leases hold, in the billing currency "
+                     "(nano-units / 1e9): returned when a lease goes idle, at a graceful stop, or by the "
+                     "sweeper after its TTL when the process died.", "short",
+                     (f"sum by (instance) (keel_billing_leased_credit_nanos{{{sel}}}) / 1e9", "{{instance}}")), 8, 8)
+    b.add(timeseries("Lease slices/s", "Lease openings and top-ups, granted, refused (less spendable than "
+                     "asked: the organization goes direct) or failed.", "ops",
+                     (f"sum by (kind, outcome) (rate(keel_billing_lease_slices_total{{{sel}}}{rate}))",
+                      "{{kind}} {{outcome}}"), stack=True), 8, 8)
+    b.row("Group commits")
+    b.add(timeseries("Commits/s by outcome", "One transaction per lease per flush; failed commits keep their "
+                     "records for the next flush.", "ops",
+                     (f"sum by (outcome) (rate(keel_billing_lease_commits_total{{{sel}}}{rate}))", "{{outcome}}")),
+          6, 8)
+    b.add(timeseries("Settlements per commit", "Records written by one commit.", "short",
+                     (quantile("0.5", "keel_billing_lease_commit_batch_size", "instance", sel), "p50 {{instance}}"),
+                     (quantile("0.99", "keel_billing_lease_commit_batch_size", "instance", sel), "p99 {{instance}}")),
+          6, 8)
+    b.add(timeseries("Commit duration", "Time to write one commit.", "s",
+                     (quantile("0.5", "keel_billing_lease_commit_duration_seconds", "instance", sel),
+                      "p50 {{instance}}"),
+                     (quantile("0.99", "keel_billing_lease_commit_duration_seconds", "instance", sel),
+                      "p99 {{instance}}")), 6, 8)
+    b.add(timeseries("Unflushed settlements", "Settlements acknowledged and not yet committed: what a kill -9 "
+                     "of that process would not charge. Given up: usage a process could not record at all (not charged).", "short",
+                     (f"max by (instance) (keel_billing_settlements_unflushed{{{sel}}})", "{{instance}}"),
+                     (f"sum(increase(keel_billing_usage_unrecorded_total{{{sel}}}{rate}))", "given up")), 6, 8)
+    b.row("Sweeper and invoices")
+    b.add(timeseries("Expired holds/s", "Holds the sweeper released past their TTL: holds of requests that "
+                     "never settled, and leases of processes that stopped without returning them.", "ops",
+                     (f"sum by (kind) (rate(keel_billing_holds_expired_total{{{sel}}}{rate}))", "{{kind}}")), 12, 8)
+    b.add(timeseries("Invoices finalized", "Invoices written by the hourly invoice job (at the start of a "
+                     "month).", "short",
+                     (f"sum(increase(keel_billing_invoices_finalized_total{{{sel}}}[1h]))", "per hour")), 12, 8)
+    return b
+
+
+BOARDS = [http_board, database_board, cache_board, ratelimit_board, jobs_board, inference_board, billing_board]
 
 
 def render():
