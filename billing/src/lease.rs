@@ -231,6 +231,14 @@ impl LeasedBilling {
     }
 }
 
+impl State {
+    /// Keeps a settle's answer for retries (see `settled`).
+    fn remember(&mut self, answer: Settlement) {
+        self.settled.insert(answer.hold_id, (answer.charged, answer.returned));
+        self.settled_order.push_back((Instant::now(), answer.hold_id));
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -627,7 +635,7 @@ impl BillingApi for LeasedBilling {
         enum Outcome {
             Done(Settlement),
             Remote,
-            Orphan(OrganizationId, Settlement),
+            Orphan(OrganizationId, Settlement, LocalHold),
         }
         let outcome = {
             let mut state = shared.lock();
@@ -641,8 +649,6 @@ impl BillingApi for LeasedBilling {
                     charged: request.usage.cost,
                     returned: Money((hold.amount - cost).max(0)),
                 };
-                state.settled.insert(request.hold_id, (answer.charged, answer.returned));
-                state.settled_order.push_back((Instant::now(), request.hold_id));
                 match state.slots.get_mut(&hold.slot) {
                     Some(slot) if slot.lease == Some(hold.lease) => {
                         slot.remaining += hold.amount - cost;
@@ -650,29 +656,42 @@ impl BillingApi for LeasedBilling {
                         slot.last_used = Instant::now();
                         slot.pending.push(request.usage.clone());
                         shared.metrics.acknowledged();
+                        state.remember(answer.clone());
                         Outcome::Done(answer)
                     }
-                    _ => Outcome::Orphan(hold.slot.0, answer),
+                    _ => Outcome::Orphan(hold.slot.0, answer, hold),
                 }
             } else {
                 Outcome::Remote
             }
         };
-        let orphan = match outcome {
+        let (organization_id, answer, hold) = match outcome {
             Outcome::Done(answer) => {
                 shared.metrics.decision(BillingOp::Settle, BillingPath::Leased, BillingOutcome::Ok);
                 return Ok(answer);
             }
             Outcome::Remote => return shared.inner.settle(request).await,
-            Outcome::Orphan(org, answer) => (org, answer),
+            Outcome::Orphan(org, answer, hold) => (org, answer, hold),
         };
-        // The lease was returned while this request ran: charge it on its own.
-        let (organization_id, answer) = orphan;
+        // The lease was returned while this request ran: charge it on its own (idempotent by
+        // request id). Only a recorded charge is remembered as settled; after a failure the
+        // hold is put back, so the caller's retry records it again instead of being told it
+        // was settled.
         let recorded = shared.inner.record_usage(RecordUsageRequest { organization_id, usage: request.usage }).await;
         let outcome = if recorded.is_ok() { BillingOutcome::Ok } else { BillingOutcome::Error };
         shared.metrics.decision(BillingOp::Settle, BillingPath::Leased, outcome);
-        recorded?;
-        Ok(answer)
+        let mut state = shared.lock();
+        match recorded {
+            Ok(_) => {
+                state.remember(answer.clone());
+                Ok(answer)
+            }
+            Err(error) => {
+                state.keys.insert((hold.slot.0, hold.idempotency_key.clone()), request.hold_id);
+                state.holds.insert(request.hold_id, hold);
+                Err(error)
+            }
+        }
     }
 
     async fn release(&self, hold_id: HoldId) -> Result<(), BillingError> {

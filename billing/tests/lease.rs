@@ -224,6 +224,26 @@ backend_tests! {
         assert_eq!((held, spent), (0, 4_000_000), "charged once");
     }
 
+    async fn a_settle_whose_lease_went_back_is_remembered_only_once_recorded(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("orphan@example.com", Money::units(10)).await;
+        let api = f.leased(LeaseConfig::default());
+        let hold = api.reserve(reserve(org, Money::cents(1), "o")).await.unwrap();
+        // The lease goes back while the request runs: its settlement is charged on its own.
+        api.shutdown().await;
+        let cost = Money::nanos(4_000_000);
+        // The service refuses this usage (a request id over 255 characters): the settle fails,
+        // and a retry is not told that it was settled.
+        let refused = SettleRequest { hold_id: hold.id, usage: usage(&"x".repeat(300), cost) };
+        assert!(api.settle(refused.clone()).await.is_err());
+        assert!(api.settle(refused).await.is_err(), "a failed charge is not remembered as settled");
+        let settled = api.settle(SettleRequest { hold_id: hold.id, usage: usage("o", cost) }).await.unwrap();
+        assert_eq!(settled.charged, cost);
+        let report = f.check().await;
+        let (_, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, cost.0));
+    }
+
     async fn a_graceful_stop_writes_the_buffered_settlements_and_returns_the_lease(backend) {
         let f = fixture(&backend).await;
         let org = f.funded("stop@example.com", Money::units(10)).await;
