@@ -56,7 +56,7 @@ pub async fn rate_limit(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let limits = req.app_data::<web::Data<RateLimits>>().cloned().filter(|l| l.active());
     let Some(limits) = limits else { return next.call(req).await.map(ServiceResponse::map_into_boxed_body) };
-    let Some(class) = req.match_pattern().and_then(|route| limits.classes.get(&route).copied()) else {
+    let Some(class) = shared::http::route_template(&req).and_then(|route| limits.classes.get(&*route).copied()) else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
     let subject = subject(&req).await;

@@ -12,6 +12,11 @@ use gateway::{DOMAIN_NAMES, GatewayConfig, GatewayError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: faster per allocation on the request path, and it
+/// returns freed memory to the system more readily.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about = "Keel: an open-source backend for AI products")]
 struct Cli {

@@ -39,7 +39,7 @@ pub async fn request_id(
     let span = tracing::info_span!(
         "http.request",
         http.method = %req.method(),
-        http.route = req.match_pattern().as_deref().unwrap_or("unmatched"),
+        http.route = shared::http::route_template(&req).as_deref().unwrap_or("unmatched"),
         url.path = req.path(),
         request.id = %id,
     );

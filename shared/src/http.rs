@@ -9,7 +9,7 @@ use actix_web::error::PathError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder};
+use actix_web::{FromRequest, Handler, HttpMessage, HttpRequest, HttpResponse, Responder};
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
@@ -266,6 +266,21 @@ pub fn path_config() -> web::PathConfig {
 /// The answer for a route that does not exist.
 pub async fn not_found() -> HttpResponse {
     envelope_response(ErrorKind::NotFound, "not_found", "No such route.", None)
+}
+
+/// The route template a request matched (`/v1/organizations/{org_id}/members`), `None` when no
+/// route did. Before routing, actix finds it by walking the routes in order, with a regular
+/// expression per dynamic one; the middlewares that label or classify requests by route share
+/// one walk through the request's extensions.
+pub fn route_template(req: &actix_web::dev::ServiceRequest) -> Option<std::rc::Rc<str>> {
+    #[derive(Clone)]
+    struct RouteTemplate(Option<std::rc::Rc<str>>);
+    if let Some(found) = req.extensions().get::<RouteTemplate>() {
+        return found.0.clone();
+    }
+    let template: Option<std::rc::Rc<str>> = req.match_pattern().map(Into::into);
+    req.extensions_mut().insert(RouteTemplate(template.clone()));
+    template
 }
 
 /// One path with one handler per method. Any other method gets 405 `method_not_allowed` with

@@ -54,11 +54,11 @@ impl HttpMetrics {
     /// (`HttpRequest::match_pattern`), `None` when no route matched: never the raw path, whose
     /// values are unbounded.
     pub fn record(&self, method: &Method, route: Option<String>, status: u16, elapsed: Duration) {
-        self.record_labelled(method_label(method), route, status, elapsed);
+        self.record_labelled(method_label(method), route.as_deref(), status, elapsed);
     }
 
-    fn record_labelled(&self, method: &'static str, route: Option<String>, status: u16, elapsed: Duration) {
-        let labels = HttpLabels { method, route: route.unwrap_or_else(|| UNMATCHED.to_owned()), status };
+    fn record_labelled(&self, method: &'static str, route: Option<&str>, status: u16, elapsed: Duration) {
+        let labels = HttpLabels { method, route: route.unwrap_or(UNMATCHED).to_owned(), status };
         self.requests.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
@@ -129,7 +129,7 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
         let method = method_label(req.method());
-        let route = req.match_pattern();
+        let route = crate::http::route_template(&req);
         let metrics = self.metrics.clone();
         let response = self.service.call(req);
         Box::pin(async move {
@@ -139,7 +139,7 @@ where
                 // An error that reaches this point is turned into a response by actix itself.
                 Err(error) => error.as_response_error().status_code().as_u16(),
             };
-            metrics.record_labelled(method, route, status, started.elapsed());
+            metrics.record_labelled(method, route.as_deref(), status, started.elapsed());
             result
         })
     }
