@@ -514,15 +514,47 @@ struct Forward {
     finished: bool,
     first_token_seen: bool,
     ended: bool,
+    /// The text of the chunk handed out last, and for the echo model its word count: counted
+    /// only when the next chunk is asked for (the consumer delivered this one; see
+    /// `docs/INFERENCE.md`, "Client disconnects"), never if the stream is dropped first.
+    in_flight: String,
+    in_flight_words: u64,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Forward {
+    fn new(source: Source, pending: Option<ChatCompletionChunk>, meter: Meter, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            source,
+            pending,
+            meter,
+            finished: false,
+            first_token_seen: false,
+            ended: false,
+            in_flight: String::new(),
+            in_flight_words: 0,
+            _permit: permit,
+        }
+    }
+
+    /// Counts the chunk handed out last: it was delivered, since the next one is asked for.
+    fn confirm(&mut self) {
+        self.meter.generated.push_str(&self.in_flight);
+        self.in_flight.clear();
+        let words = std::mem::take(&mut self.in_flight_words);
+        if words > 0
+            && let Some(usage) = &mut self.meter.usage
+        {
+            usage.completion_tokens += words;
+            usage.total_tokens += words;
+        }
+    }
+
     /// Notes a chunk: its text and usage. Returns whether the caller should see it (a usage
     /// chunk the caller did not ask for is dropped, and `usage` removed from the others).
     fn note(&mut self, chunk: &mut ChatCompletionChunk, include_usage: bool) -> bool {
         for text in chunk.text() {
-            self.meter.generated.push_str(text);
+            self.in_flight.push_str(text);
         }
         if !self.first_token_seen && chunk.text().next().is_some() {
             self.first_token_seen = true;
@@ -545,6 +577,7 @@ impl Forward {
     }
 
     async fn next(&mut self) -> Option<Result<ChatCompletionChunk, InferenceError>> {
+        self.confirm();
         if self.ended {
             return None;
         }
@@ -581,6 +614,7 @@ impl Forward {
                         }
                         let last = words.is_empty();
                         let mut chunk = echo_chunk(id, model, *created, Some(word), last.then(|| "stop".to_owned()));
+                        self.in_flight_words = 1;
                         if self.note(&mut chunk, true) {
                             return Some(Ok(chunk));
                         }
@@ -776,29 +810,15 @@ impl InferenceApi for InferenceService {
                     usage: include_usage.then_some(usage.clone()),
                     words,
                 };
-                // Without include_usage the echo still bills its exact counts.
-                let mut forward = Forward {
-                    source,
-                    pending: None,
-                    meter: Meter::new(deployment.clone(), messages, started, admission),
-                    finished: false,
-                    first_token_seen: false,
-                    ended: false,
-                    _permit: permit,
-                };
-                forward.meter.usage = Some(usage);
+                // The echo bills its exact counts: the prompt's estimate, and one token per word
+                // delivered (counted as they are, see `Forward::confirm`).
+                let mut meter = Meter::new(deployment.clone(), messages, started, admission);
+                meter.usage = Some(Usage::new(usage.prompt_tokens, 0));
+                let forward = Forward::new(source, None, meter, permit);
                 return Ok(Served::new(into_stream(forward), waited));
             }
         };
-        let forward = Forward {
-            source,
-            pending,
-            meter: Meter::new(deployment, messages, started, admission),
-            finished: false,
-            first_token_seen: false,
-            ended: false,
-            _permit: permit,
-        };
+        let forward = Forward::new(source, pending, Meter::new(deployment, messages, started, admission), permit);
         Ok(Served::new(into_stream(forward), waited))
     }
 

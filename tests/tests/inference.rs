@@ -390,9 +390,26 @@ async fn a_budget_race_never_spends_beyond_the_bound_and_rejected_calls_never_re
     gateway.stop().await;
 }
 
+/// Waits until the organization has nothing held and has spent more than `before`; returns
+/// what the call cost.
+async fn billed_since(api: &Client, session: &str, org: &str, before: i64) -> i64 {
+    let billed = async {
+        loop {
+            let (_, held, spent) = balance(api, session, org).await;
+            if held == 0 && spent > before {
+                return spent - before;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), billed).await.expect("the call was settled")
+}
+
 #[tokio::test]
-async fn a_client_that_goes_away_cancels_the_upstream_and_pays_for_what_it_got() {
-    let fake = FakeOpenAi::start(Behavior::Answer { words: 30, delay: Duration::from_millis(150), usage: true }).await;
+async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got() {
+    // Three chunks, then the provider pauses until its client (the gateway) goes away: it goes
+    // on generating only if the gateway did not notice that its own client left.
+    let fake = FakeOpenAi::start(Behavior::PauseAfter { words: 30, first: 3, delay: Duration::ZERO }).await;
     let database = database(&backend());
     let gateway = TestGateway::start(config(&database, &fake), None).await;
     let api = gateway.client();
@@ -411,39 +428,37 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_pays_for_what_it_got()
     assert_eq!(received, 3, "{text}");
     drop(body);
 
-    // The provider sees the cancellation within a chunk or two (it writes one every 150 ms).
+    // The gateway sees its client close (without having to write to it) and drops the
+    // provider's request: the provider, paused, sees that and generates nothing more.
     let cancelled = async {
         while fake.cancelled() == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let waited = tokio::time::timeout(Duration::from_secs(5), cancelled).await;
+    let waited = tokio::time::timeout(Duration::from_secs(8), cancelled).await;
     assert!(waited.is_ok(), "the upstream request was not cancelled: {} chunks sent", fake.chunks_sent());
-    assert!(fake.chunks_sent() < 30);
+    assert_eq!(fake.chunks_sent(), 3);
 
-    // Billed: the prompt (8 tokens with the chat format, counted by tiktoken: the provider's usage
-    // never came) and the chunks the gateway forwarded before it saw the client go. actix notices
-    // a closed connection only when a write to it fails, so the chunks in flight by then (at most
-    // two here) are billed too: they were generated and sent.
-    let billed = async {
-        loop {
-            let (_, held, spent) = balance(&api, &session, &org).await;
-            if held == 0 && spent > spent_before {
-                return spent - spent_before;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let billed = tokio::time::timeout(Duration::from_secs(5), billed).await.expect("the call was settled");
-    let output = (billed - cost(8, 0)) / 2_000;
-    assert_eq!(billed, cost(8, output), "{billed}");
-    assert!((3..=5).contains(&output), "billed {output} output tokens for {received} received");
-    assert!(output as usize <= fake.chunks_sent(), "never more than the provider generated");
+    // Billed: the prompt (8 tokens with the chat format, counted by tiktoken: the provider's
+    // usage never came) and exactly the 3 chunks the client received.
+    let billed = billed_since(&api, &session, &org, spent_before).await;
+    assert_eq!(billed, cost(8, 3), "billed {billed}: {} output tokens", (billed - cost(8, 0)) / 2_000);
     let metrics = api.get("/metrics", None).await;
-    let line = format!(
-        "keel_inference_tokens_total{{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"}} {output}"
-    );
-    assert!(metrics.body.as_str().unwrap().contains(&line), "{line}");
+    let line =
+        "keel_inference_tokens_total{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"} 3";
+    assert!(metrics.body.as_str().unwrap().contains(line), "{line}");
+
+    // The provider dies after 2 chunks: the client gets them and an error event; the call is
+    // billed for the 2 chunks generated and delivered.
+    fake.script([Behavior::CutAfter(2)]);
+    let (_, _, spent_before) = balance(&api, &session, &org).await;
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 3, "{data:?}");
+    let error: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert_eq!(billed_since(&api, &session, &org, spent_before).await, cost(8, 2));
+
     gateway.stop().await;
 }
 
