@@ -168,6 +168,15 @@ fn overhead_header(
     overhead
 }
 
+/// `x-keel-cache: hit|miss` when the response cache was used.
+fn cache_header(response: &mut HttpResponse, cache: Option<CacheStatus>) {
+    if let Some(status) = cache {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(CACHE_HEADER), HeaderValue::from_static(status.as_str()));
+    }
+}
+
 fn record_overhead(metrics: Option<&web::Data<Metrics>>, route: &'static str, overhead: std::time::Duration) {
     if let Some(metrics) = metrics {
         metrics.inference().overhead(route, overhead);
@@ -241,7 +250,13 @@ impl futures_util::Stream for Sse {
 /// with server-sent events.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", operation_id = "create_chat_completion",
     security(("bearer" = [])), request_body = ChatCompletionRequest, responses(
-    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`.", body = ChatCompletionResponse),
+    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`.", body = ChatCompletionResponse,
+        headers(
+            ("x-keel-cache" = String, description = "`hit` or `miss` when the response cache was used for this request (a deterministic request, `temperature` 0, to a model that caches or with `x-keel-cache: on`); absent otherwise."),
+            ("x-keel-overhead-ms" = String, description = "The gateway's own time for the call, in milliseconds."),
+        )),
+), params(
+    ("x-keel-cache" = Option<String>, Header, description = "`on`: cache this deterministic request's answer (and serve it from the cache); `off`: never use the cache for it. Absent: the model's `cache_ttl_secs` decides."),
 ))]
 async fn chat_completions(
     http: actix_web::HttpRequest,
@@ -252,20 +267,26 @@ async fn chat_completions(
     payload: web::Payload,
 ) -> Result<HttpResponse, InferenceError> {
     let started = Instant::now();
-    let request: ChatCompletionRequest = parse(cap, payload).await?;
+    let mut request: ChatCompletionRequest = parse(cap, payload).await?;
+    if let Some(value) = http.headers().get(CACHE_HEADER).and_then(|v| v.to_str().ok()) {
+        request.cache = CacheDirective::parse(value);
+    }
     if request.is_stream() {
         let served = api.chat_stream(&caller.0, request).await?;
+        let cache = served.cache;
         let mut response = HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header(("x-accel-buffering", "no"))
             .streaming(Sse::new(served.value, http.conn_data::<Arc<WriteProgress>>().cloned()));
         let overhead = overhead_header(&mut response, started, served.upstream);
+        cache_header(&mut response, cache);
         record_overhead(metrics.as_ref(), "chat_stream", overhead);
         return Ok(response);
     }
     let served = api.chat(&caller.0, request).await?;
     let mut response = HttpResponse::Ok().json(&served.value);
+    cache_header(&mut response, served.cache);
     let overhead = overhead_header(&mut response, started, served.upstream);
     record_overhead(metrics.as_ref(), "chat", overhead);
     Ok(response)

@@ -14,9 +14,9 @@ use inference::config::{DeploymentConfig, ModelConfig, ModelKind, ProviderConfig
 use serde_json::{Value, json};
 use shared::testing::{TestBackend, TestDatabase};
 use std::time::{Duration, Instant};
-use tests::Client;
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
 use tests::harness::{TestGateway, database, gateway_config};
+use tests::{Client, Reply};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -405,12 +405,19 @@ async fn billed_since(api: &Client, session: &str, org: &str, before: i64) -> i6
     tokio::time::timeout(Duration::from_secs(10), billed).await.expect("the call was settled")
 }
 
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got() {
+    for backend in shared::testing::backends() {
+        a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got_on(backend).await;
+    }
+}
+
+async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got_on(backend: TestBackend) {
     // Three chunks, then the provider pauses until its client (the gateway) goes away: it goes
     // on generating only if the gateway did not notice that its own client left.
     let fake = FakeOpenAi::start(Behavior::PauseAfter { words: 30, first: 3, delay: Duration::ZERO }).await;
-    let database = database(&backend());
+    let database = database(&backend);
     let gateway = TestGateway::start(config(&database, &fake), None).await;
     let api = gateway.client();
     let (session, key, org) = credentials(&api).await;
@@ -591,4 +598,203 @@ async fn a_gateway_whose_inference_is_remote_answers_the_same() {
     assert!(data[1].contains("\"error\""), "{data:?}");
     front.stop().await;
     service.stop().await;
+}
+
+/// A chat request whose answer may be cached (`temperature` 0), with `content` as its prompt.
+fn deterministic(content: &str, stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "temperature": 0, "stream": stream,
+        "messages": [{"role": "user", "content": content}]})
+}
+
+async fn chat_with(api: &Client, key: &str, body: &Value, cache: Option<&str>) -> Reply {
+    let mut request = api.request(reqwest::Method::POST, "/v1/chat/completions", Some(key)).json(body);
+    if let Some(value) = cache {
+        request = request.header("x-keel-cache", value);
+    }
+    Client::send(request).await
+}
+
+/// A gateway whose `gpt-4o-mini` caches deterministic answers for a minute and `short` for a
+/// second, both on `fake`.
+fn caching_config(database: &TestDatabase, fake: &FakeOpenAi) -> GatewayConfig {
+    let mut config = config(database, fake);
+    let inference = &mut config.inference;
+    inference.models.get_mut("gpt-4o-mini").unwrap().cache_ttl_secs = Some(60);
+    let mut short = inference.models["gpt-4o-mini"].clone();
+    short.cache_ttl_secs = Some(1);
+    inference.models.insert("short".into(), short);
+    inference.cache.max_entry_bytes = 4_000;
+    config
+}
+
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
+#[tokio::test]
+async fn the_response_cache_replays_deterministic_answers_within_an_organization_only() {
+    for backend in shared::testing::backends() {
+        the_response_cache_replays_deterministic_answers_within_an_organization_only_on(backend).await;
+    }
+}
+
+async fn the_response_cache_replays_deterministic_answers_within_an_organization_only_on(backend: TestBackend) {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend);
+    let gateway = TestGateway::start(caching_config(&database, &fake), None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    // A miss calls the provider; the same request then hits, with the same answer.
+    let body = deterministic("Say something", false);
+    let miss = chat_with(&api, &key, &body, None).await;
+    assert_eq!(miss.status, 200, "{}", miss.body);
+    assert_eq!(miss.header("x-keel-cache"), Some("miss"));
+    assert_eq!(fake.requests(), 1);
+    let hit = chat_with(&api, &key, &body, None).await;
+    assert_eq!(hit.status, 200, "{}", hit.body);
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(fake.requests(), 1, "a hit does not call the provider");
+
+    // The same request streamed, with usage: the cached answer replayed as a valid stream.
+    let mut streamed = deterministic("Say something", true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let response =
+        api.request(reqwest::Method::POST, "/v1/chat/completions", Some(&key)).json(&streamed).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-keel-cache"], "hit");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let data: Vec<&str> = text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
+    assert_eq!(data.len(), 3, "{text}");
+    let chunk: Value = serde_json::from_str(data[0]).unwrap();
+    assert_eq!(chunk["object"], "chat.completion.chunk");
+    assert_eq!(chunk["choices"][0]["delta"]["content"], WORD.repeat(3));
+    assert_eq!(chunk["choices"][0]["finish_reason"], "stop");
+    let usage: Value = serde_json::from_str(data[1]).unwrap();
+    assert_eq!(usage["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(data[2], "[DONE]");
+    assert_eq!(fake.requests(), 1);
+
+    // A streamed miss is stored whole and served to a non-streamed request.
+    let (status, _) = events(&api, &key, &deterministic("Streamed first", true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(fake.requests(), 2);
+    let hit = chat_with(&api, &key, &deterministic("Streamed first", false), None).await;
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body["choices"][0]["message"]["content"], WORD.repeat(3));
+    assert_eq!(hit.body["usage"]["completion_tokens"], 3);
+    assert_eq!(fake.requests(), 2);
+
+    // Another organization never gets this one's answers.
+    let (_, other_key, _) = credentials(&api).await;
+    let other = chat_with(&api, &other_key, &body, None).await;
+    assert_eq!(other.header("x-keel-cache"), Some("miss"));
+    assert_eq!(fake.requests(), 3);
+
+    // Not deterministic (temperature above 0, or absent): never cached, no header.
+    let mut warm = body.clone();
+    warm["temperature"] = json!(0.7);
+    let mut unset = body.clone();
+    unset.as_object_mut().unwrap().remove("temperature");
+    for request in [&warm, &warm, &unset, &unset] {
+        let reply = chat_with(&api, &key, request, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.header("x-keel-cache"), None);
+    }
+    assert_eq!(fake.requests(), 7);
+
+    // `x-keel-cache: off` bypasses the cache.
+    let reply = chat_with(&api, &key, &body, Some("off")).await;
+    assert_eq!(reply.header("x-keel-cache"), None);
+    assert_eq!(fake.requests(), 8);
+
+    // An answer above `inference.cache.max_entry_bytes` is not stored.
+    fake.set_default(Behavior::answer(2_000));
+    for _ in 0..2 {
+        let reply = chat_with(&api, &key, &deterministic("Say a lot", false), None).await;
+        assert_eq!(reply.header("x-keel-cache"), Some("miss"));
+    }
+    assert_eq!(fake.requests(), 10);
+    fake.set_default(Behavior::answer(3));
+
+    // A model with no TTL caches only on the request's opt-in (the echo model here).
+    let echo = json!({"model": "echo", "temperature": 0, "messages": [{"role": "user", "content": "hello there"}]});
+    assert_eq!(chat_with(&api, &key, &echo, None).await.header("x-keel-cache"), None);
+    assert_eq!(chat_with(&api, &key, &echo, Some("on")).await.header("x-keel-cache"), Some("miss"));
+    let hit = chat_with(&api, &key, &echo, Some("on")).await;
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body["choices"][0]["message"]["content"], "hello there");
+
+    // TTL: `short` keeps answers for a second.
+    let mut short = deterministic("Briefly", false);
+    short["model"] = json!("short");
+    assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("miss"));
+    assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("hit"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("miss"));
+
+    // Hits are free by default: the organization paid for its misses only: 9 of 7 + 3 tokens
+    // (2 misses, 4 uncached calls and the bypass on gpt-4o-mini, 2 misses on short) and the 2
+    // answers too large to cache (the echo model is free).
+    let expected = 9 * cost(7, 3) + 2 * cost(7, 2_000);
+    let settled = async {
+        loop {
+            let (_, held, spent) = balance(&api, &session, &org).await;
+            if held == 0 && spent >= expected {
+                return spent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every call settled");
+    assert_eq!(spent, expected);
+    gateway.stop().await;
+}
+
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
+#[tokio::test]
+async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured() {
+    for backend in shared::testing::backends() {
+        cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured_on(backend).await;
+    }
+}
+
+async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured_on(backend: TestBackend) {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend);
+    let mut config = caching_config(&database, &fake);
+    config.inference.cache.hit_billing = inference::config::CacheHitBilling::Full;
+    // Room for one call's estimated tokens a minute (prompt ~10 + max_tokens 1,000).
+    config.billing.plans.get_mut("test").unwrap().tokens_per_minute = 1_500;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    let body = deterministic("Say something", false);
+    assert_eq!(chat_with(&api, &key, &body, None).await.header("x-keel-cache"), Some("miss"));
+    for _ in 0..3 {
+        let hit = chat_with(&api, &key, &body, None).await;
+        assert_eq!(hit.status, 200, "{}", hit.body);
+        assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    }
+    assert_eq!(fake.requests(), 1);
+    // The tokens of the one call are spent: an uncached call is refused, the hits were not.
+    let mut warm = body.clone();
+    warm["temperature"] = json!(0.7);
+    chat_with(&api, &key, &warm, None).await.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(fake.requests(), 1);
+
+    // Billed in full: the miss and the three hits, each 7 + 3 tokens.
+    let billed = billed_since(&api, &session, &org, 0).await;
+    let settled = async {
+        let mut spent = billed;
+        while spent < 4 * cost(7, 3) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            spent = balance(&api, &session, &org).await.2;
+        }
+        spent
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every hit billed");
+    assert_eq!(spent, 4 * cost(7, 3));
+    gateway.stop().await;
 }
