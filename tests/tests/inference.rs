@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
 use tests::harness::{TestGateway, database, gateway_config};
 use tests::{Client, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -418,7 +419,12 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_
     // on generating only if the gateway did not notice that its own client left.
     let fake = FakeOpenAi::start(Behavior::PauseAfter { words: 30, first: 3, delay: Duration::ZERO }).await;
     let database = database(&backend);
-    let gateway = TestGateway::start(config(&database, &fake), None).await;
+    let mut config = config(&database, &fake);
+    // No deadline of the gateway's own may end the provider's pause: only the client leaving.
+    let provider = config.inference.providers.get_mut("fake").unwrap();
+    provider.idle_timeout_ms = 60_000;
+    provider.total_timeout_ms = 60_000;
+    let gateway = TestGateway::start(config, None).await;
     let api = gateway.client();
     let (session, key, org) = credentials(&api).await;
     let (_, _, spent_before) = balance(&api, &session, &org).await;
@@ -454,6 +460,38 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_
     let line =
         "keel_inference_tokens_total{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"} 3";
     assert!(metrics.body.as_str().unwrap().contains(line), "{line}");
+
+    // A client that closes with a FIN and nothing unread (the socket's write side shut, no
+    // reset): the same, though no write to it fails.
+    let (_, _, spent_before) = balance(&api, &session, &org).await;
+    let cancelled_before = fake.cancelled();
+    let address = gateway.url().trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = chat(true).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 3 {
+        let mut buffer = [0u8; 4096];
+        let n = socket.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "{text}");
+        text.push_str(std::str::from_utf8(&buffer[..n]).unwrap());
+    }
+    assert_eq!(text.matches(WORD).count(), 3, "{text}");
+    socket.shutdown().await.unwrap();
+    let cancelled = async {
+        while fake.cancelled() == cancelled_before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(8), cancelled).await;
+    assert!(waited.is_ok(), "the upstream request was not cancelled after the client's FIN");
+    assert_eq!(billed_since(&api, &session, &org, spent_before).await, cost(8, 3));
+    drop(socket);
 
     // The provider dies after 2 chunks: the client gets them and an error event; the call is
     // billed for the 2 chunks generated and delivered.
@@ -582,6 +620,16 @@ async fn a_gateway_whose_inference_is_remote_answers_the_same() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = api.get("/v1/models", Some(&key)).await;
     assert_eq!(reply.body["data"].as_array().unwrap().len(), 3, "{}", reply.body);
+
+    // The response cache through the front: the opt-in goes to the service, the status comes back.
+    let cached = json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "remote"}]});
+    let before = fake.requests();
+    assert_eq!(chat_with(&api, &key, &cached, Some("on")).await.header("x-keel-cache"), Some("miss"));
+    let hit = chat_with(&api, &key, &cached, Some("on")).await;
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body["choices"][0]["message"]["content"], WORD.repeat(2));
+    assert_eq!(fake.requests(), before + 1);
+    assert_eq!(chat_with(&api, &key, &cached, None).await.header("x-keel-cache"), None, "no TTL, no opt-in");
 
     // Errors come back as the same variants, hence the same envelopes.
     api.get("/v1/models/gpt-9", Some(&key)).await.assert_error(404, "model_not_found");
