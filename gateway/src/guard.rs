@@ -14,10 +14,12 @@
 
 use actix_web::web::{Bytes, BytesMut};
 use shared::ErrorKind;
+use shared::http::WriteProgress;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -89,6 +91,8 @@ pub struct Guarded<T> {
     /// The head deadline, while a head is being read.
     timer: Option<Pin<Box<Sleep>>>,
     closing: Option<Closing>,
+    /// Counts completed flushes, for streamed responses (see `shared::http::WriteProgress`).
+    progress: Arc<WriteProgress>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
@@ -103,7 +107,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
             ready: Bytes::new(),
             timer,
             closing: None,
+            progress: Arc::default(),
         }
+    }
+
+    /// The connection's write progress, shared with the requests it serves.
+    pub fn progress(&self) -> Arc<WriteProgress> {
+        self.progress.clone()
     }
 
     /// Starts rejecting the connection with `kind`'s envelope.
@@ -270,8 +280,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
+    /// actix flushes once everything it buffered was accepted by the socket: each completed
+    /// flush is counted in the connection's [`WriteProgress`].
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = ready!(Pin::new(&mut self.io).poll_flush(cx));
+        if result.is_ok() {
+            self.progress.flushed();
+        }
+        Poll::Ready(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -210,6 +210,14 @@ fn server(listener: TcpListener, state: AppState, http: &HttpConfig) -> std::io:
         let http = HttpService::build()
             .client_request_timeout(Duration::ZERO) // the guard times request heads
             .client_disconnect_timeout(Duration::from_secs(1))
+            // A client that closes its side has gone: actix then drops the response at once
+            // (a stream stops, its provider call is cancelled) instead of writing on until a
+            // write fails. HTTP/1.1 clients do not half-close and wait for an answer.
+            .h1_allow_half_closed(false)
+            // Streamed answers count what was actually written (`shared::http::WriteProgress`).
+            .on_connect_ext(|io: &Guarded<TcpStream>, data: &mut actix_web::dev::Extensions| {
+                data.insert(io.progress());
+            })
             .local_addr(addr)
             .graceful_shutdown_signal(move || {
                 let signal = shutdown.clone();

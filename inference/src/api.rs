@@ -18,6 +18,66 @@ use utoipa::ToSchema;
 /// The header that carries the gateway's own time for a model call, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-keel-overhead-ms";
 
+/// The header of the response cache: on a request, `on` (cache this deterministic request) or
+/// `off` (never serve it from, nor store it in, the cache); on an answer, `hit` or `miss`
+/// (absent when the cache was not used).
+pub const CACHE_HEADER: &str = "x-keel-cache";
+
+/// What a request asks of the response cache (its `x-keel-cache` header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheDirective {
+    /// No header: the model's setting (`cache_ttl_secs`) decides.
+    #[default]
+    Default,
+    On,
+    Off,
+}
+
+impl CacheDirective {
+    /// The directive of a header value: `on`/`true`/`1` or `off`/`false`/`0`, any case;
+    /// anything else is [`Default`](Self::Default).
+    pub fn parse(value: &str) -> Self {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Self::On,
+            "off" | "false" | "0" => Self::Off,
+            _ => Self::Default,
+        }
+    }
+
+    /// The header value that carries this directive, if any.
+    pub fn header_value(self) -> Option<&'static str> {
+        match self {
+            Self::Default => None,
+            Self::On => Some("on"),
+            Self::Off => Some("off"),
+        }
+    }
+}
+
+/// Whether an answer came from the response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "hit" => Some(Self::Hit),
+            "miss" => Some(Self::Miss),
+            _ => None,
+        }
+    }
+}
+
 /// Unknown fields of a request or an answer, kept as they came.
 pub type Extra = Map<String, Value>;
 
@@ -43,6 +103,9 @@ pub struct ChatCompletionRequest {
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub extra: Extra,
+    /// The request's `x-keel-cache` header (not part of the body).
+    #[serde(skip)]
+    pub cache: CacheDirective,
 }
 
 impl ChatCompletionRequest {
@@ -280,13 +343,13 @@ pub struct Served<T> {
     pub value: T,
     /// Time spent waiting for the provider (until its answer's head, for a stream).
     pub upstream: Duration,
-    /// Whether the answer came from the response cache.
-    pub cached: bool,
+    /// Whether the answer came from the response cache (None: the cache was not used).
+    pub cache: Option<CacheStatus>,
 }
 
 impl<T> Served<T> {
     pub fn new(value: T, upstream: Duration) -> Self {
-        Self { value, upstream, cached: false }
+        Self { value, upstream, cache: None }
     }
 }
 

@@ -47,10 +47,16 @@ impl InferenceApi for HttpInferenceClient {
         request: ChatCompletionRequest,
     ) -> Result<Served<ChatCompletionResponse>, InferenceError> {
         let started = Instant::now();
-        let response =
-            self.remote.post("/v1/chat/completions").bearer(&caller.credential).json(&request).send().await?;
+        let mut call = self.remote.post("/v1/chat/completions").bearer(&caller.credential).json(&request);
+        if let Some(value) = request.cache.header_value() {
+            call = call.header(CACHE_HEADER, value);
+        }
+        let response = call.send().await?;
         let upstream = upstream_of(started, &response);
-        Ok(Served::new(json(response).await?, upstream))
+        let cache = response.headers().get(CACHE_HEADER).and_then(|v| v.to_str().ok()).and_then(CacheStatus::parse);
+        let mut served = Served::new(json(response).await?, upstream);
+        served.cache = cache;
+        Ok(served)
     }
 
     async fn chat_stream(
@@ -60,8 +66,12 @@ impl InferenceApi for HttpInferenceClient {
     ) -> Result<Served<ChunkStream>, InferenceError> {
         let started = Instant::now();
         request.stream = Some(true);
-        let events =
-            self.remote.post("/v1/chat/completions").bearer(&caller.credential).json(&request).events().await?;
+        let mut call = self.remote.post("/v1/chat/completions").bearer(&caller.credential).json(&request);
+        if let Some(value) = request.cache.header_value() {
+            call = call.header(CACHE_HEADER, value);
+        }
+        // The remote service's `x-keel-cache` answer header is not read back on a stream.
+        let events = call.events().await?;
         let chunks =
             events.take_while(|event| std::future::ready(!matches!(event, Ok(e) if e.data == "[DONE]"))).map(|event| {
                 let event = event?;

@@ -44,6 +44,46 @@ pub struct InferenceConfig {
     pub default_max_output_tokens: u32,
     /// The largest request body accepted on the model routes (prompts can be long).
     pub max_body_bytes: usize,
+    /// The exact-match response cache of chat completions (`docs/INFERENCE.md`, "Response cache").
+    pub cache: ResponseCacheConfig,
+}
+
+/// How a cache hit is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheHitBilling {
+    /// Nothing is billed and no usage is recorded (only the request counts against the plan's
+    /// requests per minute).
+    Free,
+    /// The cached answer's usage at the cost it had when it was generated, as a usage event.
+    Full,
+}
+
+/// The exact-match response cache. A model enables it for its deterministic requests with
+/// `cache_ttl_secs`; a request opts in (`x-keel-cache: on`, then with `default_ttl_secs` on a
+/// model without its own) or out (`x-keel-cache: off`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseCacheConfig {
+    /// How hits are billed: `free` (the default) or `full`.
+    pub hit_billing: CacheHitBilling,
+    /// The TTL of an answer cached on a request's opt-in, for a model without `cache_ttl_secs`.
+    pub default_ttl_secs: u64,
+    /// Answers larger than this (as stored, JSON) are not cached.
+    pub max_entry_bytes: usize,
+    /// The most answers kept in each process's memory (L1); Redis (L2) holds them for their TTL.
+    pub max_entries: u64,
+}
+
+impl Default for ResponseCacheConfig {
+    fn default() -> Self {
+        Self {
+            hit_billing: CacheHitBilling::Free,
+            default_ttl_secs: 300,
+            max_entry_bytes: 256 * 1024,
+            max_entries: 10_000,
+        }
+    }
 }
 
 impl Default for InferenceConfig {
@@ -58,6 +98,7 @@ impl Default for InferenceConfig {
             circuit: CircuitConfig::default(),
             default_max_output_tokens: 4096,
             max_body_bytes: 16 * 1024 * 1024,
+            cache: ResponseCacheConfig::default(),
         }
     }
 }
@@ -121,6 +162,9 @@ pub struct ModelConfig {
     pub max_output_tokens: Option<u32>,
     pub owned_by: String,
     pub deployments: Vec<DeploymentConfig>,
+    /// Caches this model's deterministic answers (`temperature` 0) for this long, unless a
+    /// request says `x-keel-cache: off`. None: only requests that opt in are cached.
+    pub cache_ttl_secs: Option<u64>,
 }
 
 impl Default for ModelConfig {
@@ -131,6 +175,7 @@ impl Default for ModelConfig {
             max_output_tokens: None,
             owned_by: "keel".into(),
             deployments: Vec::new(),
+            cache_ttl_secs: None,
         }
     }
 }
@@ -247,6 +292,7 @@ impl InferenceConfig {
             check_range(&key("total_timeout_ms"), p.total_timeout_ms, 1, 24 * HOUR_MS)?;
             check_range(&key("max_concurrency"), u64::from(p.max_concurrency), 1, 1_000_000)?;
         }
+        check_range("inference.cache.default_ttl_secs", self.cache.default_ttl_secs, 1, 30 * 24 * 3600)?;
         for (name, m) in &self.models {
             let key = |field: &str| format!("inference.models.{name}.{field}");
             if self.echo.enabled && *name == self.echo.model {
@@ -256,6 +302,9 @@ impl InferenceConfig {
                 return Err(format!("{} must list at least one deployment", key("deployments")));
             }
             check_range(&key("context_window"), u64::from(m.context_window), 1, 100_000_000)?;
+            if let Some(ttl) = m.cache_ttl_secs {
+                check_range(&key("cache_ttl_secs"), ttl, 1, 30 * 24 * 3600)?;
+            }
             for (i, d) in m.deployments.iter().enumerate() {
                 if !self.providers.contains_key(&d.provider) {
                     return Err(format!("{}[{i}].provider: no provider named `{}`", key("deployments"), d.provider));

@@ -13,12 +13,15 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpResponse, ResponseError};
 use auth::web::Caller;
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 use serde::Serialize;
 use shared::DomainError;
 use shared::ErrorKind;
-use shared::http::Resource;
+use shared::http::{Resource, WriteProgress};
 use shared::metrics::Metrics;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use utoipa::OpenApi;
 
@@ -165,6 +168,15 @@ fn overhead_header(
     overhead
 }
 
+/// `x-keel-cache: hit|miss` when the response cache was used.
+fn cache_header(response: &mut HttpResponse, cache: Option<CacheStatus>) {
+    if let Some(status) = cache {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(CACHE_HEADER), HeaderValue::from_static(status.as_str()));
+    }
+}
+
 fn record_overhead(metrics: Option<&web::Data<Metrics>>, route: &'static str, overhead: std::time::Duration) {
     if let Some(metrics) = metrics {
         metrics.inference().overhead(route, overhead);
@@ -187,27 +199,67 @@ fn event<T: Serialize>(value: &T) -> Bytes {
 
 /// The chunks as server-sent events, each sent as it comes; `data: [DONE]` after the last, or
 /// an error event (and no `[DONE]`) when the stream failed.
-fn sse(chunks: ChunkStream) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
-    stream::unfold(Some(chunks), |state| async move {
-        let mut chunks = state?;
-        match chunks.next().await {
-            Some(Ok(chunk)) => Some((Ok(event(&chunk)), Some(chunks))),
+///
+/// One event in flight: the next chunk is asked of `chunks` only once the previous event has
+/// been written to the client's socket (the connection's [`WriteProgress`] counted a flush
+/// since it was handed to actix). The service counts a chunk as delivered, and bills it, when
+/// the next one is asked for; so a client that goes away pays for the events written to its
+/// connection and for nothing actix held in its buffer. Without a `WriteProgress` (a server
+/// other than the gateway's), an event counts as written once actix asks for the next one.
+struct Sse {
+    chunks: Option<ChunkStream>,
+    progress: Option<Arc<WriteProgress>>,
+    /// The connection's flush count when the last event was handed to actix.
+    mark: Option<u64>,
+}
+
+impl Sse {
+    fn new(chunks: ChunkStream, progress: Option<Arc<WriteProgress>>) -> Self {
+        Self { chunks: Some(chunks), progress, mark: None }
+    }
+}
+
+impl futures_util::Stream for Sse {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let (Some(progress), Some(mark)) = (&this.progress, this.mark) {
+            ready!(progress.poll_flushed_after(mark, cx));
+            this.mark = None;
+        }
+        let Some(chunks) = this.chunks.as_mut() else { return Poll::Ready(None) };
+        let bytes = match ready!(chunks.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => event(&chunk),
             Some(Err(error)) => {
                 tracing::warn!(error.code = error.code(), error.cause = %error, "stream ended with an error");
-                Some((Ok(event(&envelope(&error))), None))
+                this.chunks = None;
+                event(&envelope(&error))
             }
-            None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
-        }
-    })
+            None => {
+                this.chunks = None;
+                Bytes::from_static(b"data: [DONE]\n\n")
+            }
+        };
+        this.mark = this.progress.as_ref().map(|p| p.flushes());
+        Poll::Ready(Some(Ok(bytes)))
+    }
 }
 
 /// Create a chat completion (OpenAI's `POST /v1/chat/completions`); `stream: true` answers
 /// with server-sent events.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", operation_id = "create_chat_completion",
     security(("bearer" = [])), request_body = ChatCompletionRequest, responses(
-    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`.", body = ChatCompletionResponse),
+    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`.", body = ChatCompletionResponse,
+        headers(
+            ("x-keel-cache" = String, description = "`hit` or `miss` when the response cache was used for this request (a deterministic request, `temperature` 0, to a model that caches or with `x-keel-cache: on`); absent otherwise."),
+            ("x-keel-overhead-ms" = String, description = "The gateway's own time for the call, in milliseconds."),
+        )),
+), params(
+    ("x-keel-cache" = Option<String>, Header, description = "`on`: cache this deterministic request's answer (and serve it from the cache); `off`: never use the cache for it. Absent: the model's `cache_ttl_secs` decides."),
 ))]
 async fn chat_completions(
+    http: actix_web::HttpRequest,
     api: Api,
     caller: Caller,
     cap: Option<web::Data<BodyCap>>,
@@ -215,20 +267,26 @@ async fn chat_completions(
     payload: web::Payload,
 ) -> Result<HttpResponse, InferenceError> {
     let started = Instant::now();
-    let request: ChatCompletionRequest = parse(cap, payload).await?;
+    let mut request: ChatCompletionRequest = parse(cap, payload).await?;
+    if let Some(value) = http.headers().get(CACHE_HEADER).and_then(|v| v.to_str().ok()) {
+        request.cache = CacheDirective::parse(value);
+    }
     if request.is_stream() {
         let served = api.chat_stream(&caller.0, request).await?;
+        let cache = served.cache;
         let mut response = HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header(("x-accel-buffering", "no"))
-            .streaming(sse(served.value));
+            .streaming(Sse::new(served.value, http.conn_data::<Arc<WriteProgress>>().cloned()));
         let overhead = overhead_header(&mut response, started, served.upstream);
+        cache_header(&mut response, cache);
         record_overhead(metrics.as_ref(), "chat_stream", overhead);
         return Ok(response);
     }
     let served = api.chat(&caller.0, request).await?;
     let mut response = HttpResponse::Ok().json(&served.value);
+    cache_header(&mut response, served.cache);
     let overhead = overhead_header(&mut response, started, served.upstream);
     record_overhead(metrics.as_ref(), "chat", overhead);
     Ok(response)
@@ -281,6 +339,46 @@ mod tests {
     fn the_document_resolves_every_error_code() {
         let mut doc = ApiDoc::openapi();
         assert_eq!(shared::openapi::domain_errors::<InferenceError>(&mut doc, ROUTE_ERRORS), Vec::<String>::new());
+    }
+
+    fn chunk() -> ChatCompletionChunk {
+        serde_json::from_value(serde_json::json!({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": null}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_event_is_asked_for_only_once_the_previous_one_was_written() {
+        use futures_util::Stream;
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = taken.clone();
+        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(0..2).map(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(chunk())
+        }));
+        let progress = Arc::new(WriteProgress::default());
+        let mut sse = Sse::new(chunks, Some(progress.clone()));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let taken = || taken.load(std::sync::atomic::Ordering::SeqCst);
+        let mut poll = || match Pin::new(&mut sse).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8(bytes.to_vec()).unwrap()),
+            Poll::Ready(other) => panic!("{other:?}"),
+            Poll::Pending => None,
+        };
+        assert!(poll().unwrap().starts_with("data: {"));
+        assert_eq!(taken(), 1);
+        // actix asks for the next event before it wrote this one: the chunk stream is not asked.
+        assert_eq!(poll(), None);
+        assert_eq!(taken(), 1);
+        progress.flushed();
+        assert!(poll().unwrap().starts_with("data: {"));
+        assert_eq!(taken(), 2);
+        assert_eq!(poll(), None);
+        progress.flushed();
+        assert_eq!(poll().unwrap(), "data: [DONE]\n\n");
     }
 
     #[test]

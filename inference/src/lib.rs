@@ -10,6 +10,8 @@ pub mod api;
 pub mod config;
 pub mod error;
 
+#[cfg(feature = "server")]
+mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]

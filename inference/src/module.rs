@@ -63,8 +63,15 @@ impl Module for InferenceModule {
         contracts: &Contracts,
     ) -> Result<Arc<dyn Component>, BoxError> {
         let billing = contracts.require::<dyn BillingApi>(crate::DOMAIN)?;
-        let service =
-            InferenceService::new(&self.config, platform.metrics.inference(), billing, platform.rate_limiter.clone())?;
+        let service = InferenceService::new(
+            &self.config,
+            platform.metrics.inference(),
+            billing,
+            platform.rate_limiter.clone(),
+            platform.cache_backplane.clone(),
+            platform.clock.clone(),
+            platform.metrics.cache(),
+        )?;
         Ok(contract(Arc::new(service)))
     }
 

@@ -67,6 +67,8 @@ pub(crate) struct ModelEntry {
     pub max_output_tokens: Option<u32>,
     pub owned_by: String,
     pub deployments: Vec<Arc<Deployment>>,
+    /// The response cache's TTL for this model's deterministic answers, if it caches them.
+    pub cache_ttl_secs: Option<u64>,
 }
 
 impl ModelEntry {
@@ -180,6 +182,7 @@ fn model(name: &str, m: &ModelConfig, deployments: Vec<Arc<Deployment>>) -> Mode
         max_output_tokens: m.max_output_tokens,
         owned_by: m.owned_by.clone(),
         deployments,
+        cache_ttl_secs: m.cache_ttl_secs,
     }
 }
 

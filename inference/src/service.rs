@@ -9,7 +9,8 @@
 //! stream included), by [`Meter`].
 
 use crate::api::*;
-use crate::config::{InferenceConfig, ModelKind, RetryConfig};
+use crate::cache::{Assembler, CachedAnswer, ResponseCache, Slot};
+use crate::config::{CacheHitBilling, InferenceConfig, ModelKind, RetryConfig};
 use crate::error::InferenceError;
 use crate::metrics::InferenceMetrics;
 use crate::provider::{BodyReader, Echo, Failure, SseEvent, SseReader};
@@ -20,6 +21,8 @@ use auth::{Principal, PrincipalKind};
 use billing::{BillingApi, BillingError, HoldId, Money, ReserveRequest, SettleRequest, UsageRecord};
 use bytes::Bytes;
 use futures_util::stream;
+use shared::cache::CacheBackplane;
+use shared::clock::Clock;
 use shared::ratelimit::{Quota, RateKey, RateLimiter, Subject};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -53,6 +56,8 @@ struct Inner {
     hold_ttl: Duration,
     /// Unix seconds of the start: the `created` of configured models.
     created: i64,
+    /// The exact-match response cache of chat completions.
+    cache: Arc<ResponseCache>,
 }
 
 fn hold_ttl(config: &InferenceConfig) -> Duration {
@@ -163,12 +168,17 @@ fn now_secs() -> i64 {
 }
 
 impl InferenceService {
-    /// The service over `billing` (limits, holds, settlements) and the platform's `limiter`.
+    /// The service over `billing` (limits, holds, settlements) and the platform's `limiter`;
+    /// the response cache over the platform's cache `backplane` (None: in-process only),
+    /// counted in `cache_metrics`.
     pub fn new(
         config: &InferenceConfig,
         metrics: &InferenceMetrics,
         billing: Arc<dyn BillingApi>,
         limiter: Arc<dyn RateLimiter>,
+        backplane: Option<Arc<dyn CacheBackplane>>,
+        clock: Arc<dyn Clock>,
+        cache_metrics: &shared::metrics::CacheMetrics,
     ) -> Result<Self, String> {
         let router = Router::new(config, metrics)?;
         Ok(Self {
@@ -180,6 +190,7 @@ impl InferenceService {
                 default_max_output_tokens: config.default_max_output_tokens,
                 hold_ttl: hold_ttl(config),
                 created: now_secs(),
+                cache: Arc::new(ResponseCache::new(config, backplane, clock, cache_metrics)),
             }),
         })
     }
@@ -214,23 +225,36 @@ impl InferenceService {
         prompt_estimate: u64,
         output_cap: u64,
     ) -> Result<Admission, InferenceError> {
+        let amount = model
+            .deployments
+            .iter()
+            .map(|d| billing::cost_of(&d.price(), prompt_estimate, output_cap))
+            .max()
+            .unwrap_or(Money::ZERO);
+        self.admit_for(caller, model, Some(prompt_estimate + output_cap), amount).await
+    }
+
+    /// Admits a call of `tokens` (None: the tokens per minute are not checked, as for a cache
+    /// hit) with a hold of `amount` (none if zero).
+    async fn admit_for(
+        &self,
+        caller: &Principal,
+        model: &ModelEntry,
+        tokens: Option<u64>,
+        amount: Money,
+    ) -> Result<Admission, InferenceError> {
         let org = Self::organization(caller)?;
         let billing = &self.inner.billing;
         let limits = billing.limits(org).await.map_err(billing_error)?;
         if !limits.allows_model(&model.name) {
             return Err(InferenceError::ModelNotAllowed(model.name.clone()));
         }
-        let tokens = prompt_estimate + output_cap;
         let key = caller.api_key_id.map(|k| k.to_string()).unwrap_or_default();
-        let checks = [
-            ("inference_requests", "requests per minute", limits.requests_per_minute, 1),
-            (
-                "inference_tokens",
-                "tokens per minute",
-                u32::try_from(limits.tokens_per_minute).unwrap_or(u32::MAX),
-                tokens,
-            ),
-        ];
+        let mut checks = vec![("inference_requests", "requests per minute", limits.requests_per_minute, 1)];
+        if let Some(tokens) = tokens {
+            let limit = u32::try_from(limits.tokens_per_minute).unwrap_or(u32::MAX);
+            checks.push(("inference_tokens", "tokens per minute", limit, tokens));
+        }
         for (class, what, limit, cost) in checks {
             let quota = Quota { limit, period_secs: 60 };
             let cost = u32::try_from(cost).unwrap_or(u32::MAX);
@@ -242,12 +266,6 @@ impl InferenceService {
                 }
             }
         }
-        let amount = model
-            .deployments
-            .iter()
-            .map(|d| billing::cost_of(&d.price(), prompt_estimate, output_cap))
-            .max()
-            .unwrap_or(Money::ZERO);
         let request_id = shared::request_id::current().unwrap_or_else(|| new_id("req"));
         let mut admission = Admission {
             billing: billing.clone(),
@@ -272,6 +290,31 @@ impl InferenceService {
             admission.hold = Some(hold.id);
         }
         Ok(admission)
+    }
+
+    /// Admits and bills a cache hit: the plan must allow the model and have room for one more
+    /// request (no tokens are counted); `hit_billing = "full"` bills the answer's usage at the
+    /// cost it had (a hold, then its settlement), `free` records nothing.
+    async fn serve_hit(
+        &self,
+        caller: &Principal,
+        model: &ModelEntry,
+        hit: &CachedAnswer,
+    ) -> Result<(), InferenceError> {
+        let cost = match self.inner.cache.hit_billing {
+            CacheHitBilling::Free => None,
+            CacheHitBilling::Full => Some(Money::nanos(hit.cost_nanos)),
+        };
+        let mut admission = self.admit_for(caller, model, None, cost.unwrap_or(Money::ZERO)).await?;
+        match cost {
+            None => admission.closed = true,
+            Some(cost) => {
+                let usage = hit.response.usage.clone().unwrap_or_default();
+                admission.settle(usage.prompt_tokens, usage.completion_tokens, cost);
+            }
+        }
+        tracing::info!(inference.model = %model.name, inference.cache = "hit", "answered from the response cache");
+        Ok(())
     }
 
     /// Checks what Keel relies on; returns the output cap used for the estimate.
@@ -514,15 +557,66 @@ struct Forward {
     finished: bool,
     first_token_seen: bool,
     ended: bool,
+    /// The text of the chunk handed out last, and for the echo model its word count: counted
+    /// only when the next chunk is asked for (the consumer delivered this one; see
+    /// `docs/INFERENCE.md`, "Client disconnects"), never if the stream is dropped first.
+    in_flight: String,
+    in_flight_words: u64,
+    /// Where the whole answer goes when the stream ends well, for a cacheable request.
+    store: Option<Store>,
     _permit: OwnedSemaphorePermit,
 }
 
+/// A cacheable stream's answer being assembled.
+struct Store {
+    cache: Arc<ResponseCache>,
+    slot: Slot,
+    answer: Assembler,
+}
+
 impl Forward {
+    fn new(
+        source: Source,
+        pending: Option<ChatCompletionChunk>,
+        meter: Meter,
+        permit: OwnedSemaphorePermit,
+        store: Option<Store>,
+    ) -> Self {
+        Self {
+            source,
+            pending,
+            meter,
+            finished: false,
+            first_token_seen: false,
+            ended: false,
+            in_flight: String::new(),
+            in_flight_words: 0,
+            store,
+            _permit: permit,
+        }
+    }
+
+    /// Counts the chunk handed out last: it was delivered, since the next one is asked for.
+    fn confirm(&mut self) {
+        self.meter.generated.push_str(&self.in_flight);
+        self.in_flight.clear();
+        let words = std::mem::take(&mut self.in_flight_words);
+        if words > 0
+            && let Some(usage) = &mut self.meter.usage
+        {
+            usage.completion_tokens += words;
+            usage.total_tokens += words;
+        }
+    }
+
     /// Notes a chunk: its text and usage. Returns whether the caller should see it (a usage
     /// chunk the caller did not ask for is dropped, and `usage` removed from the others).
     fn note(&mut self, chunk: &mut ChatCompletionChunk, include_usage: bool) -> bool {
+        if let Some(store) = &mut self.store {
+            store.answer.push(chunk);
+        }
         for text in chunk.text() {
-            self.meter.generated.push_str(text);
+            self.in_flight.push_str(text);
         }
         if !self.first_token_seen && chunk.text().next().is_some() {
             self.first_token_seen = true;
@@ -545,6 +639,7 @@ impl Forward {
     }
 
     async fn next(&mut self) -> Option<Result<ChatCompletionChunk, InferenceError>> {
+        self.confirm();
         if self.ended {
             return None;
         }
@@ -581,6 +676,7 @@ impl Forward {
                         }
                         let last = words.is_empty();
                         let mut chunk = echo_chunk(id, model, *created, Some(word), last.then(|| "stop".to_owned()));
+                        self.in_flight_words = 1;
                         if self.note(&mut chunk, true) {
                             return Some(Ok(chunk));
                         }
@@ -601,7 +697,14 @@ impl Forward {
             self.ended = true;
             return match item {
                 Ok(()) => {
-                    self.meter.finish(true);
+                    let usage = self.meter.finish(true);
+                    if let Some(Store { cache, slot, answer }) = self.store.take()
+                        && let Some(response) = answer.finish(usage.clone())
+                    {
+                        let price = self.meter.deployment.price();
+                        let cost = billing::cost_of(&price, usage.prompt_tokens, usage.completion_tokens);
+                        cache.put(slot, response, cost.as_nanos()).await;
+                    }
                     None
                 }
                 Err(failure) => {
@@ -670,12 +773,21 @@ impl InferenceApi for InferenceService {
         mut request: ChatCompletionRequest,
     ) -> Result<Served<ChatCompletionResponse>, InferenceError> {
         let started = Instant::now();
-        Self::organization(caller)?;
+        let org = Self::organization(caller)?;
         if request.is_stream() {
             return Err(InferenceError::validation("stream", "Use chat_stream for a streamed answer."));
         }
         let model = self.model(&request.model, ModelKind::Chat)?;
         let output_cap = self.validate_chat(&model, &request)?;
+        let slot = self.inner.cache.slot(&org.to_string(), &model, &request);
+        if let Some(slot) = &slot
+            && let Some(hit) = self.inner.cache.get(slot).await
+        {
+            self.serve_hit(caller, &model, &hit).await?;
+            let mut served = Served::new(hit.response, Duration::ZERO);
+            served.cache = Some(CacheStatus::Hit);
+            return Ok(served);
+        }
         let admission =
             self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
         let public = std::mem::take(&mut request.model);
@@ -707,8 +819,16 @@ impl InferenceApi for InferenceService {
                 meter.generated.push_str(&choice.message.text());
             }
         }
-        meter.finish(true);
-        Ok(Served::new(response, waited))
+        let usage = meter.finish(true);
+        let mut served = Served::new(response, waited);
+        if let Some(slot) = slot {
+            let mut answer = served.value.clone();
+            answer.usage.get_or_insert(usage.clone());
+            let cost = billing::cost_of(&deployment.price(), usage.prompt_tokens, usage.completion_tokens);
+            self.inner.cache.put(slot, answer, cost.as_nanos()).await;
+            served.cache = Some(CacheStatus::Miss);
+        }
+        Ok(served)
     }
 
     #[tracing::instrument(skip_all, fields(inference.model = %request.model))]
@@ -718,14 +838,27 @@ impl InferenceApi for InferenceService {
         mut request: ChatCompletionRequest,
     ) -> Result<Served<ChunkStream>, InferenceError> {
         let started = Instant::now();
-        Self::organization(caller)?;
+        let org = Self::organization(caller)?;
         let model = self.model(&request.model, ModelKind::Chat)?;
         let output_cap = self.validate_chat(&model, &request)?;
+        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+        let slot = self.inner.cache.slot(&org.to_string(), &model, &request);
+        if let Some(slot) = &slot
+            && let Some(hit) = self.inner.cache.get(slot).await
+        {
+            self.serve_hit(caller, &model, &hit).await?;
+            let chunks = crate::cache::replay(&hit.response, include_usage);
+            let mut served: Served<ChunkStream> =
+                Served::new(Box::pin(stream::iter(chunks.into_iter().map(Ok))), Duration::ZERO);
+            served.cache = Some(CacheStatus::Hit);
+            return Ok(served);
+        }
+        let cache_status = slot.as_ref().map(|_| CacheStatus::Miss);
+        let store = slot.map(|slot| Store { cache: self.inner.cache.clone(), slot, answer: Assembler::default() });
         let admission =
             self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
         request.stream = Some(true);
         // Always ask the provider for usage; the caller sees it only if it asked.
-        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
         let mut options =
             request.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: Extra::new() });
         options.include_usage = Some(true);
@@ -776,30 +909,21 @@ impl InferenceApi for InferenceService {
                     usage: include_usage.then_some(usage.clone()),
                     words,
                 };
-                // Without include_usage the echo still bills its exact counts.
-                let mut forward = Forward {
-                    source,
-                    pending: None,
-                    meter: Meter::new(deployment.clone(), messages, started, admission),
-                    finished: false,
-                    first_token_seen: false,
-                    ended: false,
-                    _permit: permit,
-                };
-                forward.meter.usage = Some(usage);
-                return Ok(Served::new(into_stream(forward), waited));
+                // The echo bills its exact counts: the prompt's estimate, and one token per word
+                // delivered (counted as they are, see `Forward::confirm`).
+                let mut meter = Meter::new(deployment.clone(), messages, started, admission);
+                meter.usage = Some(Usage::new(usage.prompt_tokens, 0));
+                let forward = Forward::new(source, None, meter, permit, store);
+                let mut served = Served::new(into_stream(forward), waited);
+                served.cache = cache_status;
+                return Ok(served);
             }
         };
-        let forward = Forward {
-            source,
-            pending,
-            meter: Meter::new(deployment, messages, started, admission),
-            finished: false,
-            first_token_seen: false,
-            ended: false,
-            _permit: permit,
-        };
-        Ok(Served::new(into_stream(forward), waited))
+        let forward =
+            Forward::new(source, pending, Meter::new(deployment, messages, started, admission), permit, store);
+        let mut served = Served::new(into_stream(forward), waited);
+        served.cache = cache_status;
+        Ok(served)
     }
 
     #[tracing::instrument(skip_all, fields(inference.model = %request.model))]

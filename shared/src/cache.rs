@@ -444,6 +444,42 @@ where
         Ok(entry.value.clone())
     }
 
+    /// The value of `key` if L1 or L2 holds it (an L2 hit is kept in L1); never loads. For
+    /// values that are computed by the caller rather than by a loader (stored with
+    /// [`insert`](Self::insert)), such as answers that are streamed while they are produced.
+    pub async fn get(&self, key: &CacheKey) -> Option<V> {
+        let inner = &self.inner;
+        if let Some(entry) = inner.l1.get(key.encoded()).await {
+            if inner.is_fresh(key, &entry.stamp) {
+                inner.note(Event::L1Hit);
+                return Some(entry.value.clone());
+            }
+            inner.remove_if_stale(key).await;
+        }
+        inner.note(Event::L1Miss);
+        let stamp = inner.stamp(key);
+        match inner.read_l2(key).await {
+            L2Outcome::Hit(value) => {
+                inner.l1.insert(key.encoded().to_owned(), Arc::new(L1Entry { value: value.clone(), stamp })).await;
+                Some(value)
+            }
+            L2Outcome::Miss(_) | L2Outcome::Unavailable => None,
+        }
+    }
+
+    /// Stores `value` under `key` in L1 and L2 (L2 unless an invalidation of the key comes in
+    /// between its version read and the write; an unreachable L2 is skipped).
+    pub async fn insert(&self, key: &CacheKey, value: V) {
+        let inner = &self.inner;
+        let stamp = inner.stamp(key);
+        if let Some(backplane) = &inner.backplane
+            && let Ok(read) = backplane.get(&inner.name, key).await
+        {
+            inner.write_l2(key, &read.token, &value).await;
+        }
+        inner.l1.insert(key.encoded().to_owned(), Arc::new(L1Entry { value, stamp })).await;
+    }
+
     /// Drops `key` here at once, removes it from L2 and tells every other process to drop it.
     /// Never fails: with Redis unreachable, the L2 removal and the message are sent when it is back.
     pub async fn invalidate(&self, key: &CacheKey) {
@@ -665,6 +701,19 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 2, "an entry as old as l1_ttl is not served");
         let stats = cache.stats();
         assert_eq!((stats.l1_hits, stats.l1_misses, stats.loads), (1, 2, 2));
+    }
+
+    #[tokio::test]
+    async fn inserted_values_are_got_per_key_until_invalidated() {
+        let cache = local(&ManualClock::default());
+        let a = CacheKey::organization("org_a", "n", "same");
+        let b = CacheKey::organization("org_b", "n", "same");
+        assert_eq!(cache.get(&a).await, None);
+        cache.insert(&a, "answer".to_owned()).await;
+        assert_eq!(cache.get(&a).await.as_deref(), Some("answer"));
+        assert_eq!(cache.get(&b).await, None, "another organization's key misses");
+        cache.invalidate(&a).await;
+        assert_eq!(cache.get(&a).await, None);
     }
 
     #[tokio::test]

@@ -16,6 +16,45 @@ use serde::de::DeserializeOwned;
 use std::future::{Ready, ready};
 use std::net::IpAddr;
 
+/// How far the writes of one client connection have got: the number of times everything
+/// actix had buffered for the connection was accepted by the socket (written into the kernel's
+/// send buffer) and flushed. The gateway's connection wrapper counts, and puts one of these in
+/// the connection's data (`HttpRequest::conn_data::<Arc<WriteProgress>>()`), so a streamed
+/// response can tell whether what it handed to actix has actually been written.
+///
+/// "Written" is the most a server can know: the bytes are in the socket's send buffer, and the
+/// peer's TCP stack or application may still not have read them.
+#[derive(Debug, Default)]
+pub struct WriteProgress {
+    flushes: std::sync::atomic::AtomicU64,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl WriteProgress {
+    /// Completed flushes so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Called by the connection after a flush completed: every byte written before it is in
+    /// the socket. Wakes the task waiting in [`poll_flushed_after`](Self::poll_flushed_after).
+    pub fn flushed(&self) {
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready once a flush completed after `mark` (a value of [`flushes`](Self::flushes) read
+    /// when something was handed to actix): everything handed over before `mark` was taken has
+    /// then been written to the socket.
+    pub fn poll_flushed_after(&self, mark: u64, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.flushes() > mark {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.flushes() > mark { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use actix_web;

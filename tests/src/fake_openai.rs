@@ -23,6 +23,10 @@ pub enum Behavior {
     Answer { words: usize, delay: Duration, usage: bool },
     /// Streams `after` chunks, then closes the connection without finishing.
     CutAfter(usize),
+    /// Streams `first` chunks of a `words`-word answer, then waits (up to `PAUSE`) for its client
+    /// to go away, which counts as a cancellation; if it does not, streams the rest, `delay`
+    /// apart. So a client that leaves during the pause was sent exactly `first` chunks.
+    PauseAfter { words: usize, first: usize, delay: Duration },
     /// Answers `status` with an OpenAI error envelope and, if given, `Retry-After`.
     Status { status: u16, retry_after: Option<u64> },
     /// Reads the request and never answers.
@@ -64,6 +68,9 @@ impl Drop for FakeOpenAi {
 }
 
 pub const WORD: &str = " tok";
+
+/// How long [`Behavior::PauseAfter`] waits for its client to go away.
+pub const PAUSE: Duration = Duration::from_secs(10);
 
 impl FakeOpenAi {
     /// Starts the fake with `default` as the behavior of unscripted requests.
@@ -231,9 +238,10 @@ async fn respond(stream: &mut TcpStream, state: &State, behavior: Behavior, body
             if stream.write_all(head.as_bytes()).await.is_err() {
                 return false;
             }
-            let (words, delay, usage, cut) = match streamed {
-                Behavior::Answer { words, delay, usage } => (words, delay, usage, None),
-                Behavior::CutAfter(n) => (n + 1, Duration::ZERO, false, Some(n)),
+            let (words, delay, usage, cut, pause) = match streamed {
+                Behavior::Answer { words, delay, usage } => (words, delay, usage, None, None),
+                Behavior::CutAfter(n) => (n + 1, Duration::ZERO, false, Some(n), None),
+                Behavior::PauseAfter { words, first, delay } => (words, delay, true, None, Some(first)),
                 _ => {
                     let _ = send_event(stream, state, "{\"id\": not json").await;
                     return false;
@@ -242,6 +250,15 @@ async fn respond(stream: &mut TcpStream, state: &State, behavior: Behavior, body
             for i in 0..words {
                 if cut == Some(i) {
                     return false;
+                }
+                if pause == Some(i) {
+                    // The client sends nothing more on this connection: a read ends only when it
+                    // closes.
+                    let mut byte = [0u8; 1];
+                    if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(PAUSE, stream.read(&mut byte)).await {
+                        state.cancelled.fetch_add(1, Ordering::SeqCst);
+                        return false;
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 let finish = (i + 1 == words).then_some("stop");

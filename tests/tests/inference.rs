@@ -14,9 +14,10 @@ use inference::config::{DeploymentConfig, ModelConfig, ModelKind, ProviderConfig
 use serde_json::{Value, json};
 use shared::testing::{TestBackend, TestDatabase};
 use std::time::{Duration, Instant};
-use tests::Client;
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
 use tests::harness::{TestGateway, database, gateway_config};
+use tests::{Client, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -390,11 +391,40 @@ async fn a_budget_race_never_spends_beyond_the_bound_and_rejected_calls_never_re
     gateway.stop().await;
 }
 
+/// Waits until the organization has nothing held and has spent more than `before`; returns
+/// what the call cost.
+async fn billed_since(api: &Client, session: &str, org: &str, before: i64) -> i64 {
+    let billed = async {
+        loop {
+            let (_, held, spent) = balance(api, session, org).await;
+            if held == 0 && spent > before {
+                return spent - before;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), billed).await.expect("the call was settled")
+}
+
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
 #[tokio::test]
-async fn a_client_that_goes_away_cancels_the_upstream_and_pays_for_what_it_got() {
-    let fake = FakeOpenAi::start(Behavior::Answer { words: 30, delay: Duration::from_millis(150), usage: true }).await;
-    let database = database(&backend());
-    let gateway = TestGateway::start(config(&database, &fake), None).await;
+async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got() {
+    for backend in shared::testing::backends() {
+        a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got_on(backend).await;
+    }
+}
+
+async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_it_got_on(backend: TestBackend) {
+    // Three chunks, then the provider pauses until its client (the gateway) goes away: it goes
+    // on generating only if the gateway did not notice that its own client left.
+    let fake = FakeOpenAi::start(Behavior::PauseAfter { words: 30, first: 3, delay: Duration::ZERO }).await;
+    let database = database(&backend);
+    let mut config = config(&database, &fake);
+    // No deadline of the gateway's own may end the provider's pause: only the client leaving.
+    let provider = config.inference.providers.get_mut("fake").unwrap();
+    provider.idle_timeout_ms = 60_000;
+    provider.total_timeout_ms = 60_000;
+    let gateway = TestGateway::start(config, None).await;
     let api = gateway.client();
     let (session, key, org) = credentials(&api).await;
     let (_, _, spent_before) = balance(&api, &session, &org).await;
@@ -411,39 +441,69 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_pays_for_what_it_got()
     assert_eq!(received, 3, "{text}");
     drop(body);
 
-    // The provider sees the cancellation within a chunk or two (it writes one every 150 ms).
+    // The gateway sees its client close (without having to write to it) and drops the
+    // provider's request: the provider, paused, sees that and generates nothing more.
     let cancelled = async {
         while fake.cancelled() == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let waited = tokio::time::timeout(Duration::from_secs(5), cancelled).await;
+    let waited = tokio::time::timeout(Duration::from_secs(8), cancelled).await;
     assert!(waited.is_ok(), "the upstream request was not cancelled: {} chunks sent", fake.chunks_sent());
-    assert!(fake.chunks_sent() < 30);
+    assert_eq!(fake.chunks_sent(), 3);
 
-    // Billed: the prompt (8 tokens with the chat format, counted by tiktoken: the provider's usage
-    // never came) and the chunks the gateway forwarded before it saw the client go. actix notices
-    // a closed connection only when a write to it fails, so the chunks in flight by then (at most
-    // two here) are billed too: they were generated and sent.
-    let billed = async {
-        loop {
-            let (_, held, spent) = balance(&api, &session, &org).await;
-            if held == 0 && spent > spent_before {
-                return spent - spent_before;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    // Billed: the prompt (8 tokens with the chat format, counted by tiktoken: the provider's
+    // usage never came) and exactly the 3 chunks the client received.
+    let billed = billed_since(&api, &session, &org, spent_before).await;
+    assert_eq!(billed, cost(8, 3), "billed {billed}: {} output tokens", (billed - cost(8, 0)) / 2_000);
+    let metrics = api.get("/metrics", None).await;
+    let line =
+        "keel_inference_tokens_total{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"} 3";
+    assert!(metrics.body.as_str().unwrap().contains(line), "{line}");
+
+    // A client that closes with a FIN and nothing unread (the socket's write side shut, no
+    // reset): the same, though no write to it fails.
+    let (_, _, spent_before) = balance(&api, &session, &org).await;
+    let cancelled_before = fake.cancelled();
+    let address = gateway.url().trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = chat(true).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 3 {
+        let mut buffer = [0u8; 4096];
+        let n = socket.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "{text}");
+        text.push_str(std::str::from_utf8(&buffer[..n]).unwrap());
+    }
+    assert_eq!(text.matches(WORD).count(), 3, "{text}");
+    socket.shutdown().await.unwrap();
+    let cancelled = async {
+        while fake.cancelled() == cancelled_before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let billed = tokio::time::timeout(Duration::from_secs(5), billed).await.expect("the call was settled");
-    let output = (billed - cost(8, 0)) / 2_000;
-    assert_eq!(billed, cost(8, output), "{billed}");
-    assert!((3..=5).contains(&output), "billed {output} output tokens for {received} received");
-    assert!(output as usize <= fake.chunks_sent(), "never more than the provider generated");
-    let metrics = api.get("/metrics", None).await;
-    let line = format!(
-        "keel_inference_tokens_total{{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\",direction=\"output\"}} {output}"
-    );
-    assert!(metrics.body.as_str().unwrap().contains(&line), "{line}");
+    let waited = tokio::time::timeout(Duration::from_secs(8), cancelled).await;
+    assert!(waited.is_ok(), "the upstream request was not cancelled after the client's FIN");
+    assert_eq!(billed_since(&api, &session, &org, spent_before).await, cost(8, 3));
+    drop(socket);
+
+    // The provider dies after 2 chunks: the client gets them and an error event; the call is
+    // billed for the 2 chunks generated and delivered.
+    fake.script([Behavior::CutAfter(2)]);
+    let (_, _, spent_before) = balance(&api, &session, &org).await;
+    let (status, data) = events(&api, &key, &chat(true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), 3, "{data:?}");
+    let error: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert_eq!(billed_since(&api, &session, &org, spent_before).await, cost(8, 2));
+
     gateway.stop().await;
 }
 
@@ -561,6 +621,16 @@ async fn a_gateway_whose_inference_is_remote_answers_the_same() {
     let reply = api.get("/v1/models", Some(&key)).await;
     assert_eq!(reply.body["data"].as_array().unwrap().len(), 3, "{}", reply.body);
 
+    // The response cache through the front: the opt-in goes to the service, the status comes back.
+    let cached = json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "remote"}]});
+    let before = fake.requests();
+    assert_eq!(chat_with(&api, &key, &cached, Some("on")).await.header("x-keel-cache"), Some("miss"));
+    let hit = chat_with(&api, &key, &cached, Some("on")).await;
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body["choices"][0]["message"]["content"], WORD.repeat(2));
+    assert_eq!(fake.requests(), before + 1);
+    assert_eq!(chat_with(&api, &key, &cached, None).await.header("x-keel-cache"), None, "no TTL, no opt-in");
+
     // Errors come back as the same variants, hence the same envelopes.
     api.get("/v1/models/gpt-9", Some(&key)).await.assert_error(404, "model_not_found");
     let reply = api.post("/v1/chat/completions", Some(&key), &json!({"model": "gpt-4o-mini", "messages": []})).await;
@@ -576,4 +646,203 @@ async fn a_gateway_whose_inference_is_remote_answers_the_same() {
     assert!(data[1].contains("\"error\""), "{data:?}");
     front.stop().await;
     service.stop().await;
+}
+
+/// A chat request whose answer may be cached (`temperature` 0), with `content` as its prompt.
+fn deterministic(content: &str, stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "temperature": 0, "stream": stream,
+        "messages": [{"role": "user", "content": content}]})
+}
+
+async fn chat_with(api: &Client, key: &str, body: &Value, cache: Option<&str>) -> Reply {
+    let mut request = api.request(reqwest::Method::POST, "/v1/chat/completions", Some(key)).json(body);
+    if let Some(value) = cache {
+        request = request.header("x-keel-cache", value);
+    }
+    Client::send(request).await
+}
+
+/// A gateway whose `gpt-4o-mini` caches deterministic answers for a minute and `short` for a
+/// second, both on `fake`.
+fn caching_config(database: &TestDatabase, fake: &FakeOpenAi) -> GatewayConfig {
+    let mut config = config(database, fake);
+    let inference = &mut config.inference;
+    inference.models.get_mut("gpt-4o-mini").unwrap().cache_ttl_secs = Some(60);
+    let mut short = inference.models["gpt-4o-mini"].clone();
+    short.cache_ttl_secs = Some(1);
+    inference.models.insert("short".into(), short);
+    inference.cache.max_entry_bytes = 4_000;
+    config
+}
+
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
+#[tokio::test]
+async fn the_response_cache_replays_deterministic_answers_within_an_organization_only() {
+    for backend in shared::testing::backends() {
+        the_response_cache_replays_deterministic_answers_within_an_organization_only_on(backend).await;
+    }
+}
+
+async fn the_response_cache_replays_deterministic_answers_within_an_organization_only_on(backend: TestBackend) {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend);
+    let gateway = TestGateway::start(caching_config(&database, &fake), None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    // A miss calls the provider; the same request then hits, with the same answer.
+    let body = deterministic("Say something", false);
+    let miss = chat_with(&api, &key, &body, None).await;
+    assert_eq!(miss.status, 200, "{}", miss.body);
+    assert_eq!(miss.header("x-keel-cache"), Some("miss"));
+    assert_eq!(fake.requests(), 1);
+    let hit = chat_with(&api, &key, &body, None).await;
+    assert_eq!(hit.status, 200, "{}", hit.body);
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(fake.requests(), 1, "a hit does not call the provider");
+
+    // The same request streamed, with usage: the cached answer replayed as a valid stream.
+    let mut streamed = deterministic("Say something", true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let response =
+        api.request(reqwest::Method::POST, "/v1/chat/completions", Some(&key)).json(&streamed).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-keel-cache"], "hit");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let data: Vec<&str> = text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
+    assert_eq!(data.len(), 3, "{text}");
+    let chunk: Value = serde_json::from_str(data[0]).unwrap();
+    assert_eq!(chunk["object"], "chat.completion.chunk");
+    assert_eq!(chunk["choices"][0]["delta"]["content"], WORD.repeat(3));
+    assert_eq!(chunk["choices"][0]["finish_reason"], "stop");
+    let usage: Value = serde_json::from_str(data[1]).unwrap();
+    assert_eq!(usage["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(data[2], "[DONE]");
+    assert_eq!(fake.requests(), 1);
+
+    // A streamed miss is stored whole and served to a non-streamed request.
+    let (status, _) = events(&api, &key, &deterministic("Streamed first", true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(fake.requests(), 2);
+    let hit = chat_with(&api, &key, &deterministic("Streamed first", false), None).await;
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body["choices"][0]["message"]["content"], WORD.repeat(3));
+    assert_eq!(hit.body["usage"]["completion_tokens"], 3);
+    assert_eq!(fake.requests(), 2);
+
+    // Another organization never gets this one's answers.
+    let (_, other_key, _) = credentials(&api).await;
+    let other = chat_with(&api, &other_key, &body, None).await;
+    assert_eq!(other.header("x-keel-cache"), Some("miss"));
+    assert_eq!(fake.requests(), 3);
+
+    // Not deterministic (temperature above 0, or absent): never cached, no header.
+    let mut warm = body.clone();
+    warm["temperature"] = json!(0.7);
+    let mut unset = body.clone();
+    unset.as_object_mut().unwrap().remove("temperature");
+    for request in [&warm, &warm, &unset, &unset] {
+        let reply = chat_with(&api, &key, request, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.header("x-keel-cache"), None);
+    }
+    assert_eq!(fake.requests(), 7);
+
+    // `x-keel-cache: off` bypasses the cache.
+    let reply = chat_with(&api, &key, &body, Some("off")).await;
+    assert_eq!(reply.header("x-keel-cache"), None);
+    assert_eq!(fake.requests(), 8);
+
+    // An answer above `inference.cache.max_entry_bytes` is not stored.
+    fake.set_default(Behavior::answer(2_000));
+    for _ in 0..2 {
+        let reply = chat_with(&api, &key, &deterministic("Say a lot", false), None).await;
+        assert_eq!(reply.header("x-keel-cache"), Some("miss"));
+    }
+    assert_eq!(fake.requests(), 10);
+    fake.set_default(Behavior::answer(3));
+
+    // A model with no TTL caches only on the request's opt-in (the echo model here).
+    let echo = json!({"model": "echo", "temperature": 0, "messages": [{"role": "user", "content": "hello there"}]});
+    assert_eq!(chat_with(&api, &key, &echo, None).await.header("x-keel-cache"), None);
+    assert_eq!(chat_with(&api, &key, &echo, Some("on")).await.header("x-keel-cache"), Some("miss"));
+    let hit = chat_with(&api, &key, &echo, Some("on")).await;
+    assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    assert_eq!(hit.body["choices"][0]["message"]["content"], "hello there");
+
+    // TTL: `short` keeps answers for a second.
+    let mut short = deterministic("Briefly", false);
+    short["model"] = json!("short");
+    assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("miss"));
+    assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("hit"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("miss"));
+
+    // Hits are free by default: the organization paid for its misses only: 9 of 7 + 3 tokens
+    // (2 misses, 4 uncached calls and the bypass on gpt-4o-mini, 2 misses on short) and the 2
+    // answers too large to cache (the echo model is free).
+    let expected = 9 * cost(7, 3) + 2 * cost(7, 2_000);
+    let settled = async {
+        loop {
+            let (_, held, spent) = balance(&api, &session, &org).await;
+            if held == 0 && spent >= expected {
+                return spent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every call settled");
+    assert_eq!(spent, expected);
+    gateway.stop().await;
+}
+
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
+#[tokio::test]
+async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured() {
+    for backend in shared::testing::backends() {
+        cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured_on(backend).await;
+    }
+}
+
+async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured_on(backend: TestBackend) {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend);
+    let mut config = caching_config(&database, &fake);
+    config.inference.cache.hit_billing = inference::config::CacheHitBilling::Full;
+    // Room for one call's estimated tokens a minute (prompt ~10 + max_tokens 1,000).
+    config.billing.plans.get_mut("test").unwrap().tokens_per_minute = 1_500;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    let body = deterministic("Say something", false);
+    assert_eq!(chat_with(&api, &key, &body, None).await.header("x-keel-cache"), Some("miss"));
+    for _ in 0..3 {
+        let hit = chat_with(&api, &key, &body, None).await;
+        assert_eq!(hit.status, 200, "{}", hit.body);
+        assert_eq!(hit.header("x-keel-cache"), Some("hit"));
+    }
+    assert_eq!(fake.requests(), 1);
+    // The tokens of the one call are spent: an uncached call is refused, the hits were not.
+    let mut warm = body.clone();
+    warm["temperature"] = json!(0.7);
+    chat_with(&api, &key, &warm, None).await.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(fake.requests(), 1);
+
+    // Billed in full: the miss and the three hits, each 7 + 3 tokens.
+    let billed = billed_since(&api, &session, &org, 0).await;
+    let settled = async {
+        let mut spent = billed;
+        while spent < 4 * cost(7, 3) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            spent = balance(&api, &session, &org).await.2;
+        }
+        spent
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every hit billed");
+    assert_eq!(spent, 4 * cost(7, 3));
+    gateway.stop().await;
 }
