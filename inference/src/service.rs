@@ -248,7 +248,15 @@ impl InferenceService {
             .map(|d| billing::cost_of(&d.price(), prompt_estimate, output_cap))
             .max()
             .unwrap_or(Money::ZERO);
-        let request_id = shared::request_id::current().unwrap_or_else(|| new_id("req"));
+        // The billing key of this call (the hold's idempotency key and the usage's request id):
+        // unique per admitted call. The client's request id alone (kept in front, to trace it)
+        // would not do: a retried HTTP request runs the model again and must be charged again,
+        // and usage is keyed by this id across organizations, so a key the client chooses would
+        // let it replay one id for free answers.
+        let request_id = match shared::request_id::current() {
+            Some(id) => format!("{id}/{}", new_id("call")),
+            None => new_id("req"),
+        };
         let mut admission = Admission {
             billing: billing.clone(),
             organization_id: org,
