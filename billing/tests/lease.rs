@@ -405,3 +405,42 @@ backend_tests! {
         assert_eq!(available + spent, Money::units(10).0);
     }
 }
+
+backend_tests! {
+    async fn the_ledger_check_reads_one_snapshot_while_money_moves(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("live@example.com", Money::units(100)).await;
+        // Writers on the direct path: every pair is two transfers.
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let billing = f.billing.clone();
+                tokio::spawn(async move {
+                    for i in 0..40 {
+                        let id = format!("live-{t}-{i}");
+                        let Ok(hold) = billing.reserve(reserve(org, Money::cents(1), &id)).await else { continue };
+                        let _ = billing.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::cents(1)) }).await;
+                    }
+                })
+            })
+            .collect();
+        // The check, run again and again while they write, never sees half a transfer.
+        let mut checks = 0;
+        loop {
+            let done = writers.iter().all(|w| w.is_finished());
+            if let Err(e) = f.billing.check_invariants(Money::ZERO).await {
+                panic!("check {checks} saw a ledger being written as broken: {e}");
+            }
+            checks += 1;
+            if done {
+                break;
+            }
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        eprintln!("{checks} checks while 4 writers moved money");
+        let report = f.check().await;
+        let (available, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, available + spent), (0, Money::units(100).0));
+    }
+}
