@@ -39,7 +39,9 @@ type SlotKey = (OrganizationId, Option<ApiKeyId>);
 /// `BillingApi` with caller-side leases and group-committed settlements.
 pub struct LeasedBilling {
     shared: Arc<Shared>,
-    ticker: tokio::task::JoinHandle<()>,
+    /// Tells the flusher to stop once its current pass is done.
+    stop: tokio::sync::watch::Sender<bool>,
+    ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for LeasedBilling {
@@ -50,7 +52,9 @@ impl std::fmt::Debug for LeasedBilling {
 
 impl Drop for LeasedBilling {
     fn drop(&mut self) {
-        self.ticker.abort();
+        if let Some(ticker) = self.ticker.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            ticker.abort();
+        }
     }
 }
 
@@ -202,8 +206,9 @@ impl LeasedBilling {
             stats: Counters::default(),
             metrics,
         });
-        let ticker = tokio::spawn(Shared::run(Arc::downgrade(&shared)));
-        Self { shared, ticker }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let ticker = tokio::spawn(Shared::run(Arc::downgrade(&shared), stopped));
+        Self { shared, stop, ticker: Mutex::new(Some(ticker)) }
     }
 
     pub fn stats(&self) -> LeaseStats {
@@ -225,8 +230,16 @@ impl LeasedBilling {
 
     /// Writes every pending settlement and returns every lease: for a graceful stop. Local holds
     /// still open lose their lease; their settlements are then charged with `record_usage`.
+    ///
+    /// The flusher is stopped between two passes, never aborted: an aborted pass would drop the
+    /// commit it has in flight, whose records are already taken from the queue (lost, with
+    /// billing remote; written but not counted in [`LeaseStats`], in-process).
     pub async fn shutdown(&self) {
-        self.ticker.abort();
+        self.stop.send_replace(true);
+        let ticker = self.ticker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(ticker) = ticker {
+            let _ = ticker.await;
+        }
         self.shared.tick(true, true).await;
     }
 }
@@ -244,12 +257,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn run(weak: std::sync::Weak<Shared>) {
+    async fn run(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let interval = weak.upgrade().map(|s| s.config.flush_interval_ms).unwrap_or(5);
         let mut ticker = tokio::time::interval(Duration::from_millis(interval.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                biased;
+                // A stop (or the sender gone) ends the loop between passes only.
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                _ = ticker.tick() => {}
+            }
             let Some(shared) = weak.upgrade() else { return };
             shared.tick(false, false).await;
         }

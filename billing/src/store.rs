@@ -985,12 +985,21 @@ pub(crate) fn active_organizations(conn: &mut Conn, from: NaiveDate, to: NaiveDa
 /// and open holds per organization. A full scan: for tests and operators, not requests.
 pub(crate) type LedgerDump = (Vec<AccountRow>, Vec<(String, String, i64)>, Vec<(String, i64)>);
 
+///
+/// Read in one transaction that sees one snapshot (PostgreSQL: `REPEATABLE READ`, read only;
+/// SQLite: a deferred transaction, whose first read fixes its WAL snapshot), so that a check on
+/// a ledger being written never sees half of a transfer.
 pub(crate) fn dump_ledger(conn: &mut Conn) -> QueryResult<LedgerDump> {
-    let accounts = accounts::table.select(AccountRow::as_select()).load(conn)?;
-    let entries = entries::table.select((entries::transfer_id, entries::account_id, entries::amount)).load(conn)?;
-    let holds = holds::table
-        .filter(holds::state.eq("open"))
-        .select((holds::organization_id, holds::amount - holds::charged))
-        .load(conn)?;
-    Ok((accounts, entries, holds))
+    conn.transaction(|conn| {
+        if matches!(conn, Conn::Pg(_)) {
+            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(conn)?;
+        }
+        let accounts = accounts::table.select(AccountRow::as_select()).load(conn)?;
+        let entries = entries::table.select((entries::transfer_id, entries::account_id, entries::amount)).load(conn)?;
+        let holds = holds::table
+            .filter(holds::state.eq("open"))
+            .select((holds::organization_id, holds::amount - holds::charged))
+            .load(conn)?;
+        Ok((accounts, entries, holds))
+    })
 }

@@ -400,3 +400,178 @@ backend_tests! {
         f.check().await;
     }
 }
+
+/// The billing service behind a gate on `commit_lease`, like a remote billing service that is
+/// slow to answer: a commit in flight can be held there.
+struct Gated {
+    inner: BillingService,
+    gate: tokio::sync::Semaphore,
+    commits_entered: std::sync::atomic::AtomicUsize,
+}
+
+impl Gated {
+    fn new(inner: BillingService) -> Self {
+        Self { inner, gate: tokio::sync::Semaphore::new(0), commits_entered: Default::default() }
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+#[async_trait::async_trait]
+impl BillingApi for Gated {
+    async fn reserve(&self, request: ReserveRequest) -> Result<Hold, BillingError> {
+        self.inner.reserve(request).await
+    }
+    async fn settle(&self, request: SettleRequest) -> Result<Settlement, BillingError> {
+        self.inner.settle(request).await
+    }
+    async fn release(&self, hold_id: HoldId) -> Result<(), BillingError> {
+        self.inner.release(hold_id).await
+    }
+    async fn record_usage(&self, request: RecordUsageRequest) -> Result<Recorded, BillingError> {
+        self.inner.record_usage(request).await
+    }
+    async fn extend_lease(&self, request: ExtendLeaseRequest) -> Result<Hold, BillingError> {
+        self.inner.extend_lease(request).await
+    }
+    async fn commit_lease(&self, request: CommitLeaseRequest) -> Result<LeaseCommitted, BillingError> {
+        self.commits_entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _pass = self.gate.acquire().await.unwrap();
+        self.inner.commit_lease(request).await
+    }
+    async fn limits(&self, organization_id: OrganizationId) -> Result<PlanLimits, BillingError> {
+        self.inner.limits(organization_id).await
+    }
+    async fn plans(&self) -> Result<Vec<Plan>, BillingError> {
+        self.inner.plans().await
+    }
+    async fn subscription(&self, p: &Principal, org: OrganizationId) -> Result<Subscription, BillingError> {
+        self.inner.subscription(p, org).await
+    }
+    async fn put_subscription(
+        &self,
+        p: &Principal,
+        org: OrganizationId,
+        request: PutSubscriptionRequest,
+    ) -> Result<Subscription, BillingError> {
+        self.inner.put_subscription(p, org, request).await
+    }
+    async fn grant_credit(
+        &self,
+        p: &Principal,
+        org: OrganizationId,
+        key: &str,
+        request: GrantCreditRequest,
+    ) -> Result<CreditGrant, BillingError> {
+        self.inner.grant_credit(p, org, key, request).await
+    }
+    async fn budgets(&self, p: &Principal, org: OrganizationId) -> Result<Budgets, BillingError> {
+        self.inner.budgets(p, org).await
+    }
+    async fn put_budget(
+        &self,
+        p: &Principal,
+        org: OrganizationId,
+        key: Option<ApiKeyId>,
+        request: PutBudgetRequest,
+    ) -> Result<Budget, BillingError> {
+        self.inner.put_budget(p, org, key, request).await
+    }
+    async fn balance(&self, p: &Principal, org: OrganizationId) -> Result<Balance, BillingError> {
+        self.inner.balance(p, org).await
+    }
+    async fn usage(&self, p: &Principal, org: OrganizationId, query: UsageQuery) -> Result<UsageReport, BillingError> {
+        self.inner.usage(p, org, query).await
+    }
+    async fn ledger(
+        &self,
+        p: &Principal,
+        org: OrganizationId,
+        page: shared::PageRequest,
+    ) -> Result<shared::Page<LedgerEntry>, BillingError> {
+        self.inner.ledger(p, org, page).await
+    }
+    async fn invoices(
+        &self,
+        p: &Principal,
+        org: OrganizationId,
+        page: shared::PageRequest,
+    ) -> Result<shared::Page<Invoice>, BillingError> {
+        self.inner.invoices(p, org, page).await
+    }
+    async fn invoice(&self, p: &Principal, org: OrganizationId, id: InvoiceId) -> Result<Invoice, BillingError> {
+        self.inner.invoice(p, org, id).await
+    }
+    async fn ready(&self) -> Result<(), BillingError> {
+        self.inner.ready().await
+    }
+}
+
+backend_tests! {
+    async fn a_graceful_stop_waits_for_the_commit_in_flight(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("inflight@example.com", Money::units(10)).await;
+        let gated = Arc::new(Gated::new(f.billing.clone()));
+        let api = LeasedBilling::new(gated.clone(), LeaseConfig::default());
+        for i in 0..10 {
+            let id = format!("inflight-{i}");
+            let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
+            api.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::nanos(2_000_000)) }).await.unwrap();
+        }
+        // The flusher has taken settlements off the queue and its commit is held in flight.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while gated.commits_entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the flusher never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The stop begins while that commit is in flight; then billing answers.
+        tokio::join!(api.shutdown(), async { gated.open() });
+        let stats = api.stats();
+        assert_eq!(stats.committed_records, 10, "every acknowledged record counted as committed: {stats:?}");
+        let report = f.check().await;
+        let (available, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, 10 * 2_000_000), "the commit in flight was not dropped");
+        assert_eq!(available + spent, Money::units(10).0);
+    }
+}
+
+backend_tests! {
+    async fn the_ledger_check_reads_one_snapshot_while_money_moves(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("live@example.com", Money::units(100)).await;
+        // Writers on the direct path: every pair is two transfers.
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let billing = f.billing.clone();
+                tokio::spawn(async move {
+                    for i in 0..40 {
+                        let id = format!("live-{t}-{i}");
+                        let Ok(hold) = billing.reserve(reserve(org, Money::cents(1), &id)).await else { continue };
+                        let _ = billing.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::cents(1)) }).await;
+                    }
+                })
+            })
+            .collect();
+        // The check, run again and again while they write, never sees half a transfer.
+        let mut checks = 0;
+        loop {
+            let done = writers.iter().all(|w| w.is_finished());
+            if let Err(e) = f.billing.check_invariants(Money::ZERO).await {
+                panic!("check {checks} saw a ledger being written as broken: {e}");
+            }
+            checks += 1;
+            if done {
+                break;
+            }
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        eprintln!("{checks} checks while 4 writers moved money");
+        let report = f.check().await;
+        let (available, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, available + spent), (0, Money::units(100).0));
+    }
+}

@@ -266,7 +266,15 @@ impl InferenceService {
                 }
             }
         }
-        let request_id = shared::request_id::current().unwrap_or_else(|| new_id("req"));
+        // The billing key of this call (the hold's idempotency key and the usage's request id):
+        // unique per admitted call. The client's request id alone (kept in front, to trace it)
+        // would not do: a retried HTTP request runs the model again and must be charged again,
+        // and usage is keyed by this id across organizations, so a key the client chooses would
+        // let it replay one id for free answers.
+        let request_id = match shared::request_id::current() {
+            Some(id) => format!("{id}/{}", new_id("call")),
+            None => new_id("req"),
+        };
         let mut admission = Admission {
             billing: billing.clone(),
             organization_id: org,
@@ -543,8 +551,20 @@ impl Drop for Meter {
 
 /// Where the chunks of a stream come from.
 enum Source {
-    Provider { reader: SseReader, include_usage: bool },
-    Echo { id: String, model: String, created: i64, words: VecDeque<String>, delay: Duration, usage: Option<Usage> },
+    Provider {
+        reader: SseReader,
+        include_usage: bool,
+    },
+    Echo {
+        id: String,
+        model: String,
+        created: i64,
+        words: VecDeque<String>,
+        delay: Duration,
+        usage: Option<Usage>,
+        /// `stop`, or `length` when the answer was cut at the output cap.
+        finish: &'static str,
+    },
 }
 
 /// The state of a stream being forwarded.
@@ -669,13 +689,13 @@ impl Forward {
                         Err(failure) => Err(failure),
                     }
                 }
-                Source::Echo { id, model, created, words, delay, usage } => {
+                Source::Echo { id, model, created, words, delay, usage, finish } => {
                     if let Some(word) = words.pop_front() {
                         if !delay.is_zero() {
                             tokio::time::sleep(*delay).await;
                         }
                         let last = words.is_empty();
-                        let mut chunk = echo_chunk(id, model, *created, Some(word), last.then(|| "stop".to_owned()));
+                        let mut chunk = echo_chunk(id, model, *created, Some(word), last.then(|| (*finish).to_owned()));
                         self.in_flight_words = 1;
                         if self.note(&mut chunk, true) {
                             return Some(Ok(chunk));
@@ -758,6 +778,19 @@ fn echo_text(messages: &[ChatMessage]) -> String {
     messages.iter().rev().find(|m| m.role == "user").map(ChatMessage::text).unwrap_or_default()
 }
 
+/// The echo's words (one token each), at most `output_cap` of them as a model stops at
+/// `max_tokens`, so that its cost never exceeds its hold; and its finish reason.
+fn echo_words(messages: &[ChatMessage], output_cap: u32) -> (Vec<String>, &'static str) {
+    let mut words = Echo::words(&echo_text(messages));
+    let cap = usize::try_from(output_cap).unwrap_or(usize::MAX);
+    if words.len() > cap {
+        words.truncate(cap);
+        (words, "length")
+    } else {
+        (words, "stop")
+    }
+}
+
 /// What a stream's attempt got before the stream was handed out.
 enum Opened {
     Provider(Box<(SseReader, Option<ChatCompletionChunk>)>),
@@ -797,7 +830,7 @@ impl InferenceApi for InferenceService {
                 let request = &request;
                 async move {
                     match &deployment.upstream {
-                        Upstream::Echo(_) => Ok(echo_response(public, &request.messages)),
+                        Upstream::Echo(_) => Ok(echo_response(public, &request.messages, output_cap)),
                         Upstream::OpenAi(provider) => {
                             let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
                             let answer = provider.post("/chat/completions", body, deadline).await?;
@@ -899,7 +932,8 @@ impl InferenceApi for InferenceService {
                 (Source::Provider { reader, include_usage }, first)
             }
             Opened::Echo => {
-                let words: VecDeque<String> = Echo::words(&echo_text(&messages)).into();
+                let (words, finish) = echo_words(&messages, output_cap);
+                let words: VecDeque<String> = words.into();
                 let usage = Usage::new(tokens::estimate_messages(&messages), words.len() as u64);
                 let source = Source::Echo {
                     id: new_id("chatcmpl"),
@@ -908,6 +942,7 @@ impl InferenceApi for InferenceService {
                     delay: Self::echo_delay(&deployment),
                     usage: include_usage.then_some(usage.clone()),
                     words,
+                    finish,
                 };
                 // The echo bills its exact counts: the prompt's estimate, and one token per word
                 // delivered (counted as they are, see `Forward::confirm`).
@@ -1030,9 +1065,8 @@ struct WithModel<'a, T> {
     request: &'a T,
 }
 
-fn echo_response(model: &str, messages: &[ChatMessage]) -> ChatCompletionResponse {
-    let text = echo_text(messages);
-    let words = Echo::words(&text);
+fn echo_response(model: &str, messages: &[ChatMessage], output_cap: u32) -> ChatCompletionResponse {
+    let (words, finish) = echo_words(messages, output_cap);
     let usage = Usage::new(tokens::estimate_messages(messages), words.len() as u64);
     ChatCompletionResponse {
         id: new_id("chatcmpl"),
@@ -1046,7 +1080,7 @@ fn echo_response(model: &str, messages: &[ChatMessage]) -> ChatCompletionRespons
                 content: Some(serde_json::Value::String(words.concat())),
                 extra: Extra::new(),
             },
-            finish_reason: Some("stop".into()),
+            finish_reason: Some(finish.into()),
             extra: Extra::new(),
         }],
         usage: Some(usage),
@@ -1056,4 +1090,25 @@ fn echo_response(model: &str, messages: &[ChatMessage]) -> ChatCompletionRespons
 
 fn into_stream(forward: Forward) -> ChunkStream {
     Box::pin(stream::unfold(forward, |mut forward| async move { forward.next().await.map(|item| (item, forward)) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> Vec<ChatMessage> {
+        vec![ChatMessage { role: "user".into(), content: Some(text.into()), extra: Extra::new() }]
+    }
+
+    #[test]
+    fn the_echo_stops_at_the_output_cap_so_its_cost_stays_within_its_hold() {
+        let answer = echo_response("echo", &user("one two three four five"), 3);
+        assert_eq!(answer.choices[0].message.content, Some("one two three".into()));
+        assert_eq!(answer.choices[0].finish_reason.as_deref(), Some("length"));
+        assert_eq!(answer.usage.as_ref().map(|u| u.completion_tokens), Some(3));
+        let answer = echo_response("echo", &user("one two"), 3);
+        assert_eq!(answer.choices[0].message.content, Some("one two".into()));
+        assert_eq!(answer.choices[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(echo_words(&user("a b c d"), 2), (vec!["a".to_owned(), " b".to_owned()], "length"));
+    }
 }
