@@ -227,6 +227,11 @@ fn server(listener: TcpListener, state: AppState, http: &HttpConfig) -> std::io:
             // actix keeps its constructor private, so the default stands in.
             .h1(map_config(application, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
+            // No Nagle: a streamed answer writes each event as it comes, and a small write
+            // must not wait for the client's delayed ACK of the previous one (about 40 ms).
+            if let Err(error) = io.set_nodelay(true) {
+                tracing::debug!(error = %error, "cannot set TCP_NODELAY");
+            }
             let peer = io.peer_addr().ok();
             ready(Ok((Guarded::new(io, peer, limits), peer)))
         })
