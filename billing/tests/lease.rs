@@ -514,7 +514,7 @@ backend_tests! {
         let f = fixture(&backend).await;
         let org = f.funded("inflight@example.com", Money::units(10)).await;
         let gated = Arc::new(Gated::new(f.billing.clone()));
-        let api = LeasedBilling::new(gated.clone(), LeaseConfig::default());
+        let api = LeasedBilling::new(gated.clone(), LeaseConfig::default(), f.metrics.billing().clone());
         for i in 0..10 {
             let id = format!("inflight-{i}");
             let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
