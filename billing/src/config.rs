@@ -65,6 +65,11 @@ pub struct LeaseConfig {
     /// retry answers `hold_not_found` (and is never charged twice). Memory grows with it:
     /// about 60 bytes per request settled within the window.
     pub settle_replay_ms: u64,
+    /// Past this many settlements of one lease waiting for their commit (the database commits
+    /// slower than calls arrive), that lease's new reservations take the direct path until the
+    /// backlog drains: memory and what a `kill -9` can lose stay bounded, and the direct path's
+    /// transactions slow callers down to what the database can take.
+    pub max_unflushed: usize,
 }
 
 impl Default for LeaseConfig {
@@ -80,6 +85,7 @@ impl Default for LeaseConfig {
             max_slice: Money::units(100),
             starved_retry_ms: 1_000,
             settle_replay_ms: 10_000,
+            max_unflushed: 5_000,
         }
     }
 }
@@ -157,6 +163,7 @@ impl BillingConfig {
         check_range("billing.lease.max_batch", lease.max_batch as u64, 1, 100_000)?;
         check_range("billing.lease.starved_retry_ms", lease.starved_retry_ms, 1, 3_600_000)?;
         check_range("billing.lease.settle_replay_ms", lease.settle_replay_ms, 1, 3_600_000)?;
+        check_range("billing.lease.max_unflushed", lease.max_unflushed as u64, 1, 10_000_000)?;
         if lease.min_slice <= Money::ZERO || lease.max_slice < lease.min_slice {
             return Err("billing.lease: 0 < min_slice <= max_slice".into());
         }

@@ -569,7 +569,10 @@ impl BillingApi for LeasedBilling {
                     });
                 }
                 let slot = state.slots.entry(key).or_insert_with(|| Slot::new(now));
-                if let Some(lease) = slot.lease.filter(|_| slot.remaining >= amount) {
+                if slot.pending.len() >= shared.config.max_unflushed {
+                    // The commits are behind: back-pressure through the direct path.
+                    Step::Direct
+                } else if let Some(lease) = slot.lease.filter(|_| slot.remaining >= amount) {
                     slot.remaining -= amount;
                     slot.outstanding += 1;
                     slot.note_spend(amount, now);

@@ -244,6 +244,28 @@ backend_tests! {
         assert_eq!((held, spent), (0, cost.0));
     }
 
+    async fn a_backlog_of_unflushed_settlements_sends_new_reservations_to_the_direct_path(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("backlog@example.com", Money::units(10)).await;
+        // No flush on a timer: the backlog only grows, as when the database falls behind.
+        let api = f.leased(LeaseConfig { flush_interval_ms: 3_600_000, max_unflushed: 5, ..LeaseConfig::default() });
+        for i in 0..20 {
+            let id = format!("backlog-{i}");
+            let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
+            api.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::nanos(2_000_000)) }).await.unwrap();
+        }
+        let stats = api.stats();
+        // Only the flusher's first pass, at start, may have committed some: past 5 waiting,
+        // every reservation went direct.
+        assert_eq!(stats.leased + stats.direct, 20);
+        assert!(stats.leased as usize <= 5 + stats.committed_records as usize, "{stats:?}");
+        assert!(stats.direct >= 5, "{stats:?}");
+        api.shutdown().await;
+        let report = f.check().await;
+        let (_, held, spent) = report.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, 20 * 2_000_000), "every settlement charged once, leased or direct");
+    }
+
     async fn a_graceful_stop_writes_the_buffered_settlements_and_returns_the_lease(backend) {
         let f = fixture(&backend).await;
         let org = f.funded("stop@example.com", Money::units(10)).await;
