@@ -415,14 +415,9 @@ where
         E: Clone + Send + Sync + 'static,
     {
         let inner = &self.inner;
-        if let Some(entry) = inner.l1.get(key.encoded()).await {
-            if inner.is_fresh(key, &entry.stamp) {
-                inner.note(Event::L1Hit);
-                return Ok(entry.value.clone());
-            }
-            inner.remove_if_stale(key).await;
+        if let Some(value) = inner.l1_fresh(key).await {
+            return Ok(value);
         }
-        inner.note(Event::L1Miss);
         let entry = inner
             .l1
             .try_get_with_by_ref(key.encoded(), async {
@@ -449,14 +444,9 @@ where
     /// [`insert`](Self::insert)), such as answers that are streamed while they are produced.
     pub async fn get(&self, key: &CacheKey) -> Option<V> {
         let inner = &self.inner;
-        if let Some(entry) = inner.l1.get(key.encoded()).await {
-            if inner.is_fresh(key, &entry.stamp) {
-                inner.note(Event::L1Hit);
-                return Some(entry.value.clone());
-            }
-            inner.remove_if_stale(key).await;
+        if let Some(value) = inner.l1_fresh(key).await {
+            return Some(value);
         }
-        inner.note(Event::L1Miss);
         let stamp = inner.stamp(key);
         match inner.read_l2(key).await {
             L2Outcome::Hit(value) => {
@@ -574,6 +564,19 @@ where
             && now.flushes == stamp.flushes
             && now.key_generation == stamp.key_generation
             && now.namespace_generation == stamp.namespace_generation
+    }
+
+    /// The L1 value of `key` if it is fresh (a stale one is removed); counts the hit or miss.
+    async fn l1_fresh(&self, key: &CacheKey) -> Option<V> {
+        if let Some(entry) = self.l1.get(key.encoded()).await {
+            if self.is_fresh(key, &entry.stamp) {
+                self.note(Event::L1Hit);
+                return Some(entry.value.clone());
+            }
+            self.remove_if_stale(key).await;
+        }
+        self.note(Event::L1Miss);
+        None
     }
 
     /// Removes the L1 entry of `key` if it is (still) stale, atomically with respect to other
