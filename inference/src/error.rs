@@ -65,6 +65,19 @@ pub enum InferenceError {
     #[error("{0}")]
     #[api(kind = InvalidRequest, code = "upstream_rejected")]
     UpstreamRejected(String),
+    /// No file of this id in the caller's organization (or, for a store's file, not attached
+    /// to that store).
+    #[error("No file found with id `{0}`.")]
+    #[api(kind = NotFound, code = "file_not_found")]
+    FileNotFound(String),
+    /// No vector store of this id in the caller's organization.
+    #[error("No vector store found with id `{0}`.")]
+    #[api(kind = NotFound, code = "vector_store_not_found")]
+    VectorStoreNotFound(String),
+    /// The uploaded file is larger than `inference.rag.max_file_bytes`.
+    #[error("The file is larger than the limit of {limit_bytes} bytes.")]
+    #[api(kind = PayloadTooLarge, code = "file_too_large", param = "file")]
+    FileTooLarge { limit_bytes: u64 },
     /// A dependency (billing, the remote inference service) is unavailable; retry later.
     #[error("inference service unavailable: {0}")]
     #[api(kind = Unavailable, code = "service_unavailable", fallback)]
@@ -108,6 +121,9 @@ mod tests {
             InferenceError::RateLimited { limit: "requests per minute".into(), retry_after_secs: 7 },
             InferenceError::InsufficientQuota,
             InferenceError::UpstreamRejected("bad tools".into()),
+            InferenceError::FileNotFound("file_1".into()),
+            InferenceError::VectorStoreNotFound("vs_1".into()),
+            InferenceError::FileTooLarge { limit_bytes: 1024 },
         ];
         for error in all {
             let envelope = error.envelope().error;

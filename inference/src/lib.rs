@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod rag_api;
 
 #[cfg(feature = "server")]
 mod cache;
@@ -39,5 +40,6 @@ pub use config::InferenceConfig;
 pub use error::InferenceError;
 #[cfg(all(feature = "server", feature = "client"))]
 pub use module::InferenceModule;
+pub use rag_api::*;
 #[cfg(feature = "server")]
 pub use service::InferenceService;
