@@ -93,19 +93,19 @@ fn http_get(addr: &str, path: &str) -> String {
     answer
 }
 
-#[test]
-fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// `gateway serve --addr 127.0.0.1:0 --only auth` with `env`, once it listens: the process, its
+/// log lines from there on, and the bound address (from the log line that announces it).
+fn serve_auth(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, Lines, String) {
     let mut child = gateway()
         .args(["serve", "--addr", "127.0.0.1:0", "--only", "auth"])
-        .env("KEEL_DATABASE__URL", format!("sqlite://{}", dir.path().display()))
-        .env("KEEL_HTTP__ADDR", "127.0.0.1:1") // --addr wins
+        .env("KEEL_DATABASE__URL", format!("sqlite://{}", dir.display()))
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-
-    // The log line announcing the bound address is written once the socket listens.
     let addr = lines
         .by_ref()
         .map(Result::unwrap)
@@ -114,6 +114,13 @@ fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
             (event["message"] == "gateway listening").then(|| event["http.addr"].as_str().unwrap().to_owned())
         })
         .expect("the gateway never said where it listens");
+    (child, lines, addr)
+}
+
+#[test]
+fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines, addr) = serve_auth(dir.path(), &[("KEEL_HTTP__ADDR", "127.0.0.1:1")]); // --addr wins
     assert!(addr.starts_with("127.0.0.1:") && addr != "127.0.0.1:0" && addr != "127.0.0.1:1", "{addr}");
 
     let answer = http_get(&addr, "/healthz");
@@ -140,6 +147,23 @@ fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
     assert_eq!(me["span"]["http.route"], "/v1/auth/me");
     assert!(me["duration_ms"].is_number());
     assert!(!rest.iter().any(|line| line.contains("sekrit")), "a secret reached the log: {rest:#?}");
+}
+
+/// The kernel's view of the process: `THP_enabled: 0` once it asked for no transparent huge
+/// pages (the default), 1 when `http.transparent_huge_pages` lets it use them.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_turns_transparent_huge_pages_off_unless_allowed() {
+    for (allowed, expected) in [(None, "0"), (Some("true"), "1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(&str, &str)> = allowed.map(|v| ("KEEL_HTTP__TRANSPARENT_HUGE_PAGES", v)).into_iter().collect();
+        let (mut child, _lines, _addr) = serve_auth(dir.path(), &env);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let flag = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(str::trim);
+        assert_eq!(flag, Some(expected), "allowed: {allowed:?}");
+    }
 }
 
 #[test]

@@ -212,6 +212,11 @@ pub struct HttpConfig {
     pub request_head_timeout_ms: u64,
     /// The largest request line plus headers accepted, in bytes (then 431).
     pub max_head_bytes: usize,
+    /// Let the process's heap use transparent huge pages (Linux). Off by default: the allocator
+    /// asks for them on its arenas, and a gateway's small, scattered heap then holds about 20 MiB
+    /// more resident memory for no measurable speed (bench/inference-results.md). Turn it on for
+    /// a process whose heap is large and randomly accessed.
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for HttpConfig {
@@ -224,6 +229,7 @@ impl Default for HttpConfig {
             shutdown_timeout_secs: 30,
             request_head_timeout_ms: 5_000,
             max_head_bytes: 32 * 1024,
+            transparent_huge_pages: false,
         }
     }
 }
