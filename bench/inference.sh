@@ -14,6 +14,8 @@
 # - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
 #   same three models on the same upstream, no database (so no virtual keys, budgets or spend
 #   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
+# - Paced: c=10 again, each connection waiting PACE_MS (2) after each answer, so the gateway's
+#   core is not saturated: the latency overhead without queueing.
 # Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS.
 # Needs: wrk, nginx, curl, jq, taskset. Leaves nothing running.
 set -euo pipefail
@@ -133,9 +135,10 @@ body() {
     embed) echo '{"model":"bench-embed","input":"a short sentence to embed"}' ;;
     esac
 }
-script() { # script BODY AUTH
+script() { # script BODY AUTH [PACE_MS]
     cat >"$WORK/post.lua" <<EOF
 wrk.method = "POST"
+$([ -n "${3:-}" ] && echo "delay = function() return $3 end")
 wrk.body = '$1'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $2"
@@ -147,8 +150,8 @@ done = function(summary, latency, requests)
 end
 EOF
 }
-run() { # run NAME URL BODY AUTH CONCURRENCY
-    script "$3" "$4"
+run() { # run NAME URL BODY AUTH CONCURRENCY [PACE_MS]
+    script "$3" "$4" "${6:-}"
     local out
     out=$(taskset -c 1 wrk -t1 -c"$5" -d"${DURATION}s" -s "$WORK/post.lua" "$2" | grep '^RESULT' | cut -d' ' -f2-)
     printf '%-22s c=%-3s %s (latency ms)\n' "$1" "$5" "$out"
@@ -170,6 +173,19 @@ for c in 1 10 64; do
     run "stream keel" "$API/v1/chat/completions" "$(body stream)" "$KEY" "$c"
     run "embeddings direct" "http://127.0.0.1:9101/v1/embeddings" "$(body embed)" none "$c"
     run "embeddings keel" "$API/v1/embeddings" "$(body embed)" "$KEY" "$c"
+done
+# Latency below saturation: each of 10 connections waits PACE_MS after each answer before its next
+# request (wrk's delay hook), so the core is not saturated and latency is service time rather
+# than queueing (closed-loop at c=10 on one busy core measures c / throughput).
+PACE_MS=${PACE_MS:-2}
+for name in chat stream embeddings; do
+    case $name in chat) b=chat ;; stream) b=stream ;; embeddings) b=embed ;; esac
+    port=9101
+    [ "$name" = stream ] && port=9102
+    path=/v1/chat/completions
+    [ "$name" = embeddings ] && path=/v1/embeddings
+    run "$name direct paced" "http://127.0.0.1:$port$path" "$(body $b)" none 10 "$PACE_MS"
+    run "$name keel paced" "$API$path" "$(body $b)" "$KEY" 10 "$PACE_MS"
 done
 # The platform's own floor: an authenticated, non-AI route of the same gateway (API key from the
 # credential cache, no billing, no upstream).

@@ -44,6 +44,10 @@ pub struct InferenceConfig {
     pub default_max_output_tokens: u32,
     /// The largest request body accepted on the model routes (prompts can be long).
     pub max_body_bytes: usize,
+    /// Model calls of one organization in flight at once in this process (streams until their
+    /// end); past it a call is refused at once with `429 rate_limit_exceeded` and
+    /// `Retry-After: 1`, so one tenant cannot take every bulkhead slot from the others.
+    pub max_concurrency_per_organization: u32,
     /// The exact-match response cache of chat completions (`docs/INFERENCE.md`, "Response cache").
     pub cache: ResponseCacheConfig,
 }
@@ -98,6 +102,7 @@ impl Default for InferenceConfig {
             circuit: CircuitConfig::default(),
             default_max_output_tokens: 4096,
             max_body_bytes: 16 * 1024 * 1024,
+            max_concurrency_per_organization: 256,
             cache: ResponseCacheConfig::default(),
         }
     }
@@ -321,6 +326,12 @@ impl InferenceConfig {
         check_range("inference.retry.max_backoff_ms", self.retry.max_backoff_ms, 1, HOUR_MS)?;
         check_range("inference.circuit.failure_threshold", u64::from(self.circuit.failure_threshold), 1, 1000)?;
         check_range("inference.max_body_bytes", self.max_body_bytes as u64, 1024, 1 << 30)?;
+        check_range(
+            "inference.max_concurrency_per_organization",
+            u64::from(self.max_concurrency_per_organization),
+            1,
+            1_000_000,
+        )?;
         check_range("inference.default_max_output_tokens", u64::from(self.default_max_output_tokens), 1, 10_000_000)?;
         Ok(())
     }

@@ -18,6 +18,8 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
+mod inflight;
+#[cfg(feature = "server")]
 mod metrics;
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod module;

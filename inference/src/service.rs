@@ -12,6 +12,7 @@ use crate::api::*;
 use crate::cache::{Assembler, CachedAnswer, ResponseCache, Slot};
 use crate::config::{CacheHitBilling, InferenceConfig, ModelKind, RetryConfig};
 use crate::error::InferenceError;
+use crate::inflight::{InFlight, InFlightSlot};
 use crate::metrics::InferenceMetrics;
 use crate::provider::{BodyReader, Echo, Failure, SseEvent, SseReader};
 use crate::router::{Deployment, ModelEntry, Router, Upstream};
@@ -58,6 +59,9 @@ struct Inner {
     created: i64,
     /// The exact-match response cache of chat completions.
     cache: Arc<ResponseCache>,
+    /// Each organization's calls in flight (`max_concurrency_per_organization`).
+    inflight: Arc<InFlight>,
+    metrics: InferenceMetrics,
 }
 
 fn hold_ttl(config: &InferenceConfig) -> Duration {
@@ -85,6 +89,8 @@ struct Admission {
     request_id: String,
     hold: Option<HoldId>,
     closed: bool,
+    /// The organization's in-flight slot, given back when the call's admission is dropped.
+    _slot: InFlightSlot,
 }
 
 impl Admission {
@@ -191,6 +197,8 @@ impl InferenceService {
                 hold_ttl: hold_ttl(config),
                 created: now_secs(),
                 cache: Arc::new(ResponseCache::new(config, backplane, clock, cache_metrics)),
+                inflight: InFlight::new(config.max_concurrency_per_organization),
+                metrics: metrics.clone(),
             }),
         })
     }
@@ -244,6 +252,14 @@ impl InferenceService {
         amount: Money,
     ) -> Result<Admission, InferenceError> {
         let org = Self::organization(caller)?;
+        // First, before the limiter counts the call: a call refused here costs nothing.
+        let Some(slot) = self.inner.inflight.try_enter(org) else {
+            self.inner.metrics.refused(&model.name, "organization_concurrency");
+            return Err(InferenceError::RateLimited {
+                limit: "concurrent requests per organization".into(),
+                retry_after_secs: 1,
+            });
+        };
         let billing = &self.inner.billing;
         let limits = billing.limits(org).await.map_err(billing_error)?;
         if !limits.allows_model(&model.name) {
@@ -283,6 +299,7 @@ impl InferenceService {
             request_id,
             hold: None,
             closed: false,
+            _slot: slot,
         };
         if amount > Money::ZERO {
             let hold = billing
@@ -442,7 +459,13 @@ impl InferenceService {
             waited += wait;
             last = Some(failure);
         }
-        Err(last.map_or(InferenceError::Overloaded { retry_after_secs: 1 }, Failure::into_error))
+        match last {
+            Some(failure) => Err(failure.into_error()),
+            None => {
+                self.inner.metrics.refused(&model.name, "overloaded");
+                Err(InferenceError::Overloaded { retry_after_secs: 1 })
+            }
+        }
     }
 
     fn echo_delay(deployment: &Deployment) -> Duration {

@@ -561,6 +561,9 @@ async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
     assert_eq!(fake.requests(), 4);
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(text.contains("keel_inference_refused_total{model=\"gpt-4o-mini\",reason=\"overloaded\"} 1\n"), "{text}");
 
     // The other routes answer as fast as ever while the provider is slow.
     let mut slowest = Duration::ZERO;
@@ -574,6 +577,50 @@ async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
     for call in slow {
         assert_eq!(call.await.unwrap().status, 200);
     }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_organization_at_its_concurrency_limit_is_refused_at_once_and_others_are_not() {
+    let fake = FakeOpenAi::start(Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.inference.max_concurrency_per_organization = 2;
+    config.inference.providers.get_mut("fake").unwrap().first_token_timeout_ms = 5_000;
+    let (gateway, api, _, key) = start(config).await;
+    let (_, other_key, _) = credentials(&api).await;
+
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (api, key) = (api.clone(), key.clone());
+            tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
+        })
+        .collect();
+    while fake.requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The organization's third call is refused at once, before the limiter, billing or the
+    // provider: 429 with Retry-After, so SDKs back off and retry.
+    let t0 = Instant::now();
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    reply.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert_eq!(fake.requests(), 2);
+    // Another organization's call goes through meanwhile.
+    let other = api.post("/v1/chat/completions", Some(&other_key), &chat(false)).await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    for call in slow {
+        assert_eq!(call.await.unwrap().status, 200);
+    }
+    // The slots came back with the answers.
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    let refused = |reason: &str| format!("keel_inference_refused_total{{model=\"gpt-4o-mini\",reason=\"{reason}\"}}");
+    assert!(text.contains(&format!("{} 1\n", refused("organization_concurrency"))), "{text}");
+    assert!(text.contains(&format!("{} 0\n", refused("overloaded"))), "{text}");
     gateway.stop().await;
 }
 

@@ -51,6 +51,15 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedLabels {
+    model: String,
+    reason: &'static str,
+}
+
+/// Every `reason` of `keel_inference_refused_total`.
+pub const REFUSED_REASONS: &[&str] = &["organization_concurrency", "overloaded"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -67,6 +76,7 @@ pub struct InferenceMetrics {
     retries: Family<DeploymentLabels, Counter>,
     circuit: Family<DeploymentLabels, Gauge>,
     overhead: HistogramFamily<RouteLabels>,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 impl InferenceMetrics {
@@ -81,6 +91,7 @@ impl InferenceMetrics {
             retries: Family::default(),
             circuit: Family::default(),
             overhead: histogram_family(|| Histogram::new(OVERHEAD_BUCKETS.iter().copied())),
+            refused: Family::default(),
         };
         registry.register(
             "keel_inference_requests",
@@ -123,7 +134,17 @@ impl InferenceMetrics {
             "The gateway's own time per model call (the whole call minus the wait for the provider), by route",
             metrics.overhead.clone(),
         );
+        registry.register(
+            "keel_inference_refused",
+            "Model calls refused before any provider attempt, by model and reason: organization_concurrency (the organization's calls in flight in this process are at inference.max_concurrency_per_organization; 429) or overloaded (every deployment's bulkhead full or circuit open; 503)",
+            metrics.refused.clone(),
+        );
         metrics
+    }
+
+    /// A model call refused for `reason` (one of [`REFUSED_REASONS`]) before any attempt.
+    pub fn refused(&self, model: &str, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { model: model.to_owned(), reason }).inc();
     }
 
     /// The handles of one deployment of one model (labels from the configuration only).
@@ -152,6 +173,9 @@ impl InferenceMetrics {
                 deployment: deployment.to_owned(),
                 kind,
             }));
+        }
+        for reason in REFUSED_REASONS {
+            drop(self.refused.get_or_create(&RefusedLabels { model: model.to_owned(), reason }));
         }
         InferenceHandle {
             ok: outcome("ok"),
