@@ -56,6 +56,7 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
             "upstream_error",
             "upstream_timeout",
             "upstream_rejected",
+            "vector_store_not_found",
         ],
     ),
     (
