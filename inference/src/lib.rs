@@ -26,6 +26,8 @@ pub mod module;
 #[cfg(feature = "server")]
 mod provider;
 #[cfg(feature = "server")]
+pub mod rag;
+#[cfg(feature = "server")]
 mod router;
 #[cfg(feature = "server")]
 pub mod service;
@@ -42,6 +44,8 @@ pub use config::InferenceConfig;
 pub use error::InferenceError;
 #[cfg(all(feature = "server", feature = "client"))]
 pub use module::InferenceModule;
+#[cfg(feature = "server")]
+pub use rag::RagService;
 pub use rag_api::*;
 #[cfg(feature = "server")]
 pub use service::InferenceService;
