@@ -23,6 +23,10 @@ mod metrics;
 pub mod module;
 #[cfg(feature = "server")]
 mod provider;
+#[cfg(feature = "client")]
+mod rag_client;
+#[cfg(feature = "server")]
+pub mod rag_http;
 #[cfg(feature = "server")]
 mod router;
 #[cfg(feature = "server")]
