@@ -16,6 +16,8 @@ mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+mod grounding;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 mod metrics;

@@ -110,9 +110,12 @@ impl Module for InferenceModule {
             platform.clock.clone(),
             platform.metrics.cache(),
         )?;
+        // Retrieval embeds through the service's providers; grounded chat searches retrieval.
         let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
         rag.start().await?;
-        Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: Arc::new(rag.clone()), service: rag }))
+        let shared: Arc<dyn RagApi> = Arc::new(rag.clone());
+        let service = service.with_retrieval(shared.clone());
+        Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: shared, service: rag }))
     }
 
     // The remote client provides `InferenceApi` only until it implements `RagApi` too
