@@ -28,6 +28,8 @@ mod rag_client;
 #[cfg(feature = "server")]
 pub mod rag_http;
 #[cfg(feature = "server")]
+pub mod rag;
+#[cfg(feature = "server")]
 mod router;
 #[cfg(feature = "server")]
 pub mod service;
@@ -44,6 +46,8 @@ pub use config::InferenceConfig;
 pub use error::InferenceError;
 #[cfg(all(feature = "server", feature = "client"))]
 pub use module::InferenceModule;
+#[cfg(feature = "server")]
+pub use rag::RagService;
 pub use rag_api::*;
 #[cfg(feature = "server")]
 pub use service::InferenceService;

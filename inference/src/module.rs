@@ -3,6 +3,8 @@
 use crate::api::InferenceApi;
 use crate::client::HttpInferenceClient;
 use crate::config::InferenceConfig;
+use crate::rag::RagService;
+use crate::rag_api::RagApi;
 use crate::service::InferenceService;
 use actix_web::web;
 use async_trait::async_trait;
@@ -14,7 +16,8 @@ use shared::db::Db;
 use shared::module::{BoxError, Component, Contract, Contracts, Migrations, Module, Platform};
 use std::sync::Arc;
 
-/// The domain keeps no tables: its migration sets are empty (usage and money live in billing).
+/// The retrieval tables (files, vector stores, chunks, the change log); usage and money live
+/// in billing.
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -32,6 +35,41 @@ impl InferenceModule {
 
 fn contract(api: Arc<dyn InferenceApi>) -> Arc<dyn Component> {
     Contract::new(api, |api| Box::pin(async move { api.ready().await.map_err(|e| e.to_string()) }))
+}
+
+/// The built domain in process: both contracts, and the ingestion jobs.
+struct InferenceComponent {
+    api: Arc<dyn InferenceApi>,
+    rag: Arc<dyn RagApi>,
+    service: RagService,
+}
+
+#[async_trait]
+impl Component for InferenceComponent {
+    fn provide(&self, contracts: &mut Contracts) {
+        contracts.provide(self.api.clone());
+        contracts.provide(self.rag.clone());
+    }
+
+    fn app_data(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::from(self.api.clone()));
+        cfg.app_data(web::Data::from(self.rag.clone()));
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.api.ready().await.map_err(|e| e.to_string())?;
+        self.service.ready().await.map_err(|e| e.to_string())
+    }
+
+    fn jobs(&self) -> Option<(shared::jobs::Jobs, shared::jobs::Registry)> {
+        match self.service.registry() {
+            Ok(registry) => Some((self.service.jobs().clone(), registry)),
+            Err(e) => {
+                tracing::error!(error = %e, "inference jobs could not be registered");
+                None
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -58,7 +96,7 @@ impl Module for InferenceModule {
 
     async fn build_local(
         &self,
-        _db: Db,
+        db: Db,
         platform: &Platform,
         contracts: &Contracts,
     ) -> Result<Arc<dyn Component>, BoxError> {
@@ -66,15 +104,19 @@ impl Module for InferenceModule {
         let service = InferenceService::new(
             &self.config,
             platform.metrics.inference(),
-            billing,
+            billing.clone(),
             platform.rate_limiter.clone(),
             platform.cache_backplane.clone(),
             platform.clock.clone(),
             platform.metrics.cache(),
         )?;
-        Ok(contract(Arc::new(service)))
+        let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
+        rag.start().await?;
+        Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: Arc::new(rag.clone()), service: rag }))
     }
 
+    // The remote client provides `InferenceApi` only until it implements `RagApi` too
+    // (`rag_client.rs`, rag-http's branch): then provide and register both, as in process.
     fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
         Ok(contract(Arc::new(HttpInferenceClient::new(url, &platform.remote)?)))
     }

@@ -8,6 +8,10 @@
 //! last event. Every call is metered exactly once, when it ends however it ends (a dropped
 //! stream included), by [`Meter`].
 
+mod embedding;
+
+pub(crate) use embedding::Payer;
+
 use crate::api::*;
 use crate::cache::{Assembler, CachedAnswer, ResponseCache, Slot};
 use crate::config::{CacheHitBilling, InferenceConfig, ModelKind, RetryConfig};
