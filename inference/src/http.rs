@@ -134,7 +134,7 @@ fn envelope(error: &InferenceError) -> shared::ErrorEnvelope {
 }
 
 /// Reads the body, up to the cap, and parses it.
-async fn parse<T: serde::de::DeserializeOwned>(
+pub(crate) async fn parse<T: serde::de::DeserializeOwned>(
     cap: Option<web::Data<BodyCap>>,
     mut payload: web::Payload,
 ) -> Result<T, InferenceError> {

@@ -125,11 +125,16 @@ impl Module for InferenceModule {
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
-        crate::http::document()
+        let mut document = crate::http::document();
+        document.merge(crate::rag_http::document());
+        document
     }
 
     fn routes(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(crate::http::BodyCap(self.config.max_body_bytes)));
+        // Until `inference.rag.max_file_bytes` exists, uploads get OpenAI's limit per file.
+        cfg.app_data(web::Data::new(crate::rag_http::FileLimit(crate::rag_http::DEFAULT_MAX_FILE_BYTES)));
         crate::http::configure(cfg);
+        crate::rag_http::configure(cfg);
     }
 }
