@@ -25,12 +25,12 @@ mod metrics;
 pub mod module;
 #[cfg(feature = "server")]
 mod provider;
+#[cfg(feature = "server")]
+pub mod rag;
 #[cfg(feature = "client")]
 mod rag_client;
 #[cfg(feature = "server")]
 pub mod rag_http;
-#[cfg(feature = "server")]
-pub mod rag;
 #[cfg(feature = "server")]
 mod router;
 #[cfg(feature = "server")]
