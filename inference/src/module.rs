@@ -129,8 +129,7 @@ impl Module for InferenceModule {
 
     fn routes(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(crate::http::BodyCap(self.config.max_body_bytes)));
-        // Until `inference.rag.max_file_bytes` exists, uploads get OpenAI's limit per file.
-        cfg.app_data(web::Data::new(crate::rag_http::FileLimit(crate::rag_http::DEFAULT_MAX_FILE_BYTES)));
+        cfg.app_data(web::Data::new(crate::rag_http::FileLimit(self.config.rag.max_file_bytes)));
         crate::http::configure(cfg);
         crate::rag_http::configure(cfg);
     }
