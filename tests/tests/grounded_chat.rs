@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
-use auth::{AuthApi, AuthModule, CreateApiKeyRequest, OrganizationId, Principal, RequestContext, SignupRequest};
+use auth::{AuthApi, AuthModule, OrganizationId, Principal};
 use billing::config::PlanConfig;
 use billing::{BillingApi, BillingConfig, BillingModule, Money, PutSubscriptionRequest};
 use futures_util::StreamExt;
@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
 use tests::harness::{TestGateway, fast_auth_config, gateway_config};
+use tests::rag::RagWorld;
 use tests::{Client, Reply};
 
 /// One search the double answered: (store, query, max_num_results).
@@ -165,16 +166,12 @@ struct Fixture {
     plain: InferenceService,
 }
 
+/// A new organization subscribed to the `test` plan: its owner's session, an API key, its id.
 async fn signup(auth: &Arc<dyn AuthApi>, billing: &Arc<dyn BillingApi>) -> (Principal, Principal, OrganizationId) {
     let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
-    let request = SignupRequest { email, password: "correct horse battery".into(), name: None };
-    let signup = auth.signup(request, RequestContext::default()).await.unwrap();
-    let owner = auth.authenticate(&signup.token).await.unwrap();
-    let org = signup.organization.id;
+    let (key, owner) = RagWorld { auth: auth.clone() }.organization(&email).await;
+    let org = key.organization_id.unwrap();
     billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: "test".into() }).await.unwrap();
-    let request = CreateApiKeyRequest { name: "k".into(), scopes: None, expires_at: None };
-    let created = auth.create_api_key(&owner, org, request).await.unwrap();
-    let key = auth.authenticate(&created.key).await.unwrap();
     (owner, key, org)
 }
 
