@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// The remote inference service.
 #[derive(Debug, Clone)]
 pub struct HttpInferenceClient {
-    remote: RemoteClient,
+    pub(crate) remote: RemoteClient,
 }
 
 impl HttpInferenceClient {

@@ -50,6 +50,78 @@ pub struct InferenceConfig {
     pub max_concurrency_per_organization: u32,
     /// The exact-match response cache of chat completions (`docs/INFERENCE.md`, "Response cache").
     pub cache: ResponseCacheConfig,
+    /// Files, vector stores and their search (`[inference.rag]`, `docs/INFERENCE.md`, "Retrieval").
+    pub rag: RagConfig,
+}
+
+/// `[inference.rag]`: files, vector stores, ingestion and search. With neither `embedding_model`
+/// nor `local_model_dir` (the default), stores are searched by keyword alone
+/// (`search_mode: "keyword"`); with one of them, by keyword and meaning (`hybrid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RagConfig {
+    /// The largest file `POST /v1/files` stores (413 `file_too_large` above it).
+    pub max_file_bytes: u64,
+    /// A public model of `[inference.models]` of kind `embedding`: chunks and queries are
+    /// embedded through its providers, as `/v1/embeddings` does, and billed like it.
+    pub embedding_model: Option<String>,
+    /// A sentence-transformer directory (`config.json`, `tokenizer.json`, `model.safetensors`)
+    /// run in process (needs the `local-embedder` feature). Its usage is recorded at no cost.
+    pub local_model_dir: Option<std::path::PathBuf>,
+    /// Texts embedded per call (provider request or local batch).
+    pub embedding_batch_size: u32,
+    /// Where the keyword index lives; None keeps it in memory. Either way it is rebuilt from the
+    /// database at start.
+    pub index_dir: Option<std::path::PathBuf>,
+    /// How often each process reads the change log to bring its index up to date (a search
+    /// also catches up first).
+    pub sync_interval_ms: u64,
+    /// The in-process vector index (HNSW), used when an embedder is configured.
+    pub hnsw: HnswSettings,
+}
+
+impl Default for RagConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 32 * 1024 * 1024,
+            embedding_model: None,
+            local_model_dir: None,
+            embedding_batch_size: 64,
+            index_dir: None,
+            sync_interval_ms: 1_000,
+            hnsw: HnswSettings::default(),
+        }
+    }
+}
+
+impl RagConfig {
+    /// Whether chunks get embeddings (and searches are hybrid).
+    pub fn has_embedder(&self) -> bool {
+        self.embedding_model.is_some() || self.local_model_dir.is_some()
+    }
+}
+
+/// The HNSW graph's parameters (`search::HnswConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HnswSettings {
+    /// The embedding model's vector length (384 for all-MiniLM-L6-v2, 1536 for
+    /// text-embedding-3-small). A local model sets it from its own configuration.
+    pub dimensions: usize,
+    /// `M`: links per node.
+    pub connectivity: usize,
+    /// `ef_construction`.
+    pub expansion_add: usize,
+    /// `ef_search` (raised to the number of results asked when smaller).
+    pub expansion_search: usize,
+    /// Vector storage: `f32`, `f16` (default) or `i8`.
+    pub quantization: String,
+}
+
+impl Default for HnswSettings {
+    fn default() -> Self {
+        Self { dimensions: 384, connectivity: 16, expansion_add: 128, expansion_search: 64, quantization: "f16".into() }
+    }
 }
 
 /// How a cache hit is billed.
@@ -104,6 +176,7 @@ impl Default for InferenceConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_concurrency_per_organization: 256,
             cache: ResponseCacheConfig::default(),
+            rag: RagConfig::default(),
         }
     }
 }
@@ -333,6 +406,35 @@ impl InferenceConfig {
             1_000_000,
         )?;
         check_range("inference.default_max_output_tokens", u64::from(self.default_max_output_tokens), 1, 10_000_000)?;
+        self.validate_rag()
+    }
+
+    fn validate_rag(&self) -> Result<(), String> {
+        let rag = &self.rag;
+        check_range("inference.rag.max_file_bytes", rag.max_file_bytes, 1, 1 << 32)?;
+        check_range("inference.rag.embedding_batch_size", u64::from(rag.embedding_batch_size), 1, 2048)?;
+        check_range("inference.rag.sync_interval_ms", rag.sync_interval_ms, 10, HOUR_MS)?;
+        if rag.embedding_model.is_some() && rag.local_model_dir.is_some() {
+            return Err("inference.rag: set embedding_model or local_model_dir, not both".into());
+        }
+        if let Some(name) = &rag.embedding_model {
+            match self.models.get(name) {
+                Some(m) if m.kind == ModelKind::Embedding => {}
+                Some(_) => return Err(format!("inference.rag.embedding_model: `{name}` is not an embedding model")),
+                None => return Err(format!("inference.rag.embedding_model: no model `{name}` in inference.models")),
+            }
+        }
+        if rag.local_model_dir.is_some() && !cfg!(feature = "local-embedder") {
+            return Err("inference.rag.local_model_dir needs a build with the `local-embedder` feature".into());
+        }
+        let h = &rag.hnsw;
+        check_range("inference.rag.hnsw.dimensions", h.dimensions as u64, 1, 8192)?;
+        check_range("inference.rag.hnsw.connectivity", h.connectivity as u64, 2, 128)?;
+        check_range("inference.rag.hnsw.expansion_add", h.expansion_add as u64, 1, 4096)?;
+        check_range("inference.rag.hnsw.expansion_search", h.expansion_search as u64, 1, 4096)?;
+        if !["f32", "f16", "i8"].contains(&h.quantization.as_str()) {
+            return Err("inference.rag.hnsw.quantization must be f32, f16 or i8".into());
+        }
         Ok(())
     }
 }

@@ -18,6 +18,10 @@ pub enum InferenceError {
     #[error("We could not parse the JSON body of your request: {0}")]
     #[api(kind = InvalidRequest, code = "invalid_json")]
     InvalidBody(String),
+    /// The body of an upload is not `multipart/form-data`, or its parts do not parse.
+    #[error("We could not parse the multipart body of your request: {0}")]
+    #[api(kind = InvalidRequest, code = "invalid_multipart")]
+    InvalidMultipart(String),
     /// The body is larger than `inference.max_body_bytes`.
     #[error("The request body is too large.")]
     #[api(kind = PayloadTooLarge, code = "payload_too_large")]
@@ -114,6 +118,7 @@ mod tests {
         let all = [
             InferenceError::validation("messages", "bad"),
             InferenceError::InvalidBody("expected value at line 1 column 1".into()),
+            InferenceError::InvalidMultipart("Multipart stream is incomplete".into()),
             InferenceError::BodyTooLarge,
             InferenceError::ModelNotFound("gpt-9".into()),
             InferenceError::ModelNotAllowed("gpt-9".into()),

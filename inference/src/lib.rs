@@ -16,6 +16,8 @@ mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+mod grounding;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 mod inflight;
@@ -25,6 +27,12 @@ mod metrics;
 pub mod module;
 #[cfg(feature = "server")]
 mod provider;
+#[cfg(feature = "server")]
+pub mod rag;
+#[cfg(feature = "client")]
+mod rag_client;
+#[cfg(feature = "server")]
+pub mod rag_http;
 #[cfg(feature = "server")]
 mod router;
 #[cfg(feature = "server")]
@@ -42,6 +50,8 @@ pub use config::InferenceConfig;
 pub use error::InferenceError;
 #[cfg(all(feature = "server", feature = "client"))]
 pub use module::InferenceModule;
+#[cfg(feature = "server")]
+pub use rag::RagService;
 pub use rag_api::*;
 #[cfg(feature = "server")]
 pub use service::InferenceService;

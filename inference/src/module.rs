@@ -3,6 +3,8 @@
 use crate::api::InferenceApi;
 use crate::client::HttpInferenceClient;
 use crate::config::InferenceConfig;
+use crate::rag::RagService;
+use crate::rag_api::RagApi;
 use crate::service::InferenceService;
 use actix_web::web;
 use async_trait::async_trait;
@@ -11,10 +13,11 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::Secret;
 use shared::config::DatabaseOverride;
 use shared::db::Db;
-use shared::module::{BoxError, Component, Contract, Contracts, Migrations, Module, Platform};
+use shared::module::{BoxError, Component, Contracts, Migrations, Module, Platform};
 use std::sync::Arc;
 
-/// The domain keeps no tables: its migration sets are empty (usage and money live in billing).
+/// The retrieval tables (files, vector stores, chunks, the change log); usage and money live
+/// in billing.
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -30,8 +33,44 @@ impl InferenceModule {
     }
 }
 
-fn contract(api: Arc<dyn InferenceApi>) -> Arc<dyn Component> {
-    Contract::new(api, |api| Box::pin(async move { api.ready().await.map_err(|e| e.to_string()) }))
+/// The built domain: both contracts and, in process, the retrieval service whose ingestion
+/// jobs the workers run.
+struct InferenceComponent {
+    api: Arc<dyn InferenceApi>,
+    rag: Arc<dyn RagApi>,
+    service: Option<RagService>,
+}
+
+#[async_trait]
+impl Component for InferenceComponent {
+    fn provide(&self, contracts: &mut Contracts) {
+        contracts.provide(self.api.clone());
+        contracts.provide(self.rag.clone());
+    }
+
+    fn app_data(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::from(self.api.clone()));
+        cfg.app_data(web::Data::from(self.rag.clone()));
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.api.ready().await.map_err(|e| e.to_string())?;
+        match &self.service {
+            Some(service) => service.ready().await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn jobs(&self) -> Option<(shared::jobs::Jobs, shared::jobs::Registry)> {
+        let service = self.service.as_ref()?;
+        match service.registry() {
+            Ok(registry) => Some((service.jobs().clone(), registry)),
+            Err(e) => {
+                tracing::error!(error = %e, "inference jobs could not be registered");
+                None
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -58,7 +97,7 @@ impl Module for InferenceModule {
 
     async fn build_local(
         &self,
-        _db: Db,
+        db: Db,
         platform: &Platform,
         contracts: &Contracts,
     ) -> Result<Arc<dyn Component>, BoxError> {
@@ -66,25 +105,35 @@ impl Module for InferenceModule {
         let service = InferenceService::new(
             &self.config,
             platform.metrics.inference(),
-            billing,
+            billing.clone(),
             platform.rate_limiter.clone(),
             platform.cache_backplane.clone(),
             platform.clock.clone(),
             platform.metrics.cache(),
         )?;
-        Ok(contract(Arc::new(service)))
+        // Retrieval embeds through the service's providers; grounded chat searches retrieval.
+        let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
+        rag.start().await?;
+        let shared: Arc<dyn RagApi> = Arc::new(rag.clone());
+        let service = service.with_retrieval(shared.clone());
+        Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: shared, service: Some(rag) }))
     }
 
     fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
-        Ok(contract(Arc::new(HttpInferenceClient::new(url, &platform.remote)?)))
+        let client = Arc::new(HttpInferenceClient::new(url, &platform.remote)?);
+        Ok(Arc::new(InferenceComponent { api: client.clone(), rag: client, service: None }))
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
-        crate::http::document()
+        let mut document = crate::http::document();
+        document.merge(crate::rag_http::document());
+        document
     }
 
     fn routes(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(crate::http::BodyCap(self.config.max_body_bytes)));
+        cfg.app_data(web::Data::new(crate::rag_http::FileLimit(self.config.rag.max_file_bytes)));
         crate::http::configure(cfg);
+        crate::rag_http::configure(cfg);
     }
 }

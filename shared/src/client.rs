@@ -105,6 +105,12 @@ impl Call<'_> {
         self
     }
 
+    /// Sends `form` as `multipart/form-data` (an upload).
+    pub fn multipart(mut self, form: reqwest::multipart::Form) -> Self {
+        self.builder = self.builder.multipart(form);
+        self
+    }
+
     pub fn query<Q: Serialize + ?Sized>(mut self, query: &Q) -> Self {
         self.builder = self.builder.query(query);
         self

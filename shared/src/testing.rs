@@ -397,15 +397,27 @@ pub fn platform_with(modules: &[Arc<dyn Module>], clock: Arc<dyn Clock>) -> Plat
 /// Builds `modules` in-process on `database` the way the gateway does (each with the contracts
 /// of the ones before it) and returns every contract they provide.
 pub async fn build(modules: &[Arc<dyn Module>], database: &TestDatabase, platform: &Platform) -> Contracts {
+    build_components(modules, database, platform).await.0
+}
+
+/// Like [`build`], with each module's component too (in the order of `modules`), for a test
+/// that runs a domain's jobs.
+pub async fn build_components(
+    modules: &[Arc<dyn Module>],
+    database: &TestDatabase,
+    platform: &Platform,
+) -> (Contracts, Vec<Arc<dyn Component>>) {
     let mut contracts = Contracts::default();
+    let mut components = Vec::with_capacity(modules.len());
     for module in modules {
         let component: Arc<dyn Component> = module
             .build_local(database.open(module.name()).await, platform, &contracts)
             .await
             .unwrap_or_else(|e| panic!("build {}: {e}", module.name()));
         component.provide(&mut contracts);
+        components.push(component);
     }
-    contracts
+    (contracts, components)
 }
 
 #[cfg(test)]

@@ -520,6 +520,22 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("post", "/v1/embeddings"),
         ("get", "/v1/models"),
         ("get", "/v1/models/{model}"),
+        // retrieval
+        ("post", "/v1/files"),
+        ("get", "/v1/files"),
+        ("get", "/v1/files/{file_id}"),
+        ("delete", "/v1/files/{file_id}"),
+        ("get", "/v1/files/{file_id}/content"),
+        ("post", "/v1/vector_stores"),
+        ("get", "/v1/vector_stores"),
+        ("get", "/v1/vector_stores/{vector_store_id}"),
+        ("post", "/v1/vector_stores/{vector_store_id}"),
+        ("delete", "/v1/vector_stores/{vector_store_id}"),
+        ("post", "/v1/vector_stores/{vector_store_id}/files"),
+        ("get", "/v1/vector_stores/{vector_store_id}/files"),
+        ("get", "/v1/vector_stores/{vector_store_id}/files/{file_id}"),
+        ("delete", "/v1/vector_stores/{vector_store_id}/files/{file_id}"),
+        ("post", "/v1/vector_stores/{vector_store_id}/search"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -534,6 +550,8 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("{key_id}", auth::ApiKeyId::new().to_string()),
         ("{invoice_id}", billing::InvoiceId::new().to_string()),
         ("{hold_id}", billing::HoldId::new().to_string()),
+        ("{file_id}", inference::FileId::new().to_string()),
+        ("{vector_store_id}", inference::VectorStoreId::new().to_string()),
     ];
     for (method, path) in &routes {
         let concrete = ids.iter().fold(path.clone(), |p, (placeholder, id)| p.replace(placeholder, id));

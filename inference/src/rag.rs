@@ -1,0 +1,12 @@
+//! Retrieval, in process: files, vector stores, ingestion jobs, the process's search index and
+//! the `RagService` that implements `RagApi` over them (`docs/INFERENCE.md`, "Retrieval").
+
+mod embedder;
+mod index;
+mod ingest;
+mod service;
+mod store;
+mod validate;
+
+pub use ingest::IngestFile;
+pub use service::RagService;

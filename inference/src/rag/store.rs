@@ -1,0 +1,594 @@
+//! The retrieval tables and the synchronous queries over them. Every function takes a
+//! `&mut Conn` and runs inside `Db::run`/`Db::transaction`, never on an async worker.
+//!
+//! Every change to indexed chunks writes a row of `rag_changes` in the same transaction
+//! ([`log_change`]); the processes' indexes follow that log by sequence number.
+
+use crate::error::InferenceError;
+use diesel::prelude::*;
+use shared::db::{Conn, Db, DbError};
+
+pub(crate) mod schema {
+    diesel::table! {
+        rag_files (id) {
+            id -> Text,
+            organization_id -> Text,
+            filename -> Text,
+            purpose -> Text,
+            content_type -> Nullable<Text>,
+            bytes -> BigInt,
+            sha256 -> Text,
+            content -> Binary,
+            created_at -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        rag_vector_stores (id) {
+            id -> Text,
+            organization_id -> Text,
+            name -> Nullable<Text>,
+            metadata -> Text,
+            expires_after_days -> Nullable<Integer>,
+            last_active_at -> BigInt,
+            created_at -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        rag_store_files (vector_store_id, file_id) {
+            vector_store_id -> Text,
+            file_id -> Text,
+            organization_id -> Text,
+            api_key_id -> Nullable<Text>,
+            status -> Text,
+            last_error_code -> Nullable<Text>,
+            last_error_message -> Nullable<Text>,
+            attributes -> Text,
+            max_chunk_size_tokens -> Integer,
+            chunk_overlap_tokens -> Integer,
+            content_hash -> Nullable<Text>,
+            embedding_model -> Nullable<Text>,
+            usage_bytes -> BigInt,
+            created_at -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        rag_chunks (id) {
+            id -> Text,
+            organization_id -> Text,
+            vector_store_id -> Text,
+            file_id -> Text,
+            ordinal -> Integer,
+            text -> Text,
+            tokens -> Integer,
+            embedding -> Nullable<Binary>,
+            content_hash -> Text,
+        }
+    }
+
+    diesel::table! {
+        rag_changes (seq) {
+            seq -> BigInt,
+            organization_id -> Text,
+            vector_store_id -> Text,
+            file_id -> Nullable<Text>,
+            kind -> Text,
+            created_at -> BigInt,
+        }
+    }
+
+    diesel::allow_tables_to_appear_in_same_query!(
+        rag_files,
+        rag_vector_stores,
+        rag_store_files,
+        rag_chunks,
+        rag_changes
+    );
+}
+
+use schema::*;
+
+/// What a database closure of the retrieval code fails with: the domain's error, mapped once
+/// (a lost database is `Unavailable`, anything else `Internal`). Not a `From` on
+/// `InferenceError` itself, which would make the remote client's error types ambiguous.
+#[derive(Debug)]
+pub(crate) struct Fail(pub InferenceError);
+
+impl From<InferenceError> for Fail {
+    fn from(e: InferenceError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<DbError> for Fail {
+    fn from(e: DbError) -> Self {
+        Self(e.into_error())
+    }
+}
+
+impl From<diesel::result::Error> for Fail {
+    fn from(e: diesel::result::Error) -> Self {
+        Self(DbError::from(e).into_error())
+    }
+}
+
+/// `Db::run` for the retrieval code.
+pub(crate) async fn run<T, F>(db: &Db, f: F) -> Result<T, InferenceError>
+where
+    F: FnOnce(&mut Conn) -> Result<T, Fail> + Send + 'static,
+    T: Send + 'static,
+{
+    db.run(f).await.map_err(|Fail(e)| e)
+}
+
+/// `Db::transaction` for the retrieval code.
+pub(crate) async fn transaction<T, F>(db: &Db, f: F) -> Result<T, InferenceError>
+where
+    F: FnOnce(&mut Conn) -> Result<T, Fail> + Send + 'static,
+    T: Send + 'static,
+{
+    db.transaction(f).await.map_err(|Fail(e)| e)
+}
+
+/// Vector-store file states.
+pub(crate) const IN_PROGRESS: &str = "in_progress";
+pub(crate) const COMPLETED: &str = "completed";
+pub(crate) const FAILED: &str = "failed";
+
+/// Change kinds.
+pub(crate) const FILE_INDEXED: &str = "file_indexed";
+pub(crate) const FILE_REMOVED: &str = "file_removed";
+pub(crate) const STORE_REMOVED: &str = "store_removed";
+
+/// A file without its content (what lists and lookups need).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = rag_files)]
+pub(crate) struct FileMeta {
+    pub id: String,
+    pub filename: String,
+    pub purpose: String,
+    pub content_type: Option<String>,
+    pub bytes: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = rag_files)]
+pub(crate) struct NewFileRow {
+    pub id: String,
+    pub organization_id: String,
+    pub filename: String,
+    pub purpose: String,
+    pub content_type: Option<String>,
+    pub bytes: i64,
+    pub sha256: String,
+    pub content: Vec<u8>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = rag_vector_stores)]
+#[diesel(treat_none_as_null = true)]
+pub(crate) struct StoreRow {
+    pub id: String,
+    pub organization_id: String,
+    pub name: Option<String>,
+    pub metadata: String,
+    pub expires_after_days: Option<i32>,
+    pub last_active_at: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = rag_store_files)]
+pub(crate) struct StoreFileRow {
+    pub vector_store_id: String,
+    pub file_id: String,
+    pub organization_id: String,
+    pub api_key_id: Option<String>,
+    pub status: String,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub attributes: String,
+    pub max_chunk_size_tokens: i32,
+    pub chunk_overlap_tokens: i32,
+    pub content_hash: Option<String>,
+    pub embedding_model: Option<String>,
+    pub usage_bytes: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = rag_chunks)]
+pub(crate) struct ChunkRow {
+    pub id: String,
+    pub organization_id: String,
+    pub vector_store_id: String,
+    pub file_id: String,
+    pub ordinal: i32,
+    pub text: String,
+    pub tokens: i32,
+    pub embedding: Option<Vec<u8>>,
+    pub content_hash: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = rag_changes)]
+pub(crate) struct ChangeRow {
+    pub seq: i64,
+    pub organization_id: String,
+    pub vector_store_id: String,
+    pub file_id: Option<String>,
+    pub kind: String,
+}
+
+/// A page request in query terms: the keyset bound and the direction the rows are read in.
+/// The service turns OpenAI's `order`/`after`/`before` into this, and reverses the rows when
+/// it read them against the requested order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Keyset {
+    /// Read ascending by id (else descending).
+    pub ascending: bool,
+    /// Only ids after this one in the reading direction.
+    pub from: Option<String>,
+    /// Rows to read (the page size plus one, to learn `has_more`).
+    pub limit: i64,
+}
+
+macro_rules! keyset {
+    ($query:ident, $column:expr, $keyset:expr) => {{
+        let k = $keyset;
+        if let Some(from) = &k.from {
+            $query = if k.ascending {
+                $query.filter($column.gt(from.clone()))
+            } else {
+                $query.filter($column.lt(from.clone()))
+            };
+        }
+        $query = if k.ascending { $query.order($column.asc()) } else { $query.order($column.desc()) };
+        $query.limit(k.limit)
+    }};
+}
+
+// --- files ---
+
+pub(crate) fn insert_file(conn: &mut Conn, row: &NewFileRow) -> QueryResult<()> {
+    diesel::insert_into(rag_files::table).values(row).execute(conn).map(drop)
+}
+
+pub(crate) fn find_file(conn: &mut Conn, organization_id: &str, id: &str) -> QueryResult<Option<FileMeta>> {
+    rag_files::table
+        .find(id)
+        .filter(rag_files::organization_id.eq(organization_id))
+        .select(FileMeta::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub(crate) fn file_content(
+    conn: &mut Conn,
+    organization_id: &str,
+    id: &str,
+) -> QueryResult<Option<(FileMeta, Vec<u8>)>> {
+    rag_files::table
+        .find(id)
+        .filter(rag_files::organization_id.eq(organization_id))
+        .select((FileMeta::as_select(), rag_files::content))
+        .first(conn)
+        .optional()
+}
+
+pub(crate) fn files_page(
+    conn: &mut Conn,
+    organization_id: &str,
+    purpose: Option<&str>,
+    keyset: &Keyset,
+) -> QueryResult<Vec<FileMeta>> {
+    let mut query = rag_files::table.filter(rag_files::organization_id.eq(organization_id)).into_boxed();
+    if let Some(purpose) = purpose {
+        query = query.filter(rag_files::purpose.eq(purpose.to_owned()));
+    }
+    keyset!(query, rag_files::id, keyset).select(FileMeta::as_select()).load(conn)
+}
+
+/// Deletes a file: its chunks, its attachments (a `file_removed` change for each store) and
+/// the file. False when the organization has no such file.
+pub(crate) fn delete_file(conn: &mut Conn, organization_id: &str, id: &str, now: i64) -> QueryResult<bool> {
+    let stores: Vec<String> = rag_store_files::table
+        .filter(rag_store_files::file_id.eq(id).and(rag_store_files::organization_id.eq(organization_id)))
+        .select(rag_store_files::vector_store_id)
+        .load(conn)?;
+    let deleted = diesel::delete(rag_files::table.find(id).filter(rag_files::organization_id.eq(organization_id)))
+        .execute(conn)?;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    diesel::delete(rag_chunks::table.filter(rag_chunks::file_id.eq(id))).execute(conn)?;
+    diesel::delete(rag_store_files::table.filter(rag_store_files::file_id.eq(id))).execute(conn)?;
+    for store in stores {
+        log_change(conn, organization_id, &store, Some(id), FILE_REMOVED, now)?;
+    }
+    Ok(true)
+}
+
+// --- vector stores ---
+
+pub(crate) fn insert_store(conn: &mut Conn, row: &StoreRow) -> QueryResult<()> {
+    diesel::insert_into(rag_vector_stores::table).values(row).execute(conn).map(drop)
+}
+
+pub(crate) fn find_store(conn: &mut Conn, organization_id: &str, id: &str) -> QueryResult<Option<StoreRow>> {
+    rag_vector_stores::table
+        .find(id)
+        .filter(rag_vector_stores::organization_id.eq(organization_id))
+        .select(StoreRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub(crate) fn update_store(conn: &mut Conn, row: &StoreRow) -> QueryResult<()> {
+    diesel::update(rag_vector_stores::table.find(&row.id)).set(row).execute(conn).map(drop)
+}
+
+/// Moves `last_active_at` forward (never back).
+pub(crate) fn touch_store(conn: &mut Conn, id: &str, now: i64) -> QueryResult<()> {
+    diesel::update(rag_vector_stores::table.find(id).filter(rag_vector_stores::last_active_at.lt(now)))
+        .set(rag_vector_stores::last_active_at.eq(now))
+        .execute(conn)
+        .map(drop)
+}
+
+pub(crate) fn stores_page(conn: &mut Conn, organization_id: &str, keyset: &Keyset) -> QueryResult<Vec<StoreRow>> {
+    let mut query =
+        rag_vector_stores::table.filter(rag_vector_stores::organization_id.eq(organization_id)).into_boxed();
+    keyset!(query, rag_vector_stores::id, keyset).select(StoreRow::as_select()).load(conn)
+}
+
+/// Deletes a store, its attachments and its chunks, with a `store_removed` change. False
+/// when the organization has no such store.
+pub(crate) fn delete_store(conn: &mut Conn, organization_id: &str, id: &str, now: i64) -> QueryResult<bool> {
+    let deleted = diesel::delete(
+        rag_vector_stores::table.find(id).filter(rag_vector_stores::organization_id.eq(organization_id)),
+    )
+    .execute(conn)?;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    diesel::delete(rag_chunks::table.filter(rag_chunks::vector_store_id.eq(id))).execute(conn)?;
+    diesel::delete(rag_store_files::table.filter(rag_store_files::vector_store_id.eq(id))).execute(conn)?;
+    log_change(conn, organization_id, id, None, STORE_REMOVED, now)?;
+    Ok(true)
+}
+
+/// Per store of `ids` and status: the number of files and their usage bytes, in one query.
+pub(crate) fn file_counts(conn: &mut Conn, ids: &[String]) -> QueryResult<Vec<(String, String, i64, i64)>> {
+    use diesel::dsl::{count_star, sql};
+    use diesel::sql_types::BigInt;
+    rag_store_files::table
+        .filter(rag_store_files::vector_store_id.eq_any(ids))
+        .group_by((rag_store_files::vector_store_id, rag_store_files::status))
+        // `SUM` of a BIGINT is NUMERIC on PostgreSQL: cast back, on both backends.
+        .select((
+            rag_store_files::vector_store_id,
+            rag_store_files::status,
+            count_star(),
+            sql::<BigInt>("CAST(COALESCE(SUM(usage_bytes), 0) AS BIGINT)"),
+        ))
+        .load(conn)
+}
+
+// --- vector-store files ---
+
+/// Inserts the attachment unless the file is attached already; false when it was.
+pub(crate) fn insert_store_file_if_new(conn: &mut Conn, row: &StoreFileRow) -> QueryResult<bool> {
+    let insert = diesel::insert_into(rag_store_files::table)
+        .values(row)
+        .on_conflict((rag_store_files::vector_store_id, rag_store_files::file_id))
+        .do_nothing();
+    let inserted = match conn {
+        Conn::Pg(c) => insert.execute(c)?,
+        Conn::Sqlite(c) => insert.execute(c)?,
+    };
+    Ok(inserted == 1)
+}
+
+pub(crate) fn find_store_file(conn: &mut Conn, store: &str, file: &str) -> QueryResult<Option<StoreFileRow>> {
+    rag_store_files::table.find((store, file)).select(StoreFileRow::as_select()).first(conn).optional()
+}
+
+pub(crate) fn store_files_page(
+    conn: &mut Conn,
+    store: &str,
+    status: Option<&str>,
+    keyset: &Keyset,
+) -> QueryResult<Vec<StoreFileRow>> {
+    let mut query = rag_store_files::table.filter(rag_store_files::vector_store_id.eq(store.to_owned())).into_boxed();
+    if let Some(status) = status {
+        query = query.filter(rag_store_files::status.eq(status.to_owned()));
+    }
+    keyset!(query, rag_store_files::file_id, keyset).select(StoreFileRow::as_select()).load(conn)
+}
+
+/// Detaches a file from a store and deletes its chunks there, with a `file_removed` change.
+/// False when it was not attached.
+pub(crate) fn detach(conn: &mut Conn, organization_id: &str, store: &str, file: &str, now: i64) -> QueryResult<bool> {
+    let deleted = diesel::delete(rag_store_files::table.find((store, file))).execute(conn)?;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    delete_chunks(conn, store, file)?;
+    log_change(conn, organization_id, store, Some(file), FILE_REMOVED, now)?;
+    Ok(true)
+}
+
+/// Marks an ingestion failed, if it is still in progress.
+pub(crate) fn fail_store_file(
+    conn: &mut Conn,
+    store: &str,
+    file: &str,
+    code: &str,
+    message: &str,
+) -> QueryResult<bool> {
+    diesel::update(rag_store_files::table.find((store, file)).filter(rag_store_files::status.eq(IN_PROGRESS)))
+        .set((
+            rag_store_files::status.eq(FAILED),
+            rag_store_files::last_error_code.eq(Some(code)),
+            rag_store_files::last_error_message.eq(Some(message)),
+        ))
+        .execute(conn)
+        .map(|n| n == 1)
+}
+
+/// Marks an ingestion completed with its hash, embedder and size, if it is still in progress.
+pub(crate) fn complete_store_file(
+    conn: &mut Conn,
+    store: &str,
+    file: &str,
+    hash: &str,
+    embedding_model: Option<&str>,
+    usage_bytes: i64,
+) -> QueryResult<bool> {
+    diesel::update(rag_store_files::table.find((store, file)).filter(rag_store_files::status.eq(IN_PROGRESS)))
+        .set((
+            rag_store_files::status.eq(COMPLETED),
+            rag_store_files::content_hash.eq(Some(hash)),
+            rag_store_files::embedding_model.eq(embedding_model),
+            rag_store_files::usage_bytes.eq(usage_bytes),
+            rag_store_files::last_error_code.eq(None::<String>),
+            rag_store_files::last_error_message.eq(None::<String>),
+        ))
+        .execute(conn)
+        .map(|n| n == 1)
+}
+
+/// A completed ingestion of the organization with this hash and embedder, to copy from.
+pub(crate) fn completed_with_hash(
+    conn: &mut Conn,
+    organization_id: &str,
+    hash: &str,
+    embedding_model: Option<&str>,
+) -> QueryResult<Option<(String, String)>> {
+    let mut query = rag_store_files::table
+        .filter(rag_store_files::organization_id.eq(organization_id).and(rag_store_files::content_hash.eq(hash)))
+        .filter(rag_store_files::status.eq(COMPLETED))
+        .into_boxed();
+    query = match embedding_model {
+        Some(model) => query.filter(rag_store_files::embedding_model.eq(model.to_owned())),
+        None => query.filter(rag_store_files::embedding_model.is_null()),
+    };
+    query.select((rag_store_files::vector_store_id, rag_store_files::file_id)).first(conn).optional()
+}
+
+/// Completed attachments after `(store, file)`, by key: the rebuild's pages.
+pub(crate) fn completed_after(
+    conn: &mut Conn,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> QueryResult<Vec<StoreFileRow>> {
+    let mut query = rag_store_files::table.filter(rag_store_files::status.eq(COMPLETED)).into_boxed();
+    if let Some((store, file)) = after {
+        query = query.filter(rag_store_files::vector_store_id.gt(store.to_owned()).or(
+            rag_store_files::vector_store_id.eq(store.to_owned()).and(rag_store_files::file_id.gt(file.to_owned())),
+        ));
+    }
+    query
+        .order((rag_store_files::vector_store_id.asc(), rag_store_files::file_id.asc()))
+        .limit(limit)
+        .select(StoreFileRow::as_select())
+        .load(conn)
+}
+
+// --- chunks ---
+
+pub(crate) fn chunks_of(conn: &mut Conn, store: &str, file: &str) -> QueryResult<Vec<ChunkRow>> {
+    rag_chunks::table
+        .filter(rag_chunks::vector_store_id.eq(store).and(rag_chunks::file_id.eq(file)))
+        .order(rag_chunks::ordinal.asc())
+        .select(ChunkRow::as_select())
+        .load(conn)
+}
+
+pub(crate) fn delete_chunks(conn: &mut Conn, store: &str, file: &str) -> QueryResult<usize> {
+    diesel::delete(rag_chunks::table.filter(rag_chunks::vector_store_id.eq(store).and(rag_chunks::file_id.eq(file))))
+        .execute(conn)
+}
+
+/// Inserts chunks: batched statements on PostgreSQL, one per row on SQLite (local calls).
+pub(crate) fn insert_chunks(conn: &mut Conn, rows: &[ChunkRow]) -> QueryResult<()> {
+    match conn {
+        Conn::Pg(c) => {
+            for batch in rows.chunks(500) {
+                diesel::insert_into(rag_chunks::table).values(batch).execute(c)?;
+            }
+        }
+        Conn::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(rag_chunks::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The chunks of these ids that belong to the store (what a search shows).
+pub(crate) fn chunks_by_id(conn: &mut Conn, store: &str, ids: &[String]) -> QueryResult<Vec<(ChunkRow, String)>> {
+    rag_chunks::table
+        .inner_join(rag_files::table.on(rag_files::id.eq(rag_chunks::file_id)))
+        .filter(rag_chunks::id.eq_any(ids).and(rag_chunks::vector_store_id.eq(store)))
+        .select((ChunkRow::as_select(), rag_files::filename))
+        .load(conn)
+}
+
+/// The attributes of these files in the store.
+pub(crate) fn attributes_of(conn: &mut Conn, store: &str, files: &[String]) -> QueryResult<Vec<(String, String)>> {
+    rag_store_files::table
+        .filter(rag_store_files::vector_store_id.eq(store).and(rag_store_files::file_id.eq_any(files)))
+        .select((rag_store_files::file_id, rag_store_files::attributes))
+        .load(conn)
+}
+
+// --- the change log ---
+
+/// Appends a change. On PostgreSQL the transaction first takes an advisory lock that every
+/// writer of the log takes, so sequence numbers are committed in the order they are drawn and
+/// a reader that saw `seq = n` can never later find a committed `seq < n` it skipped. SQLite
+/// has one writer at a time already.
+pub(crate) fn log_change(
+    conn: &mut Conn,
+    organization_id: &str,
+    store: &str,
+    file: Option<&str>,
+    kind: &str,
+    now: i64,
+) -> QueryResult<()> {
+    if let Conn::Pg(c) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(7393142)").execute(c)?;
+    }
+    diesel::insert_into(rag_changes::table)
+        .values((
+            rag_changes::organization_id.eq(organization_id),
+            rag_changes::vector_store_id.eq(store),
+            rag_changes::file_id.eq(file),
+            rag_changes::kind.eq(kind),
+            rag_changes::created_at.eq(now),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Changes after `seq`, oldest first.
+pub(crate) fn changes_after(conn: &mut Conn, seq: i64, limit: i64) -> QueryResult<Vec<ChangeRow>> {
+    rag_changes::table
+        .filter(rag_changes::seq.gt(seq))
+        .order(rag_changes::seq.asc())
+        .limit(limit)
+        .select(ChangeRow::as_select())
+        .load(conn)
+}
+
+/// The last sequence number written (0 for none).
+pub(crate) fn last_change(conn: &mut Conn) -> QueryResult<i64> {
+    rag_changes::table.select(diesel::dsl::max(rag_changes::seq)).first::<Option<i64>>(conn).map(|s| s.unwrap_or(0))
+}

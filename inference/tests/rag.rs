@@ -1,0 +1,477 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Retrieval over the in-process service (`RagService`) on real databases: upload → attach →
+//! the ingestion job → search; deletes; corrupt files; tenant isolation; a worker killed
+//! mid-job; two processes following one change log. The HTTP routes are tested end to end in
+//! `tests/` (rag-http).
+
+use async_trait::async_trait;
+use auth::{ApiKeyId, AuthConfig, AuthModule, OrganizationId, Principal, PrincipalKind};
+use billing::{BillingApi, BillingConfig, BillingModule};
+use diesel::prelude::*;
+use inference::config::InferenceConfig;
+use inference::rag::IngestFile;
+use inference::*;
+use serde_json::json;
+use shared::Secret;
+use shared::backend_tests;
+use shared::jobs::{Handler, JobContext, JobError, JobsConfig, NoObserver, Registry, Worker, WorkerHandle};
+use shared::module::Module;
+use shared::testing::{TestBackend, TestDatabase};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Fixture {
+    database: TestDatabase,
+    config: InferenceConfig,
+    billing: Arc<dyn BillingApi>,
+    platform: shared::module::Platform,
+}
+
+async fn fixture(backend: &TestBackend, config: InferenceConfig) -> Fixture {
+    let base: Vec<Arc<dyn Module>> =
+        vec![Arc::new(AuthModule::new(AuthConfig::default())), Arc::new(BillingModule::new(BillingConfig::default()))];
+    let mut all = base.clone();
+    all.push(Arc::new(InferenceModule::new(config.clone())));
+    let database = TestDatabase::migrated(backend, &all);
+    let platform = shared::testing::platform(&all);
+    let contracts = shared::testing::build(&base, &database, &platform).await;
+    let billing = contracts.get::<dyn BillingApi>().unwrap();
+    Fixture { database, config, billing, platform }
+}
+
+impl Fixture {
+    /// A started service over the fixture's database: one gateway process.
+    async fn service(&self) -> RagService {
+        let inference = InferenceService::new(
+            &self.config,
+            self.platform.metrics.inference(),
+            self.billing.clone(),
+            self.platform.rate_limiter.clone(),
+            None,
+            self.platform.clock.clone(),
+            self.platform.metrics.cache(),
+        )
+        .unwrap();
+        let db = self.database.open(inference::DOMAIN).await;
+        let rag =
+            RagService::new(db, &self.config, self.platform.clock.clone(), self.billing.clone(), &inference).unwrap();
+        rag.start().await.unwrap();
+        rag
+    }
+
+    /// Counts rows of the inference database (chunks of a file, here).
+    async fn chunk_rows(&self, file_id: &str) -> i64 {
+        let db = self.database.open(inference::DOMAIN).await;
+        let file = file_id.to_owned();
+        db.run(move |conn| {
+            #[derive(QueryableByName)]
+            struct Count {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            diesel::sql_query("SELECT COUNT(*) AS n FROM rag_chunks WHERE file_id = $1")
+                .bind::<diesel::sql_types::Text, _>(file)
+                .get_result::<Count>(conn)
+                .map(|c| c.n)
+                .map_err(shared::db::DbError::from)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn jobs_config() -> JobsConfig {
+    JobsConfig { poll_interval_ms: 20, lease_ms: 400, heartbeat_ms: 100, ..JobsConfig::default() }
+}
+
+fn worker(rag: &RagService) -> WorkerHandle {
+    Worker::start(rag.jobs(), rag.registry().unwrap(), &jobs_config(), Arc::new(NoObserver)).unwrap()
+}
+
+/// An organization's API key.
+fn api_key(org: OrganizationId) -> Principal {
+    Principal {
+        kind: PrincipalKind::ApiKey,
+        user_id: None,
+        session_id: None,
+        organization_id: Some(org),
+        api_key_id: Some(ApiKeyId::new()),
+        scopes: Vec::new(),
+        key_created_by: None,
+        platform_admin: false,
+        credential: Secret::new("keel_sk_test"),
+    }
+}
+
+fn upload(name: &str, bytes: &[u8]) -> FileUpload {
+    FileUpload { filename: name.into(), content_type: None, purpose: "assistants".into(), bytes: bytes.to_vec() }
+}
+
+const GUIDE: &str = "# Keel operations guide\n\n\
+The gateway answers health checks on the readiness route.\n\n\
+## Backups\n\n\
+Nightly snapshots of the zebra cluster are copied to cold storage and kept for ninety days.\n\n\
+## Alerts\n\n\
+A pager rotation handles alerts raised by the monitoring stack.\n";
+
+/// Waits for the attachment to leave `in_progress`.
+async fn settled(rag: &RagService, key: &Principal, store: &str, file: &str) -> VectorStoreFile {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = rag.vector_store_file(key, store, file).await.unwrap();
+        if f.status != "in_progress" {
+            return f;
+        }
+        if Instant::now() > deadline {
+            let stats = rag.jobs().stats().await.unwrap();
+            let failed = rag.jobs().list(shared::jobs::ListState::Failed, &Default::default()).await.unwrap();
+            panic!("ingestion did not finish: {f:?}\njobs: {stats:?}\nfailed: {failed:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn search(rag: &RagService, key: &Principal, store: &str, body: serde_json::Value) -> SearchResultsPage {
+    rag.search(key, store, serde_json::from_value(body).unwrap()).await.unwrap()
+}
+
+async fn store(rag: &RagService, key: &Principal, name: &str) -> String {
+    let request = CreateVectorStoreRequest { name: Some(name.into()), ..CreateVectorStoreRequest::default() };
+    rag.create_vector_store(key, request).await.unwrap().id
+}
+
+async fn attach(rag: &RagService, key: &Principal, store: &str, file: &str, attributes: serde_json::Value) {
+    let request = CreateVectorStoreFileRequest {
+        file_id: file.into(),
+        attributes: attributes.as_object().cloned(),
+        chunking_strategy: Some(
+            json!({"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20}}),
+        ),
+    };
+    let attached = rag.attach_file(key, store, request).await.unwrap();
+    assert_eq!((attached.status.as_str(), attached.vector_store_id.as_str()), ("in_progress", store));
+}
+
+backend_tests! {
+    async fn upload_attach_ingest_search_and_delete(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let _worker = worker(&rag);
+        let key = api_key(OrganizationId::new());
+        let file = rag.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        assert_eq!((file.object.as_str(), file.bytes, file.status.as_str()), ("file", GUIDE.len() as u64, "processed"));
+        assert_eq!(rag.file_content(&key, &file.id).await.unwrap().bytes, GUIDE.as_bytes());
+        let vs = store(&rag, &key, "docs").await;
+        attach(&rag, &key, &vs, &file.id, json!({"team": "ops", "year": 2026})).await;
+        let done = settled(&rag, &key, &vs, &file.id).await;
+        assert_eq!(done.status, "completed", "{done:?}");
+        assert!(done.usage_bytes > 0 && done.last_error.is_none());
+        assert_eq!(done.chunking_strategy["static"]["max_chunk_size_tokens"], 100);
+
+        let described = rag.vector_store(&key, &vs).await.unwrap();
+        assert_eq!((described.file_counts.completed, described.file_counts.total), (1, 1));
+        assert_eq!((described.status.as_str(), described.search_mode.as_str()), ("completed", "keyword"));
+        assert_eq!(described.usage_bytes, done.usage_bytes);
+
+        let page = search(&rag, &key, &vs, json!({"query": "zebra snapshots"})).await;
+        assert_eq!(page.object, "vector_store.search_results.page");
+        let top = &page.data[0];
+        assert!(top.content[0].text.contains("zebra cluster"), "{page:?}");
+        assert_eq!((top.file_id.as_str(), top.filename.as_str()), (file.id.as_str(), "guide.md"));
+        assert_eq!(top.attributes["team"], "ops");
+        assert!(top.score > 0.0 && top.score <= 1.0 && !top.chunk_id.is_empty());
+
+        // Filters on attributes, a list of queries, and the bounds.
+        let kept = search(&rag, &key, &vs, json!({"query": "zebra", "filters": {"type": "gte", "key": "year", "value": 2026}})).await;
+        assert!(!kept.data.is_empty());
+        let dropped = search(&rag, &key, &vs, json!({"query": "zebra", "filters": {"type": "eq", "key": "team", "value": "sales"}})).await;
+        assert!(dropped.data.is_empty());
+        let both = search(&rag, &key, &vs, json!({"query": ["zebra", "pager rotation"], "max_num_results": 5})).await;
+        assert!(both.data.iter().any(|r| r.content[0].text.contains("pager")), "{both:?}");
+        let bad: VectorStoreSearchRequest = serde_json::from_value(json!({"query": "x", "max_num_results": 51})).unwrap();
+        let err = rag.search(&key, &vs, bad).await.unwrap_err();
+        assert!(matches!(&err, InferenceError::Validation { field, .. } if field == "max_num_results"), "{err:?}");
+        let bad: VectorStoreSearchRequest = serde_json::from_value(json!({"query": "x", "filters": {"type": "like"}})).unwrap();
+        let err = rag.search(&key, &vs, bad).await.unwrap_err();
+        assert!(matches!(&err, InferenceError::Validation { field, .. } if field == "filters"), "{err:?}");
+
+        // Attaching again answers the current state and does nothing more.
+        let again = rag
+            .attach_file(&key, &vs, CreateVectorStoreFileRequest { file_id: file.id.clone(), attributes: None, chunking_strategy: None })
+            .await
+            .unwrap();
+        assert_eq!(again.status, "completed");
+
+        // Deleting the file detaches it and removes its chunks from the database and the index.
+        let deleted = rag.delete_file(&key, &file.id).await.unwrap();
+        assert_eq!((deleted.object.as_str(), deleted.deleted), ("file", true));
+        assert!(search(&rag, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+        assert_eq!(f.chunk_rows(&file.id).await, 0);
+        assert_eq!(rag.vector_store(&key, &vs).await.unwrap().file_counts.total, 0);
+        assert!(matches!(rag.file(&key, &file.id).await, Err(InferenceError::FileNotFound(_))));
+        assert!(matches!(rag.vector_store_file(&key, &vs, &file.id).await, Err(InferenceError::FileNotFound(_))));
+
+        // Deleting the store removes its chunks.
+        let other = rag.create_file(&key, upload("again.md", GUIDE.as_bytes())).await.unwrap();
+        attach(&rag, &key, &vs, &other.id, json!({})).await;
+        assert_eq!(settled(&rag, &key, &vs, &other.id).await.status, "completed");
+        assert!(f.chunk_rows(&other.id).await > 0);
+        assert_eq!(rag.delete_vector_store(&key, &vs).await.unwrap().object, "vector_store.deleted");
+        assert_eq!(f.chunk_rows(&other.id).await, 0);
+        assert!(matches!(rag.vector_store(&key, &vs).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert!(rag.file(&key, &other.id).await.is_ok(), "the file stays");
+    }
+
+    async fn lists_page_by_keyset_both_ways(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(rag.create_file(&key, upload(&format!("f{n}.txt"), b"some text")).await.unwrap().id);
+        }
+        let list = |limit, order: &str, after: Option<&String>, before: Option<&String>| ListQuery {
+            limit: Some(limit),
+            order: Some(order.into()),
+            after: after.cloned(),
+            before: before.cloned(),
+            ..ListQuery::default()
+        };
+        let first = rag.list_files(&key, list(2, "desc", None, None)).await.unwrap();
+        assert_eq!(first.data.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[4], &ids[3]]);
+        assert!(first.has_more);
+        let next = rag.list_files(&key, list(2, "desc", first.last_id.as_ref(), None)).await.unwrap();
+        assert_eq!(next.data.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[2], &ids[1]]);
+        let back = rag.list_files(&key, list(2, "desc", None, next.first_id.as_ref())).await.unwrap();
+        assert_eq!(back.data.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[4], &ids[3]]);
+        let asc = rag.list_files(&key, list(10, "asc", Some(&ids[2]), None)).await.unwrap();
+        assert_eq!(asc.data.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[3], &ids[4]]);
+        assert!(!asc.has_more);
+        let err = rag.list_files(&key, list(2, "desc", Some(&"vs_nope".to_owned()), None)).await.unwrap_err();
+        assert!(matches!(&err, InferenceError::Validation { field, .. } if field == "after"), "{err:?}");
+        let other = api_key(OrganizationId::new());
+        assert!(rag.list_files(&other, ListQuery::default()).await.unwrap().data.is_empty());
+    }
+
+    async fn uploads_and_requests_are_validated(backend) {
+        let mut config = InferenceConfig::default();
+        config.rag.max_file_bytes = 1024;
+        let f = fixture(&backend, config).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let err = rag.create_file(&key, upload("big.txt", &[b'a'; 1025])).await.unwrap_err();
+        assert_eq!(err, InferenceError::FileTooLarge { limit_bytes: 1024 });
+        let mut wrong = upload("a.txt", b"x");
+        wrong.purpose = "nonsense".into();
+        assert!(matches!(rag.create_file(&key, wrong).await, Err(InferenceError::Validation { field, .. }) if field == "purpose"));
+        assert!(matches!(rag.create_file(&key, upload("a.txt", b"")).await, Err(InferenceError::Validation { field, .. }) if field == "file"));
+        let mut session = key.clone();
+        session.kind = PrincipalKind::Session;
+        assert_eq!(rag.list_files(&session, ListQuery::default()).await.unwrap_err(), InferenceError::ApiKeyRequired);
+        let file = rag.create_file(&key, upload("a.txt", b"hello")).await.unwrap();
+        let vs = store(&rag, &key, "v").await;
+        let bad = CreateVectorStoreFileRequest {
+            file_id: file.id.clone(),
+            attributes: None,
+            chunking_strategy: Some(json!({"type": "static", "static": {"max_chunk_size_tokens": 50, "chunk_overlap_tokens": 0}})),
+        };
+        let err = rag.attach_file(&key, &vs, bad).await.unwrap_err();
+        assert!(matches!(&err, InferenceError::Validation { field, .. } if field.starts_with("chunking_strategy")), "{err:?}");
+        let many: serde_json::Map<String, serde_json::Value> = (0..17).map(|n| (format!("k{n}"), json!("v"))).collect();
+        let err = rag
+            .create_vector_store(&key, CreateVectorStoreRequest { metadata: Some(many), ..CreateVectorStoreRequest::default() })
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, InferenceError::Validation { field, .. } if field == "metadata"), "{err:?}");
+    }
+
+    async fn unreadable_files_fail_cleanly_and_the_worker_goes_on(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let _worker = worker(&rag);
+        let key = api_key(OrganizationId::new());
+        let vs = store(&rag, &key, "mixed").await;
+        let pdf = rag.create_file(&key, upload("report.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 9 0 R >> endobj\ntrailer garbage")).await.unwrap();
+        let blob = rag.create_file(&key, upload("image.bin", &[0u8, 159, 146, 150, 255, 0, 1, 2])).await.unwrap();
+        let good = rag.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        for file in [&pdf, &blob, &good] {
+            attach(&rag, &key, &vs, &file.id, json!({})).await;
+        }
+        let failed = settled(&rag, &key, &vs, &pdf.id).await;
+        assert_eq!(failed.status, "failed");
+        let error = failed.last_error.unwrap();
+        assert_eq!(error.code, "invalid_file", "{error:?}");
+        assert!(error.message.contains("pdf"), "{error:?}");
+        let unsupported = settled(&rag, &key, &vs, &blob.id).await;
+        assert_eq!(unsupported.last_error.unwrap().code, "unsupported_file");
+        assert_eq!(settled(&rag, &key, &vs, &good.id).await.status, "completed");
+        let counts = rag.vector_store(&key, &vs).await.unwrap().file_counts;
+        assert_eq!((counts.failed, counts.completed, counts.total), (2, 1, 3));
+        let filtered = rag
+            .list_vector_store_files(&key, &vs, ListQuery { filter: Some("failed".into()), ..ListQuery::default() })
+            .await
+            .unwrap();
+        assert_eq!(filtered.data.len(), 2);
+        assert_eq!(f.chunk_rows(&pdf.id).await, 0);
+    }
+
+    async fn another_organization_sees_nothing(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let _worker = worker(&rag);
+        let (alice, mallory) = (api_key(OrganizationId::new()), api_key(OrganizationId::new()));
+        let file = rag.create_file(&alice, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let vs = store(&rag, &alice, "private").await;
+        attach(&rag, &alice, &vs, &file.id, json!({})).await;
+        assert_eq!(settled(&rag, &alice, &vs, &file.id).await.status, "completed");
+
+        assert!(matches!(rag.file(&mallory, &file.id).await, Err(InferenceError::FileNotFound(_))));
+        assert!(matches!(rag.file_content(&mallory, &file.id).await, Err(InferenceError::FileNotFound(_))));
+        assert!(matches!(rag.delete_file(&mallory, &file.id).await, Err(InferenceError::FileNotFound(_))));
+        assert!(matches!(rag.vector_store(&mallory, &vs).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert!(matches!(rag.delete_vector_store(&mallory, &vs).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert!(matches!(rag.detach_file(&mallory, &vs, &file.id).await, Err(InferenceError::VectorStoreNotFound(_))));
+        let query: VectorStoreSearchRequest = serde_json::from_value(json!({"query": "zebra"})).unwrap();
+        assert!(matches!(rag.search(&mallory, &vs, query).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert!(rag.list_vector_stores(&mallory, ListQuery::default()).await.unwrap().data.is_empty());
+        // Mallory's own store cannot take Alice's file, nor find her chunks.
+        let theirs = store(&rag, &mallory, "theirs").await;
+        let steal = CreateVectorStoreFileRequest { file_id: file.id.clone(), attributes: None, chunking_strategy: None };
+        assert!(matches!(rag.attach_file(&mallory, &theirs, steal).await, Err(InferenceError::FileNotFound(_))));
+        assert!(search(&rag, &mallory, &theirs, json!({"query": "zebra"})).await.data.is_empty());
+        // Alice's store is intact.
+        assert!(!search(&rag, &alice, &vs, json!({"query": "zebra"})).await.data.is_empty());
+    }
+
+    async fn a_worker_killed_mid_ingestion_leaves_no_duplicate_chunks(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let file = rag.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let vs = store(&rag, &key, "crash").await;
+        attach(&rag, &key, &vs, &file.id, json!({})).await;
+
+        // A worker claims the job and hangs in it; then the process dies (the handle dropped
+        // without a graceful stop).
+        let claimed = Arc::new(tokio::sync::Notify::new());
+        let mut registry = Registry::new();
+        registry.register::<IngestFile>(Hang(claimed.clone())).unwrap();
+        let doomed = Worker::start(rag.jobs(), registry, &jobs_config(), Arc::new(NoObserver)).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), claimed.notified()).await.expect("the job is claimed");
+        drop(doomed);
+        assert_eq!(rag.vector_store_file(&key, &vs, &file.id).await.unwrap().status, "in_progress");
+
+        // After the lease expires, another worker runs the job to completion.
+        let _worker = worker(&rag);
+        assert_eq!(settled(&rag, &key, &vs, &file.id).await.status, "completed");
+        let chunks = f.chunk_rows(&file.id).await;
+        assert!(chunks > 0);
+
+        // A second delivery of the same job (its outcome lost in a crash) writes nothing more.
+        rag.ingest(&vs, &file.id).await.unwrap();
+        assert_eq!(f.chunk_rows(&file.id).await, chunks);
+        let hits = search(&rag, &key, &vs, json!({"query": "zebra", "max_num_results": 50})).await;
+        let zebra = hits.data.iter().filter(|r| r.content[0].text.contains("zebra cluster")).count();
+        assert_eq!(zebra, 1, "{hits:?}");
+
+        // The same content with the same chunking in another store is copied, not parsed again.
+        let second = store(&rag, &key, "copy").await;
+        attach(&rag, &key, &second, &file.id, json!({})).await;
+        rag.ingest(&second, &file.id).await.unwrap();
+        assert_eq!(rag.vector_store_file(&key, &second, &file.id).await.unwrap().status, "completed");
+        assert_eq!(f.chunk_rows(&file.id).await, 2 * chunks);
+        assert!(!search(&rag, &key, &second, json!({"query": "zebra"})).await.data.is_empty());
+    }
+
+    async fn a_second_process_follows_the_change_log(backend) {
+        // No background catch-up: the test drives it.
+        let mut config = InferenceConfig::default();
+        config.rag.sync_interval_ms = 3_600_000;
+        let f = fixture(&backend, config).await;
+        let first = f.service().await;
+        let second = f.service().await;
+        let _worker = worker(&first);
+        let key = api_key(OrganizationId::new());
+        let file = first.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let vs = store(&first, &key, "shared").await;
+        attach(&first, &key, &vs, &file.id, json!({})).await;
+        assert_eq!(settled(&first, &key, &vs, &file.id).await.status, "completed");
+
+        let before = second.watermark();
+        assert!(second.catch_up().await.unwrap() > 0);
+        assert!(second.watermark() > before);
+        assert!(!search(&second, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+
+        // A process started now rebuilds from the database.
+        let third = f.service().await;
+        assert_eq!(third.watermark(), second.watermark());
+        assert!(!search(&third, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+
+        // A detach in one process reaches the others.
+        first.detach_file(&key, &vs, &file.id).await.unwrap();
+        second.catch_up().await.unwrap();
+        assert!(search(&second, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+        assert!(search(&third, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+    }
+}
+
+/// A handler that signals its claim and never returns: the worker dies holding the job.
+struct Hang(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl Handler<IngestFile> for Hang {
+    async fn handle(&self, _: IngestFile, _: &JobContext) -> Result<(), JobError> {
+        self.0.notify_one();
+        std::future::pending().await
+    }
+}
+
+#[cfg(feature = "local-embedder")]
+mod meaning {
+    use super::*;
+
+    fn model_dir() -> Option<std::path::PathBuf> {
+        let dir = std::env::var_os("KEEL_TEST_EMBED_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-minilm-l6-v2")
+        });
+        if dir.join("model.safetensors").exists() {
+            return Some(dir);
+        }
+        assert!(!shared::testing::in_ci(), "CI: run search/scripts/fetch-test-model.sh");
+        None
+    }
+
+    backend_tests! {
+        async fn the_local_embedder_finds_chunks_by_meaning(backend) {
+            let Some(dir) = model_dir() else { return };
+            let mut config = InferenceConfig::default();
+            config.rag.local_model_dir = Some(dir);
+            let f = fixture(&backend, config).await;
+            let rag = f.service().await;
+            assert_eq!(rag.search_mode(), "hybrid");
+            let _worker = worker(&rag);
+            let key = api_key(OrganizationId::new());
+            let text = "# Notes\n\nOur kitten purrs on the sofa and chases yarn all afternoon. She naps in the \
+                        sun by the window, then begs for her dinner of fish. At night she curls up on the bed \
+                        and sleeps until the morning, when she wakes everyone for breakfast again.\n\n\
+                        ## Finance\n\nQuarterly revenue grew while operating margins tightened. The board \
+                        approved a dividend, and analysts raised their forecasts for earnings per share after \
+                        the results. Cash flow from operations covered the capital spending of the year.\n";
+            let file = rag.create_file(&key, upload("notes.md", text.as_bytes())).await.unwrap();
+            let vs = store(&rag, &key, "meaning").await;
+            let request = CreateVectorStoreFileRequest {
+                file_id: file.id.clone(),
+                attributes: None,
+                chunking_strategy: Some(json!({"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}})),
+            };
+            rag.attach_file(&key, &vs, request).await.unwrap();
+            assert_eq!(settled(&rag, &key, &vs, &file.id).await.status, "completed");
+            assert_eq!(rag.vector_store(&key, &vs).await.unwrap().search_mode, "hybrid");
+            // No word of the query is in the text: only the vectors can find it.
+            let page = search(&rag, &key, &vs, json!({"query": "pet cat", "max_num_results": 1})).await;
+            assert!(page.data[0].content[0].text.contains("kitten"), "{page:?}");
+            let page = search(&rag, &key, &vs, json!({"query": "company profits", "max_num_results": 1})).await;
+            assert!(page.data[0].content[0].text.contains("revenue"), "{page:?}");
+        }
+    }
+}
