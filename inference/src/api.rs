@@ -361,9 +361,11 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, Inf
 /// `permission_denied`: model calls are billed to an organization's key).
 #[async_trait]
 pub trait InferenceApi: Send + Sync {
-    /// A chat completion in one answer (`stream` must not be true).
+    /// A chat completion in one answer (`stream` must not be true). With Keel's `file_search`
+    /// field (see `FileSearchOptions`), grounded in the stores' sources, with `citations`.
     ///
-    /// Errors: `invalid_request` (validation, before any provider call), `model_not_found`,
+    /// Errors: `invalid_request` (validation, before any provider call; `file_search.…`),
+    /// `vector_store_not_found` (a `file_search` store), `model_not_found`,
     /// `model_not_allowed`, `permission_denied`, `rate_limit_exceeded`, `insufficient_quota`,
     /// `overloaded`, `upstream_error`, `upstream_timeout`, `upstream_rejected`,
     /// `service_unavailable`, `internal_error`.

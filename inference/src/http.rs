@@ -56,6 +56,7 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
             "upstream_error",
             "upstream_timeout",
             "upstream_rejected",
+            "vector_store_not_found",
         ],
     ),
     (
@@ -92,7 +93,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     paths(chat_completions, embeddings, list_models, get_model),
     components(schemas(
         ChatCompletionRequest, ChatMessage, StreamOptions, ChatCompletionResponse, Choice, Usage,
-        ChatCompletionChunk, ChunkChoice, Delta, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, Model, ModelList
+        ChatCompletionChunk, ChunkChoice, Delta, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, Model, ModelList,
+        crate::rag_api::FileSearchOptions, crate::rag_api::Citation
     )),
     tags((name = "inference", description = "OpenAI-compatible model calls"))
 )]
@@ -250,7 +252,7 @@ impl futures_util::Stream for Sse {
 /// with server-sent events.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", operation_id = "create_chat_completion",
     security(("bearer" = [])), request_body = ChatCompletionRequest, responses(
-    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`.", body = ChatCompletionResponse,
+    (status = 200, description = "The completion; with `stream: true`, `text/event-stream` of `ChatCompletionChunk` ending in `data: [DONE]`. Keel's extension field `file_search` (`FileSearchOptions`) grounds the answer in the caller's vector stores: the answer then has a top-level `citations` array (`Citation`; for a stream, in its first chunk).", body = ChatCompletionResponse,
         headers(
             ("x-keel-cache" = String, description = "`hit` or `miss` when the response cache was used for this request (a deterministic request, `temperature` 0, to a model that caches or with `x-keel-cache: on`); absent otherwise."),
             ("x-keel-overhead-ms" = String, description = "The gateway's own time for the call, in milliseconds."),

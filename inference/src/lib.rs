@@ -16,6 +16,8 @@ mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+mod grounding;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 mod metrics;
@@ -23,12 +25,12 @@ mod metrics;
 pub mod module;
 #[cfg(feature = "server")]
 mod provider;
+#[cfg(feature = "server")]
+pub mod rag;
 #[cfg(feature = "client")]
 mod rag_client;
 #[cfg(feature = "server")]
 pub mod rag_http;
-#[cfg(feature = "server")]
-pub mod rag;
 #[cfg(feature = "server")]
 mod router;
 #[cfg(feature = "server")]

@@ -13,7 +13,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::Secret;
 use shared::config::DatabaseOverride;
 use shared::db::Db;
-use shared::module::{BoxError, Component, Contract, Contracts, Migrations, Module, Platform};
+use shared::module::{BoxError, Component, Contracts, Migrations, Module, Platform};
 use std::sync::Arc;
 
 /// The retrieval tables (files, vector stores, chunks, the change log); usage and money live
@@ -33,15 +33,12 @@ impl InferenceModule {
     }
 }
 
-fn contract(api: Arc<dyn InferenceApi>) -> Arc<dyn Component> {
-    Contract::new(api, |api| Box::pin(async move { api.ready().await.map_err(|e| e.to_string()) }))
-}
-
-/// The built domain in process: both contracts, and the ingestion jobs.
+/// The built domain: both contracts and, in process, the retrieval service whose ingestion
+/// jobs the workers run.
 struct InferenceComponent {
     api: Arc<dyn InferenceApi>,
     rag: Arc<dyn RagApi>,
-    service: RagService,
+    service: Option<RagService>,
 }
 
 #[async_trait]
@@ -58,12 +55,16 @@ impl Component for InferenceComponent {
 
     async fn ready(&self) -> Result<(), String> {
         self.api.ready().await.map_err(|e| e.to_string())?;
-        self.service.ready().await.map_err(|e| e.to_string())
+        match &self.service {
+            Some(service) => service.ready().await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 
     fn jobs(&self) -> Option<(shared::jobs::Jobs, shared::jobs::Registry)> {
-        match self.service.registry() {
-            Ok(registry) => Some((self.service.jobs().clone(), registry)),
+        let service = self.service.as_ref()?;
+        match service.registry() {
+            Ok(registry) => Some((service.jobs().clone(), registry)),
             Err(e) => {
                 tracing::error!(error = %e, "inference jobs could not be registered");
                 None
@@ -110,15 +111,17 @@ impl Module for InferenceModule {
             platform.clock.clone(),
             platform.metrics.cache(),
         )?;
+        // Retrieval embeds through the service's providers; grounded chat searches retrieval.
         let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
         rag.start().await?;
-        Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: Arc::new(rag.clone()), service: rag }))
+        let shared: Arc<dyn RagApi> = Arc::new(rag.clone());
+        let service = service.with_retrieval(shared.clone());
+        Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: shared, service: Some(rag) }))
     }
 
-    // The remote client provides `InferenceApi` only until it implements `RagApi` too
-    // (`rag_client.rs`, rag-http's branch): then provide and register both, as in process.
     fn build_remote(&self, url: &Secret, platform: &Platform) -> Result<Arc<dyn Component>, BoxError> {
-        Ok(contract(Arc::new(HttpInferenceClient::new(url, &platform.remote)?)))
+        let client = Arc::new(HttpInferenceClient::new(url, &platform.remote)?);
+        Ok(Arc::new(InferenceComponent { api: client.clone(), rag: client, service: None }))
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {

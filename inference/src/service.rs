@@ -16,15 +16,17 @@ use crate::api::*;
 use crate::cache::{Assembler, CachedAnswer, ResponseCache, Slot};
 use crate::config::{CacheHitBilling, InferenceConfig, ModelKind, RetryConfig};
 use crate::error::InferenceError;
+use crate::grounding;
 use crate::metrics::InferenceMetrics;
 use crate::provider::{BodyReader, Echo, Failure, SseEvent, SseReader};
+use crate::rag_api::{Citation, RagApi};
 use crate::router::{Deployment, ModelEntry, Router, Upstream};
 use crate::tokens;
 use async_trait::async_trait;
 use auth::{Principal, PrincipalKind};
 use billing::{BillingApi, BillingError, HoldId, Money, ReserveRequest, SettleRequest, UsageRecord};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use shared::cache::CacheBackplane;
 use shared::clock::Clock;
 use shared::ratelimit::{Quota, RateKey, RateLimiter, Subject};
@@ -42,6 +44,8 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct InferenceService {
     inner: Arc<Inner>,
+    /// The retrieval of grounded chat (`file_search`); None: such requests are refused.
+    retrieval: Option<Arc<dyn RagApi>>,
 }
 
 impl std::fmt::Debug for InferenceService {
@@ -196,7 +200,49 @@ impl InferenceService {
                 created: now_secs(),
                 cache: Arc::new(ResponseCache::new(config, backplane, clock, cache_metrics)),
             }),
+            retrieval: None,
         })
+    }
+
+    /// Enables grounded chat: a chat request's `file_search` is answered by searching `rag`
+    /// (whose own metering bills the query's embedding).
+    pub fn with_retrieval(mut self, rag: Arc<dyn RagApi>) -> Self {
+        self.retrieval = Some(rag);
+        self
+    }
+
+    /// Grounds a chat request that carries `file_search`: takes the field out (it never reaches
+    /// the provider), searches each named store with the last user message, and puts the best
+    /// sources into the prompt. Returns the answer's citations (None: not a grounded request).
+    /// Runs before the admission, so that the hold covers the sources' tokens, and a refused
+    /// request (invalid options, an unknown store) takes no hold and calls no provider.
+    #[tracing::instrument(skip_all, fields(inference.vector_stores, inference.sources))]
+    async fn ground(
+        &self,
+        caller: &Principal,
+        request: &mut ChatCompletionRequest,
+    ) -> Result<Option<Vec<Citation>>, InferenceError> {
+        let Some(options) = grounding::take_options(&mut request.extra)? else { return Ok(None) };
+        let Some(rag) = &self.retrieval else {
+            return Err(InferenceError::validation(
+                grounding::FIELD,
+                "Retrieval is not enabled on this server: `file_search` cannot be used.",
+            ));
+        };
+        let query = grounding::query(&request.messages)?;
+        let search = grounding::search_request(&query, &options);
+        let span = tracing::Span::current();
+        span.record("inference.vector_stores", options.vector_store_ids.len());
+        let pages = futures_util::future::try_join_all(
+            options.vector_store_ids.iter().map(|store| rag.search(caller, store, search.clone())),
+        )
+        .await
+        .map_err(grounding::search_error)?;
+        let limit = options.max_num_results.unwrap_or(grounding::DEFAULT_RESULTS);
+        let sources = grounding::merge(options.vector_store_ids.into_iter().zip(pages).collect(), limit);
+        span.record("inference.sources", sources.len());
+        grounding::insert_sources(&mut request.messages, &sources);
+        Ok(Some(grounding::citations(&sources)))
     }
 
     /// The caller's organization: model calls need an API key.
@@ -447,6 +493,104 @@ impl InferenceService {
             last = Some(failure);
         }
         Err(last.map_or(InferenceError::Overloaded { retry_after_secs: 1 }, Failure::into_error))
+    }
+
+    /// The stream of a checked (and, if asked, grounded) chat request: from the response cache,
+    /// or from a deployment, admitted and metered.
+    async fn open_stream(
+        &self,
+        caller: &Principal,
+        org: auth::OrganizationId,
+        started: Instant,
+        model: &ModelEntry,
+        output_cap: u32,
+        mut request: ChatCompletionRequest,
+    ) -> Result<Served<ChunkStream>, InferenceError> {
+        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+        let slot = self.inner.cache.slot(&org.to_string(), model, &request);
+        if let Some(slot) = &slot
+            && let Some(hit) = self.inner.cache.get(slot).await
+        {
+            self.serve_hit(caller, model, &hit).await?;
+            let chunks = crate::cache::replay(&hit.response, include_usage);
+            let mut served: Served<ChunkStream> =
+                Served::new(Box::pin(stream::iter(chunks.into_iter().map(Ok))), Duration::ZERO);
+            served.cache = Some(CacheStatus::Hit);
+            return Ok(served);
+        }
+        let cache_status = slot.as_ref().map(|_| CacheStatus::Miss);
+        let store = slot.map(|slot| Store { cache: self.inner.cache.clone(), slot, answer: Assembler::default() });
+        let admission =
+            self.admit(caller, model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
+        request.stream = Some(true);
+        // Always ask the provider for usage; the caller sees it only if it asked.
+        let mut options =
+            request.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: Extra::new() });
+        options.include_usage = Some(true);
+        request.stream_options = Some(options);
+        let public = std::mem::take(&mut request.model);
+        let (opened, deployment, permit, waited) = self
+            .attempts(model, started, |deployment, deadline| {
+                let request = &request;
+                async move {
+                    let Upstream::OpenAi(provider) = &deployment.upstream else { return Ok(Opened::Echo) };
+                    let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+                    let first_by = deadline.min(Instant::now() + provider.timeouts.first_token);
+                    let answer = provider.post("/chat/completions", body, deadline).await?;
+                    let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.first_token, deadline));
+                    // The first event is read before the answer is committed to the client, so
+                    // that a provider that fails before it can still be retried.
+                    let first = match tokio::time::timeout_at(first_by, reader.next()).await {
+                        Err(_) => return Err(Failure::Timeout("first_token")),
+                        Ok(Err(failure)) => return Err(failure),
+                        Ok(Ok(SseEvent::Data(data))) => Some(
+                            serde_json::from_str::<ChatCompletionChunk>(&data)
+                                .map_err(|e| Failure::Malformed(format!("a chunk is not a completion chunk: {e}")))?,
+                        ),
+                        Ok(Ok(SseEvent::Done)) => None,
+                        Ok(Ok(SseEvent::End)) => {
+                            return Err(Failure::Broken("the stream ended before its first event".into()));
+                        }
+                    };
+                    reader.body_mut().set_idle(provider.timeouts.idle);
+                    Ok(Opened::Provider(Box::new((reader, first))))
+                }
+            })
+            .await?;
+        let messages = std::mem::take(&mut request.messages);
+        let (source, pending) = match opened {
+            Opened::Provider(opened) => {
+                let (reader, first) = *opened;
+                (Source::Provider { reader, include_usage }, first)
+            }
+            Opened::Echo => {
+                let (words, finish) = echo_words(&messages, output_cap);
+                let words: VecDeque<String> = words.into();
+                let usage = Usage::new(tokens::estimate_messages(&messages), words.len() as u64);
+                let source = Source::Echo {
+                    id: new_id("chatcmpl"),
+                    model: public.clone(),
+                    created: now_secs(),
+                    delay: Self::echo_delay(&deployment),
+                    usage: include_usage.then_some(usage.clone()),
+                    words,
+                    finish,
+                };
+                // The echo bills its exact counts: the prompt's estimate, and one token per word
+                // delivered (counted as they are, see `Forward::confirm`).
+                let mut meter = Meter::new(deployment.clone(), messages, started, admission);
+                meter.usage = Some(Usage::new(usage.prompt_tokens, 0));
+                let forward = Forward::new(source, None, meter, permit, store);
+                let mut served = Served::new(into_stream(forward), waited);
+                served.cache = cache_status;
+                return Ok(served);
+            }
+        };
+        let forward =
+            Forward::new(source, pending, Meter::new(deployment, messages, started, admission), permit, store);
+        let mut served = Served::new(into_stream(forward), waited);
+        served.cache = cache_status;
+        Ok(served)
     }
 
     fn echo_delay(deployment: &Deployment) -> Duration {
@@ -816,6 +960,7 @@ impl InferenceApi for InferenceService {
         }
         let model = self.model(&request.model, ModelKind::Chat)?;
         let output_cap = self.validate_chat(&model, &request)?;
+        let citations = self.ground(caller, &mut request).await?;
         let slot = self.inner.cache.slot(&org.to_string(), &model, &request);
         if let Some(slot) = &slot
             && let Some(hit) = self.inner.cache.get(slot).await
@@ -823,6 +968,9 @@ impl InferenceApi for InferenceService {
             self.serve_hit(caller, &model, &hit).await?;
             let mut served = Served::new(hit.response, Duration::ZERO);
             served.cache = Some(CacheStatus::Hit);
+            if let Some(citations) = &citations {
+                grounding::attach(&mut served.value.extra, citations);
+            }
             return Ok(served);
         }
         let admission =
@@ -865,6 +1013,11 @@ impl InferenceApi for InferenceService {
             self.inner.cache.put(slot, answer, cost.as_nanos()).await;
             served.cache = Some(CacheStatus::Miss);
         }
+        // After the cache's copy: an entry holds the provider's answer, and each hit carries
+        // the citations of its own retrieval (the same sources, since they are in the key).
+        if let Some(citations) = &citations {
+            grounding::attach(&mut served.value.extra, citations);
+        }
         Ok(served)
     }
 
@@ -878,91 +1031,12 @@ impl InferenceApi for InferenceService {
         let org = Self::organization(caller)?;
         let model = self.model(&request.model, ModelKind::Chat)?;
         let output_cap = self.validate_chat(&model, &request)?;
-        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
-        let slot = self.inner.cache.slot(&org.to_string(), &model, &request);
-        if let Some(slot) = &slot
-            && let Some(hit) = self.inner.cache.get(slot).await
-        {
-            self.serve_hit(caller, &model, &hit).await?;
-            let chunks = crate::cache::replay(&hit.response, include_usage);
-            let mut served: Served<ChunkStream> =
-                Served::new(Box::pin(stream::iter(chunks.into_iter().map(Ok))), Duration::ZERO);
-            served.cache = Some(CacheStatus::Hit);
-            return Ok(served);
-        }
-        let cache_status = slot.as_ref().map(|_| CacheStatus::Miss);
-        let store = slot.map(|slot| Store { cache: self.inner.cache.clone(), slot, answer: Assembler::default() });
-        let admission =
-            self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
-        request.stream = Some(true);
-        // Always ask the provider for usage; the caller sees it only if it asked.
-        let mut options =
-            request.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: Extra::new() });
-        options.include_usage = Some(true);
-        request.stream_options = Some(options);
-        let public = std::mem::take(&mut request.model);
-        let (opened, deployment, permit, waited) = self
-            .attempts(&model, started, |deployment, deadline| {
-                let request = &request;
-                async move {
-                    let Upstream::OpenAi(provider) = &deployment.upstream else { return Ok(Opened::Echo) };
-                    let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
-                    let first_by = deadline.min(Instant::now() + provider.timeouts.first_token);
-                    let answer = provider.post("/chat/completions", body, deadline).await?;
-                    let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.first_token, deadline));
-                    // The first event is read before the answer is committed to the client, so
-                    // that a provider that fails before it can still be retried.
-                    let first = match tokio::time::timeout_at(first_by, reader.next()).await {
-                        Err(_) => return Err(Failure::Timeout("first_token")),
-                        Ok(Err(failure)) => return Err(failure),
-                        Ok(Ok(SseEvent::Data(data))) => Some(
-                            serde_json::from_str::<ChatCompletionChunk>(&data)
-                                .map_err(|e| Failure::Malformed(format!("a chunk is not a completion chunk: {e}")))?,
-                        ),
-                        Ok(Ok(SseEvent::Done)) => None,
-                        Ok(Ok(SseEvent::End)) => {
-                            return Err(Failure::Broken("the stream ended before its first event".into()));
-                        }
-                    };
-                    reader.body_mut().set_idle(provider.timeouts.idle);
-                    Ok(Opened::Provider(Box::new((reader, first))))
-                }
-            })
-            .await?;
-        let messages = std::mem::take(&mut request.messages);
-        let (source, pending) = match opened {
-            Opened::Provider(opened) => {
-                let (reader, first) = *opened;
-                (Source::Provider { reader, include_usage }, first)
-            }
-            Opened::Echo => {
-                let (words, finish) = echo_words(&messages, output_cap);
-                let words: VecDeque<String> = words.into();
-                let usage = Usage::new(tokens::estimate_messages(&messages), words.len() as u64);
-                let source = Source::Echo {
-                    id: new_id("chatcmpl"),
-                    model: public.clone(),
-                    created: now_secs(),
-                    delay: Self::echo_delay(&deployment),
-                    usage: include_usage.then_some(usage.clone()),
-                    words,
-                    finish,
-                };
-                // The echo bills its exact counts: the prompt's estimate, and one token per word
-                // delivered (counted as they are, see `Forward::confirm`).
-                let mut meter = Meter::new(deployment.clone(), messages, started, admission);
-                meter.usage = Some(Usage::new(usage.prompt_tokens, 0));
-                let forward = Forward::new(source, None, meter, permit, store);
-                let mut served = Served::new(into_stream(forward), waited);
-                served.cache = cache_status;
-                return Ok(served);
-            }
-        };
-        let forward =
-            Forward::new(source, pending, Meter::new(deployment, messages, started, admission), permit, store);
-        let mut served = Served::new(into_stream(forward), waited);
-        served.cache = cache_status;
-        Ok(served)
+        let citations = self.ground(caller, &mut request).await?;
+        let served = self.open_stream(caller, org, started, &model, output_cap, request).await?;
+        Ok(match citations {
+            Some(citations) => Served { value: with_citations(served.value, citations), ..served },
+            None => served,
+        })
     }
 
     #[tracing::instrument(skip_all, fields(inference.model = %request.model))]
@@ -1090,6 +1164,19 @@ fn echo_response(model: &str, messages: &[ChatMessage], output_cap: u32) -> Chat
         usage: Some(usage),
         extra: Extra::new(),
     }
+}
+
+/// The stream with the answer's citations in its first chunk.
+fn with_citations(chunks: ChunkStream, citations: Vec<Citation>) -> ChunkStream {
+    let mut citations = Some(citations);
+    Box::pin(chunks.map(move |mut item| {
+        if let Ok(chunk) = &mut item
+            && let Some(citations) = citations.take()
+        {
+            grounding::attach(&mut chunk.extra, &citations);
+        }
+        item
+    }))
 }
 
 fn into_stream(forward: Forward) -> ChunkStream {

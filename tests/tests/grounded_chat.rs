@@ -1,0 +1,419 @@
+//! Grounded chat (`file_search`) at the service: `InferenceService::with_retrieval` over a test
+//! double of `RagApi` (stores with fixed search results, per organization) and the fake
+//! upstream, with the real auth and billing domains. What the provider receives, the citations
+//! of answers and streams, the response cache, and the refusals that take no hold and make no
+//! provider call.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use async_trait::async_trait;
+use auth::{AuthApi, AuthModule, CreateApiKeyRequest, OrganizationId, Principal, RequestContext, SignupRequest};
+use billing::config::PlanConfig;
+use billing::{BillingApi, BillingConfig, BillingModule, Money, PutSubscriptionRequest};
+use futures_util::StreamExt;
+use inference::config::{DeploymentConfig, ModelConfig, ProviderConfig};
+use inference::*;
+use serde_json::{Value, json};
+use shared::DomainError;
+use shared::module::Module;
+use shared::page::PageRequest;
+use shared::testing::{TestBackend, TestDatabase};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
+use tests::harness::fast_auth_config;
+
+/// One search the double answered: (store, query, max_num_results).
+type Searched = (String, String, Option<u32>);
+
+/// Vector stores with fixed search results, each owned by an organization; another
+/// organization's store is `vector_store_not_found`, as `RagApi` promises.
+#[derive(Default)]
+struct Stores {
+    stores: HashMap<String, (OrganizationId, Vec<SearchResult>)>,
+    searched: Mutex<Vec<Searched>>,
+}
+
+impl Stores {
+    fn searched(&self) -> Vec<Searched> {
+        let mut searched = self.searched.lock().unwrap().clone();
+        // The stores are searched at once: their order is not the call's.
+        searched.sort();
+        searched
+    }
+}
+
+fn not_here(what: &str) -> InferenceError {
+    InferenceError::Internal(format!("{what} is not part of the grounded-chat test double"))
+}
+
+#[async_trait]
+impl RagApi for Stores {
+    async fn create_file(&self, _: &Principal, _: FileUpload) -> Result<FileObject, InferenceError> {
+        Err(not_here("create_file"))
+    }
+    async fn list_files(&self, _: &Principal, _: ListQuery) -> Result<ObjectList<FileObject>, InferenceError> {
+        Err(not_here("list_files"))
+    }
+    async fn file(&self, _: &Principal, _: &str) -> Result<FileObject, InferenceError> {
+        Err(not_here("file"))
+    }
+    async fn file_content(&self, _: &Principal, _: &str) -> Result<FileContent, InferenceError> {
+        Err(not_here("file_content"))
+    }
+    async fn delete_file(&self, _: &Principal, _: &str) -> Result<Deleted, InferenceError> {
+        Err(not_here("delete_file"))
+    }
+    async fn create_vector_store(
+        &self,
+        _: &Principal,
+        _: CreateVectorStoreRequest,
+    ) -> Result<VectorStore, InferenceError> {
+        Err(not_here("create_vector_store"))
+    }
+    async fn list_vector_stores(&self, _: &Principal, _: ListQuery) -> Result<ObjectList<VectorStore>, InferenceError> {
+        Err(not_here("list_vector_stores"))
+    }
+    async fn vector_store(&self, _: &Principal, _: &str) -> Result<VectorStore, InferenceError> {
+        Err(not_here("vector_store"))
+    }
+    async fn update_vector_store(
+        &self,
+        _: &Principal,
+        _: &str,
+        _: UpdateVectorStoreRequest,
+    ) -> Result<VectorStore, InferenceError> {
+        Err(not_here("update_vector_store"))
+    }
+    async fn delete_vector_store(&self, _: &Principal, _: &str) -> Result<Deleted, InferenceError> {
+        Err(not_here("delete_vector_store"))
+    }
+    async fn attach_file(
+        &self,
+        _: &Principal,
+        _: &str,
+        _: CreateVectorStoreFileRequest,
+    ) -> Result<VectorStoreFile, InferenceError> {
+        Err(not_here("attach_file"))
+    }
+    async fn list_vector_store_files(
+        &self,
+        _: &Principal,
+        _: &str,
+        _: ListQuery,
+    ) -> Result<ObjectList<VectorStoreFile>, InferenceError> {
+        Err(not_here("list_vector_store_files"))
+    }
+    async fn vector_store_file(&self, _: &Principal, _: &str, _: &str) -> Result<VectorStoreFile, InferenceError> {
+        Err(not_here("vector_store_file"))
+    }
+    async fn detach_file(&self, _: &Principal, _: &str, _: &str) -> Result<Deleted, InferenceError> {
+        Err(not_here("detach_file"))
+    }
+
+    async fn search(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        request: VectorStoreSearchRequest,
+    ) -> Result<SearchResultsPage, InferenceError> {
+        let query = request.query.as_str().unwrap_or_default().to_owned();
+        self.searched.lock().unwrap().push((store_id.to_owned(), query.clone(), request.max_num_results));
+        let (_, results) = self
+            .stores
+            .get(store_id)
+            .filter(|(owner, _)| Some(*owner) == caller.organization_id)
+            .ok_or_else(|| InferenceError::VectorStoreNotFound(store_id.to_owned()))?;
+        let mut data = results.clone();
+        data.truncate(request.max_num_results.unwrap_or(10) as usize);
+        Ok(SearchResultsPage {
+            object: "vector_store.search_results.page".into(),
+            search_query: vec![query],
+            data,
+            has_more: false,
+            next_page: None,
+        })
+    }
+}
+
+fn chunk(file: &str, filename: &str, chunk: &str, score: f64, text: &str) -> SearchResult {
+    SearchResult {
+        file_id: file.into(),
+        filename: filename.into(),
+        score,
+        attributes: Default::default(),
+        content: vec![ContentPart { kind: "text".into(), text: text.into() }],
+        chunk_id: chunk.into(),
+    }
+}
+
+struct Fixture {
+    _database: TestDatabase,
+    fake: FakeOpenAi,
+    billing: Arc<dyn BillingApi>,
+    /// The organization's owner (a session) and its API key.
+    owner: Principal,
+    key: Principal,
+    org: OrganizationId,
+    /// A store of the organization, one of another's, and the service over them.
+    ours: String,
+    theirs: String,
+    stores: Arc<Stores>,
+    service: InferenceService,
+    /// The same service without retrieval.
+    plain: InferenceService,
+}
+
+async fn signup(auth: &Arc<dyn AuthApi>, billing: &Arc<dyn BillingApi>) -> (Principal, Principal, OrganizationId) {
+    let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
+    let request = SignupRequest { email, password: "correct horse battery".into(), name: None };
+    let signup = auth.signup(request, RequestContext::default()).await.unwrap();
+    let owner = auth.authenticate(&signup.token).await.unwrap();
+    let org = signup.organization.id;
+    billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: "test".into() }).await.unwrap();
+    let request = CreateApiKeyRequest { name: "k".into(), scopes: None, expires_at: None };
+    let created = auth.create_api_key(&owner, org, request).await.unwrap();
+    let key = auth.authenticate(&created.key).await.unwrap();
+    (owner, key, org)
+}
+
+async fn fixture() -> Fixture {
+    let mut billing_config = BillingConfig::default();
+    // Every hold is its own ledger transaction, so the tests can see whether one was taken.
+    billing_config.lease.enabled = false;
+    billing_config.plans.insert(
+        "test".into(),
+        PlanConfig {
+            name: "Test".into(),
+            included_credit: Money::units(1_000),
+            requests_per_minute: 100_000,
+            tokens_per_minute: 100_000_000,
+            ..PlanConfig::default()
+        },
+    );
+    let modules: Vec<Arc<dyn Module>> =
+        vec![Arc::new(AuthModule::new(fast_auth_config())), Arc::new(BillingModule::new(billing_config))];
+    let database = tests::database(&TestBackend::Sqlite);
+    let platform = shared::testing::platform(&tests::harness::modules());
+    let contracts = shared::testing::build(&modules, &database, &platform).await;
+    let auth = contracts.get::<dyn AuthApi>().unwrap();
+    let billing = contracts.get::<dyn BillingApi>().unwrap();
+    let (owner, key, org) = signup(&auth, &billing).await;
+    let (_, _, other) = signup(&auth, &billing).await;
+
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let mut config = InferenceConfig::default();
+    config.providers.insert("fake".into(), ProviderConfig { base_url: fake.url.clone(), ..ProviderConfig::default() });
+    config.models.insert(
+        "gpt-4o-mini".into(),
+        ModelConfig {
+            max_output_tokens: Some(1_000),
+            deployments: vec![DeploymentConfig {
+                provider: "fake".into(),
+                model: "gpt-4o-mini".into(),
+                weight: 1,
+                input_nanos_per_million: 1_000_000_000,
+                output_nanos_per_million: 2_000_000_000,
+            }],
+            ..ModelConfig::default()
+        },
+    );
+    let ours = VectorStoreId::new().to_string();
+    let theirs = VectorStoreId::new().to_string();
+    let mut stores = Stores::default();
+    stores.stores.insert(
+        ours.clone(),
+        (
+            org,
+            vec![
+                chunk("file_handbook", "handbook.md", "chunk_1", 0.9, "Refunds take 14 days."),
+                chunk("file_faq", "faq.txt", "chunk_2", 0.6, "Write to support for a refund."),
+                chunk("file_faq", "faq.txt", "chunk_3", 0.2, "Shipping is free."),
+            ],
+        ),
+    );
+    stores.stores.insert(theirs.clone(), (other, vec![chunk("file_secret", "secret.md", "chunk_9", 1.0, "Secret.")]));
+    let stores = Arc::new(stores);
+    let plain = InferenceService::new(
+        &config,
+        platform.metrics.inference(),
+        billing.clone(),
+        platform.rate_limiter.clone(),
+        None,
+        platform.clock.clone(),
+        platform.metrics.cache(),
+    )
+    .unwrap();
+    let service = plain.clone().with_retrieval(stores.clone());
+    Fixture { _database: database, fake, billing, owner, key, org, ours, theirs, stores, service, plain }
+}
+
+impl Fixture {
+    /// The organization's holds so far (ledger transfers of kind `reserve`, two entries each).
+    async fn holds(&self) -> usize {
+        let page = PageRequest { limit: Some(100), after: None };
+        let ledger = self.billing.ledger(&self.owner, self.org, page).await.unwrap();
+        let transfers: HashSet<_> = ledger.data.iter().filter(|e| e.kind == "reserve").map(|e| e.transfer_id).collect();
+        transfers.len()
+    }
+}
+
+fn request(body: Value) -> ChatCompletionRequest {
+    serde_json::from_value(body).unwrap()
+}
+
+fn grounded(stores: &[&str], stream: bool) -> ChatCompletionRequest {
+    request(json!({
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": "How long do refunds take?"}
+        ],
+        "temperature": 0.3,
+        "stream": stream,
+        "file_search": {"vector_store_ids": stores, "max_num_results": 2}
+    }))
+}
+
+async fn chunks(stream: ChunkStream) -> Vec<Value> {
+    stream.map(|chunk| serde_json::to_value(chunk.unwrap()).unwrap()).collect().await
+}
+
+#[tokio::test]
+async fn a_grounded_answer_cites_its_sources_and_the_provider_sees_them_but_never_file_search() {
+    let f = fixture().await;
+    let citations = json!([
+        {"index": 1, "vector_store_id": f.ours, "file_id": "file_handbook", "filename": "handbook.md",
+            "chunk_id": "chunk_1", "score": 0.9},
+        {"index": 2, "vector_store_id": f.ours, "file_id": "file_faq", "filename": "faq.txt",
+            "chunk_id": "chunk_2", "score": 0.6},
+    ]);
+
+    let answer = f.service.chat(&f.key, grounded(&[&f.ours], false)).await.unwrap().value;
+    let answer = serde_json::to_value(&answer).unwrap();
+    assert_eq!(answer["citations"], citations);
+    assert_eq!(answer["choices"][0]["message"]["content"], WORD.repeat(3));
+    assert_eq!(answer["system_fingerprint"], "fp_fake", "the provider's own fields pass through");
+    assert_eq!(f.stores.searched(), [(f.ours.clone(), "How long do refunds take?".to_owned(), Some(2))]);
+
+    let sent = f.fake.bodies().pop().unwrap();
+    assert!(sent.get("file_search").is_none(), "{sent}");
+    assert_eq!(sent["temperature"], 0.3, "the other fields pass through");
+    let roles: Vec<&str> = sent["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "system", "user", "assistant", "user"]);
+    assert_eq!(sent["messages"][0]["content"], "Be brief.");
+    let sources = sent["messages"][1]["content"].as_str().unwrap();
+    assert!(sources.starts_with("Answer using the sources below"), "{sources}");
+    assert!(
+        sources.ends_with("\n\n[1] handbook.md\nRefunds take 14 days.\n\n[2] faq.txt\nWrite to support for a refund."),
+        "{sources}"
+    );
+    assert_eq!(sent["messages"][4]["content"], "How long do refunds take?");
+
+    // Streamed: the citations in the first chunk only; the provider's request as before.
+    let stream = f.service.chat_stream(&f.key, grounded(&[&f.ours], true)).await.unwrap().value;
+    let streamed = chunks(stream).await;
+    assert_eq!(streamed.len(), 3, "{streamed:?}");
+    assert_eq!(streamed[0]["citations"], citations);
+    assert_eq!(streamed[0]["choices"][0]["delta"]["content"], WORD);
+    assert!(streamed[1..].iter().all(|c| c.get("citations").is_none()), "{streamed:?}");
+    let sent = f.fake.bodies().pop().unwrap();
+    assert!(sent.get("file_search").is_none(), "{sent}");
+    assert_eq!(sent["messages"][1]["content"].as_str().unwrap(), sources);
+
+    // The echo model (no provider) is grounded the same way.
+    let mut echo = grounded(&[&f.ours], true);
+    echo.model = "echo".into();
+    let streamed = chunks(f.service.chat_stream(&f.key, echo).await.unwrap().value).await;
+    assert_eq!(streamed[0]["citations"], citations);
+    assert_eq!(streamed[0]["choices"][0]["delta"]["content"], "How");
+
+    // No file_search: no retrieval, no citations, the request unchanged.
+    let before = f.stores.searched().len();
+    let plain = request(json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}));
+    let answer = serde_json::to_value(f.service.chat(&f.key, plain).await.unwrap().value).unwrap();
+    assert!(answer.get("citations").is_none(), "{answer}");
+    assert_eq!(f.fake.bodies().pop().unwrap()["messages"], json!([{"role": "user", "content": "Hi"}]));
+    assert_eq!(f.stores.searched().len(), before);
+}
+
+#[tokio::test]
+async fn sources_of_several_stores_compete_and_a_cached_answer_keeps_its_citations() {
+    let f = fixture().await;
+    let mut two = grounded(&[&f.ours, &f.ours], false);
+    two.extra["file_search"]["max_num_results"] = json!(3);
+    two.extra.insert("temperature".into(), json!(0));
+    two.cache = CacheDirective::On;
+    let before = f.fake.requests();
+    let first = f.service.chat(&f.key, two.clone()).await.unwrap();
+    assert_eq!(first.cache, Some(CacheStatus::Miss));
+    let first = serde_json::to_value(first.value).unwrap();
+    let indexes: Vec<(u64, &str)> = first["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["index"].as_u64().unwrap(), c["chunk_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(indexes, [(1, "chunk_1"), (2, "chunk_2"), (3, "chunk_3")], "a store named twice is searched once");
+    assert_eq!(f.stores.searched().len(), 1);
+
+    // The same question again: answered from the cache, with the citations of its retrieval.
+    let second = f.service.chat(&f.key, two.clone()).await.unwrap();
+    assert_eq!(second.cache, Some(CacheStatus::Hit));
+    assert_eq!(serde_json::to_value(second.value).unwrap()["citations"], first["citations"]);
+    let mut streamed = two;
+    streamed.stream = Some(true);
+    let served = f.service.chat_stream(&f.key, streamed).await.unwrap();
+    assert_eq!(served.cache, Some(CacheStatus::Hit));
+    assert_eq!(chunks(served.value).await[0]["citations"], first["citations"]);
+    assert_eq!(f.fake.requests() - before, 1, "one provider call for the three answers");
+}
+
+#[tokio::test]
+async fn a_refused_grounded_request_takes_no_hold_and_calls_no_provider() {
+    let f = fixture().await;
+    let unknown = VectorStoreId::new().to_string();
+    let error = |result: Result<Served<ChatCompletionResponse>, InferenceError>| result.unwrap_err();
+
+    // Unknown, another organization's, or not a store id at all: 404.
+    for store in [unknown.as_str(), f.theirs.as_str(), "vs_nope"] {
+        let e = error(f.service.chat(&f.key, grounded(&[&f.ours, store], false)).await);
+        assert_eq!(e, InferenceError::VectorStoreNotFound(store.to_owned()));
+        assert_eq!(e.kind().status(), 404);
+        let e = f.service.chat_stream(&f.key, grounded(&[store], true)).await.err().unwrap();
+        assert_eq!(e.code(), "vector_store_not_found");
+    }
+
+    // Invalid options: 400 naming the field.
+    let cases = [
+        (json!({"vector_store_ids": [f.ours], "max_num_results": 51}), "file_search.max_num_results"),
+        (json!({"vector_store_ids": []}), "file_search.vector_store_ids"),
+        (json!({"vector_store_id": [f.ours]}), "file_search.vector_store_id"),
+        (json!("all"), "file_search"),
+    ];
+    for (options, param) in cases {
+        let mut bad = grounded(&[&f.ours], false);
+        bad.extra.insert("file_search".into(), options.clone());
+        let e = error(f.service.chat(&f.key, bad).await);
+        assert_eq!(e.code(), "invalid_request", "{options}");
+        assert_eq!(e.envelope().error.param.as_deref(), Some(param), "{options}");
+    }
+    // No user message to search with.
+    let mut silent = grounded(&[&f.ours], false);
+    silent.messages.retain(|m| m.role != "user");
+    let e = error(f.service.chat(&f.key, silent).await);
+    assert_eq!(e.envelope().error.param.as_deref(), Some("messages"));
+    // A service without retrieval refuses the field rather than ignore it.
+    let e = error(f.plain.chat(&f.key, grounded(&[&f.ours], false)).await);
+    assert_eq!(e.envelope().error.param.as_deref(), Some("file_search"));
+    assert_eq!(e.to_string(), "Retrieval is not enabled on this server: `file_search` cannot be used.");
+
+    assert_eq!(f.fake.requests(), 0, "no refused request reached the provider");
+    assert_eq!(f.holds().await, 0, "no refused request took a hold");
+    // The checks above can fail: a grounded request that is served takes its hold.
+    f.service.chat(&f.key, grounded(&[&f.ours], false)).await.unwrap();
+    assert_eq!(f.holds().await, 1);
+    assert_eq!(f.fake.requests(), 1);
+}
