@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use futures_util::StreamExt;
 use reqwest::Method;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -139,6 +140,15 @@ async fn upload_attach_search_and_isolation_over_http_on(backend: TestBackend) {
         reply.assert_error(413, "file_too_large");
         assert_eq!(reply.body, too_large);
     }
+    // An upload whose sender stalls past the limit, never finishing its body: answered at once.
+    let past: Vec<Result<Vec<u8>, std::io::Error>> = (0..=LIMIT / 8192).map(|_| Ok(vec![b'a'; 8192])).collect();
+    let stalled = futures_util::stream::iter(past).chain(futures_util::stream::pending());
+    let part = Part::stream(reqwest::Body::wrap_stream(stalled)).file_name("stalled.txt");
+    let form = Form::new().text("purpose", "assistants").part("file", part);
+    let request = api.request(Method::POST, "/v1/files", Some(&key)).multipart(form);
+    let reply = tokio::time::timeout(Duration::from_secs(10), Client::send(request)).await;
+    let reply = reply.expect("the 413 waits for no end of the body");
+    assert_eq!(reply.body, too_large);
     assert_eq!(upload(&api, &key, "edge.txt", "text/plain", vec![b'a'; LIMIT as usize]).await.status, 200);
     let after = file_ids(&api, &key).await;
     assert_eq!(after.len(), before.len() + 1, "only the file at the limit was stored");
