@@ -235,7 +235,8 @@ async fn embed(
     let expected = inner.index.engine().vectors().map(|v| v.dimensions());
     let mut vectors = Vec::with_capacity(texts.len());
     for (n, texts) in texts.chunks(batch).enumerate() {
-        let key = format!("rag/{}/{}/{hash}/{n}", row.vector_store_id, row.file_id);
+        // The attachment's time tells a re-attachment (new work, billed) from a re-run.
+        let key = format!("rag/{}/{}/{}/{hash}/{n}", row.vector_store_id, row.file_id, row.created_at);
         let payer = Payer { organization_id, api_key_id, key };
         let got = embedder.embed(&payer, texts.to_vec()).await?;
         if let Some(expected) = expected
