@@ -24,8 +24,11 @@ type Api = web::Data<dyn RagApi>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileLimit(pub u64);
 
-/// What an upload may be without a [`FileLimit`] registered: OpenAI's own limit per file.
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
+/// What an upload may be without a [`FileLimit`] registered: the default of
+/// `inference.rag.max_file_bytes`.
+fn default_limit() -> u64 {
+    crate::config::RagConfig::default().max_file_bytes
+}
 
 /// The most a form's other parts (`purpose`, and parts Keel does not know) may hold.
 const SMALL_PART_BYTES: usize = 64 * 1024;
@@ -192,7 +195,7 @@ async fn create_file(
     limit: Option<web::Data<FileLimit>>,
     form: Multipart,
 ) -> Result<HttpResponse, InferenceError> {
-    let limit = limit.map_or(DEFAULT_MAX_FILE_BYTES, |l| l.0);
+    let limit = limit.map_or_else(default_limit, |l| l.0);
     let upload = read_upload(form, limit).await?;
     Ok(HttpResponse::Ok().json(api.create_file(&caller.0, upload).await?))
 }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod contract;
 pub mod fake_openai;
 pub mod harness;
+pub mod rag;
 
 pub use client::{Client, Reply};
 pub use harness::{TestGateway, database, fast_auth_config, gateway_config};
