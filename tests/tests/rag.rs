@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use futures_util::StreamExt;
 use reqwest::Method;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -139,6 +140,15 @@ async fn upload_attach_search_and_isolation_over_http_on(backend: TestBackend) {
         reply.assert_error(413, "file_too_large");
         assert_eq!(reply.body, too_large);
     }
+    // An upload whose sender stalls past the limit, never finishing its body: answered at once.
+    let past: Vec<Result<Vec<u8>, std::io::Error>> = (0..=LIMIT / 8192).map(|_| Ok(vec![b'a'; 8192])).collect();
+    let stalled = futures_util::stream::iter(past).chain(futures_util::stream::pending());
+    let part = Part::stream(reqwest::Body::wrap_stream(stalled)).file_name("stalled.txt");
+    let form = Form::new().text("purpose", "assistants").part("file", part);
+    let request = api.request(Method::POST, "/v1/files", Some(&key)).multipart(form);
+    let reply = tokio::time::timeout(Duration::from_secs(10), Client::send(request)).await;
+    let reply = reply.expect("the 413 waits for no end of the body");
+    assert_eq!(reply.body, too_large);
     assert_eq!(upload(&api, &key, "edge.txt", "text/plain", vec![b'a'; LIMIT as usize]).await.status, 200);
     let after = file_ids(&api, &key).await;
     assert_eq!(after.len(), before.len() + 1, "only the file at the limit was stored");
@@ -233,4 +243,58 @@ async fn upload_attach_search_and_isolation_over_http_on(backend: TestBackend) {
     }
     assert!(paths["/v1/files"]["post"]["responses"]["413"]["description"].as_str().unwrap().contains("file_too_large"));
     gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_whose_inference_is_remote_serves_retrieval_the_same() {
+    let database = database(&TestBackend::Sqlite);
+    let mut config = gateway_config(&database);
+    config.inference.rag.max_file_bytes = LIMIT;
+    config.jobs.poll_interval_ms = 50;
+    let service = TestGateway::start(config.clone(), None).await;
+    let mut front = config;
+    front.inference.url = Some(shared::Secret::new(service.url()));
+    let front = TestGateway::start(front, None).await;
+    let api = front.client();
+    let (_, key) = account(&api).await;
+    let (_, stranger) = account(&api).await;
+
+    // The upload goes on as multipart; the content comes back with its type and its name.
+    let name = "résumé \"v2\".md";
+    let reply = upload(&api, &key, name, "text/markdown", field_notes().into_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["filename"], name);
+    let file = reply.body["id"].as_str().unwrap().to_owned();
+    let response = api.request(Method::GET, &format!("/v1/files/{file}/content"), Some(&key)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/markdown");
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"r_sum_ \\\"v2\\\".md\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22v2%22.md"
+    );
+    assert_eq!(response.bytes().await.unwrap(), field_notes().as_bytes());
+
+    let reply = api
+        .post("/v1/vector_stores", Some(&key), &json!({"file_ids": [file], "chunking_strategy": small_chunks()}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let store = reply.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(settled(&api, &key, &store, &file).await["status"], "completed");
+    let reply =
+        api.post(&format!("/v1/vector_stores/{store}/search"), Some(&key), &json!({"query": "planarian"})).await;
+    assert!(reply.body["data"][0]["content"][0]["text"].as_str().unwrap().contains("planarian"), "{}", reply.body);
+
+    // Errors come back as the same variants, hence the same envelopes.
+    let reply = upload(&api, &key, "big.txt", "text/plain", vec![b'a'; LIMIT as usize + 1]).await;
+    reply.assert_error(413, "file_too_large");
+    api.get(&format!("/v1/files/{file}"), Some(&stranger)).await.assert_error(404, "file_not_found");
+    let reply = api.post(&format!("/v1/vector_stores/{store}/search"), Some(&stranger), &json!({"query": "x"})).await;
+    reply.assert_error(404, "vector_store_not_found");
+    let reply = api.post(&format!("/v1/vector_stores/{store}/files"), Some(&key), &json!({})).await;
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["param"], "file_id");
+    let reply = api.delete(&format!("/v1/files/{file}"), Some(&key)).await;
+    assert_eq!(reply.body, json!({"id": file, "object": "file", "deleted": true}));
+    front.stop().await;
+    service.stop().await;
 }

@@ -202,7 +202,9 @@ async fn reusable(
         let Some((store, file)) = store::completed_with_hash(conn, &org, &hash, model.as_deref())? else {
             return Ok(None);
         };
-        store::chunks_of(conn, &store, &file).map(Some).map_err(Fail::from)
+        // A source deleted since it was found has no chunks left: do the work instead.
+        let chunks = store::chunks_of(conn, &store, &file)?;
+        Ok(if chunks.is_empty() { None } else { Some(chunks) })
     })
     .await?;
     Ok(source.map(|chunks| {
@@ -235,7 +237,8 @@ async fn embed(
     let expected = inner.index.engine().vectors().map(|v| v.dimensions());
     let mut vectors = Vec::with_capacity(texts.len());
     for (n, texts) in texts.chunks(batch).enumerate() {
-        let key = format!("rag/{}/{}/{hash}/{n}", row.vector_store_id, row.file_id);
+        // The attachment's time tells a re-attachment (new work, billed) from a re-run.
+        let key = format!("rag/{}/{}/{}/{hash}/{n}", row.vector_store_id, row.file_id, row.created_at);
         let payer = Payer { organization_id, api_key_id, key };
         let got = embedder.embed(&payer, texts.to_vec()).await?;
         if let Some(expected) = expected
