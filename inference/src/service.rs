@@ -1,12 +1,13 @@
 //! `InferenceService`: validation, the choice of deployment, retries and fallback, streaming
 //! and metering.
 //!
-//! One call goes: check the caller and the request (400 before any provider call) → plan
-//! limits and budget hold → attempts over the model's deployments (bulkhead, circuit breaker,
-//! backoff with jitter, `Retry-After`) until an answer's head (and for a stream, its first
-//! event) arrives → the answer. From then on nothing is retried: a failure in a stream is its
-//! last event. Every call is metered exactly once, when it ends however it ends (a dropped
-//! stream included), by [`Meter`].
+//! One call goes: check the caller and the request (400 before any provider call) → for a
+//! grounded chat (`file_search`), retrieval and the sources put into the prompt
+//! (`grounding.rs`) → plan limits and budget hold → attempts over the model's deployments
+//! (bulkhead, circuit breaker, backoff with jitter, `Retry-After`) until an answer's head (and
+//! for a stream, its first event) arrives → the answer. From then on nothing is retried: a
+//! failure in a stream is its last event. Every call is metered exactly once, when it ends
+//! however it ends (a dropped stream included), by [`Meter`].
 
 mod embedding;
 

@@ -2,12 +2,12 @@
 //! double of `RagApi` (stores with fixed search results, per organization) and the fake
 //! upstream, with the real auth and billing domains. What the provider receives, the citations
 //! of answers and streams, the response cache, and the refusals that take no hold and make no
-//! provider call.
+//! provider call. Then once end to end through a gateway's HTTP API, with the real retrieval.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
-use auth::{AuthApi, AuthModule, CreateApiKeyRequest, OrganizationId, Principal, RequestContext, SignupRequest};
+use auth::{AuthApi, AuthModule, OrganizationId, Principal};
 use billing::config::PlanConfig;
 use billing::{BillingApi, BillingConfig, BillingModule, Money, PutSubscriptionRequest};
 use futures_util::StreamExt;
@@ -21,7 +21,9 @@ use shared::testing::{TestBackend, TestDatabase};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
-use tests::harness::fast_auth_config;
+use tests::harness::{TestGateway, fast_auth_config, gateway_config};
+use tests::rag::RagWorld;
+use tests::{Client, Reply};
 
 /// One search the double answered: (store, query, max_num_results).
 type Searched = (String, String, Option<u32>);
@@ -164,16 +166,12 @@ struct Fixture {
     plain: InferenceService,
 }
 
+/// A new organization subscribed to the `test` plan: its owner's session, an API key, its id.
 async fn signup(auth: &Arc<dyn AuthApi>, billing: &Arc<dyn BillingApi>) -> (Principal, Principal, OrganizationId) {
     let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
-    let request = SignupRequest { email, password: "correct horse battery".into(), name: None };
-    let signup = auth.signup(request, RequestContext::default()).await.unwrap();
-    let owner = auth.authenticate(&signup.token).await.unwrap();
-    let org = signup.organization.id;
+    let (key, owner) = RagWorld { auth: auth.clone() }.organization(&email).await;
+    let org = key.organization_id.unwrap();
     billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: "test".into() }).await.unwrap();
-    let request = CreateApiKeyRequest { name: "k".into(), scopes: None, expires_at: None };
-    let created = auth.create_api_key(&owner, org, request).await.unwrap();
-    let key = auth.authenticate(&created.key).await.unwrap();
     (owner, key, org)
 }
 
@@ -416,4 +414,96 @@ async fn a_refused_grounded_request_takes_no_hold_and_calls_no_provider() {
     f.service.chat(&f.key, grounded(&[&f.ours], false)).await.unwrap();
     assert_eq!(f.holds().await, 1);
     assert_eq!(f.fake.requests(), 1);
+}
+
+/// `data` of each event of a streamed chat completion.
+async fn events(api: &Client, key: &str, body: &Value) -> Vec<String> {
+    let response = api.request(reqwest::Method::POST, "/v1/chat/completions", Some(key)).json(body).send().await;
+    let text = response.unwrap().text().await.unwrap();
+    text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+shared::backend_tests! {
+async fn over_http_an_answer_cites_the_uploaded_file_it_was_grounded_in(backend) {
+    let database = tests::database(&backend);
+    let mut config = gateway_config(&database);
+    config.jobs.poll_interval_ms = 50;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
+        let reply =
+            api.post("/v1/auth/signup", None, &json!({"email": email, "password": "correct horse battery"})).await;
+        let (session, org) =
+            (reply.body["token"].as_str().unwrap(), reply.body["organization"]["id"].as_str().unwrap());
+        let reply =
+            api.post(&format!("/v1/organizations/{org}/api-keys"), Some(session), &json!({"name": "rag"})).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        keys.push(reply.body["key"].as_str().unwrap().to_owned());
+    }
+    let (key, stranger) = (&keys[0], &keys[1]);
+
+    // Upload a document, put it in a store, wait for its ingestion.
+    let text = "# Returns\n\nRefunds are paid within fourteen days of the return.\n";
+    let part = reqwest::multipart::Part::text(text).file_name("handbook.md").mime_str("text/markdown").unwrap();
+    let form = reqwest::multipart::Form::new().text("purpose", "assistants").part("file", part);
+    let reply = Client::send(api.request(reqwest::Method::POST, "/v1/files", Some(key)).multipart(form)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let file = reply.body["id"].as_str().unwrap().to_owned();
+    let reply = api.post("/v1/vector_stores", Some(key), &json!({"name": "docs", "file_ids": [file]})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let store = reply.body["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let status = loop {
+        let reply: Reply = api.get(&format!("/v1/vector_stores/{store}/files/{file}"), Some(key)).await;
+        if reply.body["status"] != "in_progress" || started.elapsed().as_secs() > 60 {
+            break reply.body["status"].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(status, "completed");
+
+    // The echo model answers with the question; the answer cites the file it was grounded in.
+    let body = json!({
+        "model": "echo",
+        "messages": [{"role": "user", "content": "How fast are refunds paid?"}],
+        "file_search": {"vector_store_ids": [store]}
+    });
+    let reply = api.post("/v1/chat/completions", Some(key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["choices"][0]["message"]["content"], "How fast are refunds paid?");
+    let citations = reply.body["citations"].as_array().unwrap();
+    assert_eq!(citations.len(), 1, "{}", reply.body);
+    assert_eq!(citations[0]["index"], 1);
+    assert_eq!(citations[0]["filename"], "handbook.md");
+    assert_eq!(citations[0]["file_id"], file.as_str());
+    assert_eq!(citations[0]["vector_store_id"], store.as_str());
+    assert!(citations[0]["chunk_id"].as_str().is_some_and(|c| !c.is_empty()), "{}", reply.body);
+    // The source is in the prompt: the echo counts its prompt, which is longer than the question.
+    let mut ungrounded = body.clone();
+    ungrounded.as_object_mut().unwrap().remove("file_search");
+    let plain = api.post("/v1/chat/completions", Some(key), &ungrounded).await;
+    assert!(plain.body.get("citations").is_none(), "{}", plain.body);
+    let prompt = |reply: &Reply| reply.body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt(&reply) > prompt(&plain) + 10, "{} vs {}", reply.body["usage"], plain.body["usage"]);
+
+    // Streamed: the same citations in the first event.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let data = events(&api, key, &streamed).await;
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["citations"], reply.body["citations"]);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+
+    // Another organization cannot ground an answer in the store.
+    let reply = api.post("/v1/chat/completions", Some(stranger), &body).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(
+        reply.body,
+        json!({"error": {"message": format!("No vector store found with id `{store}`."),
+            "type": "not_found_error", "code": "vector_store_not_found", "param": null}})
+    );
+    gateway.stop().await;
+}
 }

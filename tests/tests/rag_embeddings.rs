@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use auth::{AuthApi, AuthModule, CreateApiKeyRequest, RequestContext, SignupRequest};
+use auth::{AuthApi, AuthModule};
 use billing::config::PlanConfig;
 use billing::{BillingApi, BillingConfig, BillingModule, Money, PutSubscriptionRequest};
 use inference::config::{DeploymentConfig, InferenceConfig, ModelConfig, ModelKind, ProviderConfig};
-use inference::{CreateVectorStoreFileRequest, CreateVectorStoreRequest, FileUpload, InferenceModule, RagApi};
+use inference::{CreateVectorStoreFileRequest, CreateVectorStoreRequest, InferenceModule, RagApi};
 use serde_json::json;
 use shared::backend_tests;
 use shared::jobs::{JobsConfig, NoObserver, Worker};
@@ -75,46 +75,22 @@ backend_tests! {
         let config = JobsConfig { poll_interval_ms: 20, ..JobsConfig::default() };
         let _worker = Worker::start(&jobs, registry, &config, Arc::new(NoObserver)).unwrap();
 
-        let signup = auth
-            .signup(
-                SignupRequest { email: "rag@example.com".into(), password: "correct horse battery".into(), name: None },
-                RequestContext::default(),
-            )
-            .await
-            .unwrap();
-        let owner = auth.authenticate(&signup.token).await.unwrap();
-        let org = signup.organization.id;
+        let world = tests::rag::RagWorld { auth: auth.clone() };
+        let (key, owner) = world.organization("rag@example.com").await;
+        let org = key.organization_id.unwrap();
         billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: "test".into() }).await.unwrap();
-        let created = auth
-            .create_api_key(&owner, org, CreateApiKeyRequest { name: "k".into(), scopes: None, expires_at: None })
-            .await
-            .unwrap();
-        let key = auth.authenticate(&created.key).await.unwrap();
         let spent = || async { billing.balance(&owner, org).await.unwrap().spent };
         let before = spent().await;
 
         let text = "# Runbook\n\nThe zebra cluster is backed up nightly to cold storage.\n";
-        let upload = FileUpload {
-            filename: "runbook.md".into(),
-            content_type: Some("text/markdown".into()),
-            purpose: "assistants".into(),
-            bytes: text.as_bytes().to_vec(),
-        };
+        let upload = tests::rag::upload("runbook.md", Some("text/markdown"), text.as_bytes());
         let file = rag.create_file(&key, upload).await.unwrap();
         let store = rag.create_vector_store(&key, CreateVectorStoreRequest::default()).await.unwrap();
         assert_eq!(store.search_mode, "hybrid");
         let attach = CreateVectorStoreFileRequest { file_id: file.id.clone(), attributes: None, chunking_strategy: None };
         rag.attach_file(&key, &store.id, attach).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let f = rag.vector_store_file(&key, &store.id, &file.id).await.unwrap();
-            if f.status != "in_progress" {
-                assert_eq!(f.status, "completed", "{f:?}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "ingestion did not finish");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let done = tests::rag::settled(rag.as_ref(), &key, &store.id, &file.id).await;
+        assert_eq!(done.status, "completed", "{done:?}");
         let embedded = fake.bodies();
         assert_eq!(embedded.len(), 1, "one batch");
         assert_eq!(embedded[0]["model"], "text-embedding-3-small");

@@ -202,7 +202,9 @@ async fn reusable(
         let Some((store, file)) = store::completed_with_hash(conn, &org, &hash, model.as_deref())? else {
             return Ok(None);
         };
-        store::chunks_of(conn, &store, &file).map(Some).map_err(Fail::from)
+        // A source deleted since it was found has no chunks left: do the work instead.
+        let chunks = store::chunks_of(conn, &store, &file)?;
+        Ok(if chunks.is_empty() { None } else { Some(chunks) })
     })
     .await?;
     Ok(source.map(|chunks| {
