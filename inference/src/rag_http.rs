@@ -240,9 +240,11 @@ async fn file_content(api: Api, caller: Caller, path: web::Path<String>) -> Resu
     let content = api.file_content(&caller.0, &path.into_inner()).await?;
     let content_type =
         HeaderValue::from_str(&content.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    // The type is the uploader's: a browser must neither sniff nor render it in place.
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header(disposition(&content.filename))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .body(content.bytes))
 }
 

@@ -90,6 +90,7 @@ async fn upload_attach_search_and_isolation_over_http_on(backend: TestBackend) {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/markdown");
     assert_eq!(response.headers()["content-disposition"], "attachment; filename=\"notes.md\"");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     assert_eq!(response.bytes().await.unwrap(), notes.as_bytes());
 
     // Attach, wait for `completed`, and search: each keyword finds its own paragraph.
