@@ -33,10 +33,24 @@ pub const MAX_FILTER_DEPTH: usize = 8;
 pub enum AttributeValue {
     /// `true` or `false`.
     Bool(bool),
-    /// A JSON number.
+    /// A JSON number. Compared as a double; written back as an integer when it is one (within
+    /// ±2⁵³, where doubles are exact), so `{"year": 2026}` comes back as sent, not `2026.0`.
+    #[serde(serialize_with = "number")]
     Number(f64),
     /// A string.
     String(String),
+}
+
+/// Largest integer a double holds exactly.
+const EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+fn number<S: serde::Serializer>(n: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if n.fract() == 0.0 && n.abs() <= EXACT_INTEGER {
+        // Exact: |n| ≤ 2⁵³ and integral.
+        serializer.serialize_i64(*n as i64)
+    } else {
+        serializer.serialize_f64(*n)
+    }
 }
 
 impl From<&str> for AttributeValue {
@@ -229,6 +243,14 @@ impl Filter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn numbers_come_back_as_they_were_sent() {
+        let sent = json!({"year": 2026, "weight": 0.5, "neg": -3, "big": 1e300, "flag": true, "s": "x"});
+        let parsed: Attributes = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), sent);
+        assert_eq!(serde_json::to_string(&parsed["year"]).unwrap(), "2026");
+    }
 
     fn attrs(v: serde_json::Value) -> Attributes {
         serde_json::from_value(v).unwrap()

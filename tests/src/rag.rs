@@ -192,14 +192,14 @@ pub async fn rag_contract(api: Arc<dyn RagApi>, world: &RagWorld, tag: &str) {
     // --- Attach: answered at once, ingested in the background; attaching again is harmless.
     let attach = CreateVectorStoreFileRequest {
         file_id: file.id.clone(),
-        attributes: Some(map(json!({"kind": "notes", "weight": 0.5}))),
+        attributes: Some(map(json!({"kind": "notes", "weight": 0.5, "year": 2026}))),
         chunking_strategy: Some(small_chunks()),
     };
     let attached = api.attach_file(&key, &store.id, attach.clone()).await.unwrap();
     assert_eq!((attached.id.as_str(), attached.vector_store_id.as_str()), (file.id.as_str(), store.id.as_str()));
     assert_eq!(attached.object, "vector_store.file");
     assert!(["in_progress", "completed"].contains(&attached.status.as_str()), "{attached:?}");
-    assert_eq!(attached.attributes, map(json!({"kind": "notes", "weight": 0.5})));
+    assert_eq!(attached.attributes, map(json!({"kind": "notes", "weight": 0.5, "year": 2026})));
     assert_eq!(attached.chunking_strategy, small_chunks());
     let done = settled(api, &key, &store.id, &file.id).await;
     assert_eq!((done.status.as_str(), done.last_error.as_ref()), ("completed", None), "{done:?}");
@@ -224,7 +224,7 @@ pub async fn rag_contract(api: Arc<dyn RagApi>, world: &RagWorld, tag: &str) {
         let others = ANIMALS.iter().filter(|a| **a != animal);
         assert!(others.clone().all(|a| !top.content[0].text.contains(a)), "{animal}: one paragraph per chunk");
         assert!(top.score > 0.0 && top.score <= 1.0, "{}", top.score);
-        assert_eq!(top.attributes, map(json!({"kind": "notes", "weight": 0.5})));
+        assert_eq!(top.attributes, map(json!({"kind": "notes", "weight": 0.5, "year": 2026})));
         assert!(!top.chunk_id.is_empty());
     }
     let mut filtered = search("axolotl");
