@@ -618,6 +618,32 @@ impl InferenceService {
         Ok(served)
     }
 
+    /// `/embeddings` of the model's deployments (through [`attempts`](Self::attempts)): the
+    /// answer, its deployment and slot, and the time spent waiting. `request.model` is replaced
+    /// by each deployment's upstream model.
+    async fn embed_attempts(
+        &self,
+        model: &ModelEntry,
+        started: Instant,
+        request: &EmbeddingRequest,
+    ) -> Result<(EmbeddingResponse, Arc<Deployment>, OwnedSemaphorePermit, Duration), InferenceError> {
+        self.attempts(model, started, |deployment, deadline| async move {
+            let Upstream::OpenAi(provider) = &deployment.upstream else {
+                return Err(Failure::Status {
+                    status: 400,
+                    retry_after: None,
+                    message: "not an embedding model".into(),
+                });
+            };
+            let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+            let answer = provider.post("/embeddings", body, deadline).await?;
+            let bytes = BodyReader::new(answer, provider.timeouts.idle, deadline).read_all(MAX_ANSWER_BYTES).await?;
+            serde_json::from_slice::<EmbeddingResponse>(&bytes)
+                .map_err(|e| Failure::Malformed(format!("not an embedding answer: {e}")))
+        })
+        .await
+    }
+
     fn echo_delay(deployment: &Deployment) -> Duration {
         match &deployment.upstream {
             Upstream::Echo(echo) => Duration::from_millis(echo.config.chunk_delay_ms),
@@ -1084,26 +1110,7 @@ impl InferenceApi for InferenceService {
         let estimate = request.texts().iter().map(|t| tokens::estimate(t)).sum::<u64>() + request.input_token_ids();
         let admission = self.admit(caller, &model, estimate, 0).await?;
         request.model.clear();
-        let (response, deployment, _permit, waited) = self
-            .attempts(&model, started, |deployment, deadline| {
-                let request = &request;
-                async move {
-                    let Upstream::OpenAi(provider) = &deployment.upstream else {
-                        return Err(Failure::Status {
-                            status: 400,
-                            retry_after: None,
-                            message: "not an embedding model".into(),
-                        });
-                    };
-                    let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
-                    let answer = provider.post("/embeddings", body, deadline).await?;
-                    let bytes =
-                        BodyReader::new(answer, provider.timeouts.idle, deadline).read_all(MAX_ANSWER_BYTES).await?;
-                    serde_json::from_slice::<EmbeddingResponse>(&bytes)
-                        .map_err(|e| Failure::Malformed(format!("not an embedding answer: {e}")))
-                }
-            })
-            .await?;
+        let (response, deployment, _permit, waited) = self.embed_attempts(&model, started, &request).await?;
         let mut meter = Meter::new(deployment.clone(), Vec::new(), started, admission);
         let prompt = if response.usage.prompt_tokens > 0 {
             response.usage.prompt_tokens

@@ -3,12 +3,10 @@
 //! the caller derives from its work (a chunk batch of an ingestion, a search request), so that
 //! a job that runs again is not charged again.
 
-use super::{Admission, InferenceService, MAX_ANSWER_BYTES, Meter, WithModel, billing_error, body_for};
-use crate::api::{EmbeddingRequest, EmbeddingResponse, Usage};
+use super::{Admission, InferenceService, Meter, billing_error};
+use crate::api::{EmbeddingRequest, Usage};
 use crate::config::ModelKind;
 use crate::error::InferenceError;
-use crate::provider::{BodyReader, Failure};
-use crate::router::Upstream;
 use crate::tokens;
 use billing::{Money, ReserveRequest};
 use tokio::time::Instant;
@@ -76,26 +74,7 @@ impl InferenceService {
             input: serde_json::Value::Array(texts.iter().cloned().map(serde_json::Value::String).collect()),
             extra: Default::default(),
         };
-        let (response, deployment, _permit, _waited) = self
-            .attempts(&model, started, |deployment, deadline| {
-                let request = &request;
-                async move {
-                    let Upstream::OpenAi(provider) = &deployment.upstream else {
-                        return Err(Failure::Status {
-                            status: 400,
-                            retry_after: None,
-                            message: "not an embedding model".into(),
-                        });
-                    };
-                    let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
-                    let answer = provider.post("/embeddings", body, deadline).await?;
-                    let bytes =
-                        BodyReader::new(answer, provider.timeouts.idle, deadline).read_all(MAX_ANSWER_BYTES).await?;
-                    serde_json::from_slice::<EmbeddingResponse>(&bytes)
-                        .map_err(|e| Failure::Malformed(format!("not an embedding answer: {e}")))
-                }
-            })
-            .await?;
+        let (response, deployment, _permit, _waited) = self.embed_attempts(&model, started, &request).await?;
         let mut meter = Meter::new(deployment.clone(), Vec::new(), started, admission);
         let prompt = if response.usage.prompt_tokens > 0 {
             response.usage.prompt_tokens
