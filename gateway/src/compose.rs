@@ -36,6 +36,7 @@ pub async fn platform(
     config: &GatewayConfig,
     modules: &[Arc<dyn Module>],
     metrics: &Metrics,
+    serving: bool,
 ) -> Result<Platform, GatewayError> {
     let clock = Arc::new(SystemClock);
     let redis = Redis::from_config(&config.redis).await.map_err(|e| GatewayError::Redis(e.to_string()))?;
@@ -61,6 +62,7 @@ pub async fn platform(
         rate_limiter,
         rate_limit_fallback: fallback,
         metrics: metrics.clone(),
+        serving,
     })
 }
 
@@ -73,10 +75,11 @@ pub struct Composition {
     pub platform: Platform,
 }
 
-/// In-process domains report their database pools (and their own figures) in `metrics`.
-pub async fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Composition, GatewayError> {
+/// In-process domains report their database pools (and their own figures) in `metrics`;
+/// `serving` is false in a process that only runs jobs ([`Platform::serving`]).
+pub async fn build(config: &GatewayConfig, metrics: &Metrics, serving: bool) -> Result<Composition, GatewayError> {
     let modules = config.modules();
-    let platform = platform(config, &modules, metrics).await?;
+    let platform = platform(config, &modules, metrics, serving).await?;
     let mut contracts = Contracts::default();
     let mut built = Vec::with_capacity(modules.len());
     for module in modules {
@@ -129,7 +132,7 @@ pub async fn set_platform_admin(config: &GatewayConfig, email: &str, admin: bool
     }
     let db = open(config, module.as_ref()).await?;
     migrate(module.as_ref(), &db).await?;
-    let platform = platform(config, &modules, &crate::metrics::registry()).await?;
+    let platform = platform(config, &modules, &crate::metrics::registry(), false).await?;
     auth::AuthService::set_platform_admin(&db, &platform, &config.auth, email, admin)
         .await
         .map_err(|e| GatewayError::Domain { domain: auth::DOMAIN, source: Box::new(e) })

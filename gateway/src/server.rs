@@ -133,7 +133,7 @@ async fn launch(
     let addr = listener.local_addr().map_err(bind_error)?;
 
     let metrics = crate::metrics::registry();
-    let compose::Composition { built, platform } = compose::build(&config, &metrics).await?;
+    let compose::Composition { built, platform } = compose::build(&config, &metrics, !served.is_empty()).await?;
     let workers = if workers { start_workers(&config, &built, &metrics)? } else { Vec::new() };
     let queues = built.iter().filter_map(|b| b.component.jobs()).map(|(jobs, _)| jobs).collect();
     let components = built.clone();

@@ -113,7 +113,10 @@ impl Module for InferenceModule {
         )?;
         // Retrieval embeds through the service's providers; grounded chat searches retrieval.
         let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
-        rag.start().await?;
+        // A process that only runs jobs ingests but never searches: no index to hold there.
+        if platform.serving {
+            rag.start().await?;
+        }
         let shared: Arc<dyn RagApi> = Arc::new(rag.clone());
         let service = service.with_retrieval(shared.clone());
         Ok(Arc::new(InferenceComponent { api: Arc::new(service), rag: shared, service: Some(rag) }))

@@ -42,6 +42,13 @@ async fn fixture(backend: &TestBackend, config: InferenceConfig) -> Fixture {
 impl Fixture {
     /// A started service over the fixture's database: one gateway process.
     async fn service(&self) -> RagService {
+        let rag = self.unstarted().await;
+        rag.start().await.unwrap();
+        rag
+    }
+
+    /// A service never started: what a process that only runs jobs (`gateway worker`) has.
+    async fn unstarted(&self) -> RagService {
         let inference = InferenceService::new(
             &self.config,
             self.platform.metrics.inference(),
@@ -53,10 +60,7 @@ impl Fixture {
         )
         .unwrap();
         let db = self.database.open(inference::DOMAIN).await;
-        let rag =
-            RagService::new(db, &self.config, self.platform.clock.clone(), self.billing.clone(), &inference).unwrap();
-        rag.start().await.unwrap();
-        rag
+        RagService::new(db, &self.config, self.platform.clock.clone(), self.billing.clone(), &inference).unwrap()
     }
 
     /// Counts rows of the inference database (chunks of a file, here).
@@ -412,6 +416,27 @@ backend_tests! {
         second.catch_up().await.unwrap();
         assert!(search(&second, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
         assert!(search(&third, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+    }
+
+    async fn a_job_only_process_ingests_without_keeping_an_index(backend) {
+        let mut config = InferenceConfig::default();
+        config.rag.sync_interval_ms = 3_600_000;
+        let f = fixture(&backend, config).await;
+        let jobs_only = f.unstarted().await;
+        let _worker = worker(&jobs_only);
+        let key = api_key(OrganizationId::new());
+        let file = jobs_only.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let vs = store(&jobs_only, &key, "docs").await;
+        attach(&jobs_only, &key, &vs, &file.id, json!({})).await;
+        assert_eq!(settled(&jobs_only, &key, &vs, &file.id).await.status, "completed");
+        assert!(f.chunk_rows(&file.id).await > 0);
+        // It wrote the chunks and the change, but applies nothing to an index of its own.
+        assert_eq!(jobs_only.catch_up().await.unwrap(), 0);
+        assert_eq!(jobs_only.watermark(), 0);
+
+        let serving = f.service().await;
+        assert!(serving.watermark() > 0);
+        assert!(!search(&serving, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
     }
 }
 

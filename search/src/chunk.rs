@@ -7,7 +7,6 @@
 //! whole file (with its chunking parameters) lets a caller skip re-ingesting identical content.
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -143,12 +142,13 @@ pub struct Chunk {
     pub hash: ContentHash,
 }
 
-/// Splits documents into chunks. Building one loads the tokenizer (about 0.1 s): build it once
-/// and share it; it is cheap to clone.
-#[derive(Clone)]
-pub struct Chunker {
-    bpe: Arc<CoreBPE>,
-}
+/// Splits documents into chunks, counting cl100k_base tokens.
+///
+/// The tokenizer's tables (about 20 MiB once built, 0.1 s to build) are tiktoken's process-wide
+/// singleton, built on the first chunking or count rather than here: a process that never
+/// ingests (a gateway that only serves chat, or searches) never pays for them.
+#[derive(Clone, Copy, Default)]
+pub struct Chunker;
 
 impl fmt::Debug for Chunker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,23 +162,25 @@ const PARAGRAPH: u8 = 2;
 const HEADING: u8 = 3;
 
 impl Chunker {
-    /// Loads the cl100k_base tokenizer.
-    pub fn new() -> Result<Self> {
-        let bpe = tiktoken_rs::cl100k_base()
-            .map_err(|e| SearchError::Index(format!("cannot load the cl100k_base tokenizer: {e}")))?;
-        Ok(Self { bpe: Arc::new(bpe) })
+    /// A chunker; the tokenizer is loaded on first use.
+    pub fn new() -> Self {
+        Self
+    }
+
+    fn bpe(&self) -> &'static CoreBPE {
+        tiktoken_rs::cl100k_base_singleton()
     }
 
     /// The number of tokens in a text.
     pub fn count_tokens(&self, text: &str) -> usize {
-        self.bpe.encode_ordinary(text).len()
+        self.bpe().encode_ordinary(text).len()
     }
 
     /// Chunks a document. Returns no chunk for a document without text.
     pub fn chunk(&self, doc: &Document, params: &StaticChunking) -> Result<Vec<Chunk>> {
         params.validate()?;
         let text = doc.text();
-        let tokens = self.bpe.encode_ordinary(&text);
+        let tokens = self.bpe().encode_ordinary(&text);
         let n = tokens.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -188,7 +190,7 @@ impl Chunker {
         let mut at = 0usize;
         for &t in &tokens {
             offsets.push(at);
-            let bytes = self.bpe.decode_bytes(&[t]).map_err(|e| SearchError::Index(format!("tokenizer: {e}")))?;
+            let bytes = self.bpe().decode_bytes(&[t]).map_err(|e| SearchError::Index(format!("tokenizer: {e}")))?;
             at += bytes.len();
         }
         offsets.push(at);
@@ -298,7 +300,7 @@ mod tests {
     use crate::parse::{Format, parse};
 
     fn chunker() -> Chunker {
-        Chunker::new().unwrap()
+        Chunker::new()
     }
 
     fn params(max: u32, overlap: u32) -> StaticChunking {

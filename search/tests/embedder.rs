@@ -74,7 +74,7 @@ fn search_by_meaning() {
     let Some(dir) = model_dir() else { return };
     let e = LocalEmbedder::load(&dir, 16).unwrap();
     let vectors: Arc<dyn VectorIndex> = Arc::new(HnswIndex::new(HnswConfig::default()).unwrap());
-    let engine = SearchEngine::new(Chunker::new().unwrap(), KeywordIndex::in_ram().unwrap(), Some(vectors));
+    let engine = SearchEngine::new(Chunker::new(), KeywordIndex::in_ram().unwrap(), Some(vectors));
     let scope = Scope::new("org_a", "vs_1");
     let texts = [
         "Customers can return purchased items within 30 days for a full reimbursement.",

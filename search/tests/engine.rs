@@ -12,7 +12,7 @@ use search::{
 use uuid::Uuid;
 
 fn engine(vectors: Option<Arc<dyn VectorIndex>>) -> SearchEngine {
-    SearchEngine::new(Chunker::new().unwrap(), KeywordIndex::in_ram().unwrap(), vectors)
+    SearchEngine::new(Chunker::new(), KeywordIndex::in_ram().unwrap(), vectors)
 }
 
 fn attrs(pairs: &[(&str, AttributeValue)]) -> Attributes {

@@ -43,6 +43,9 @@ pub struct Platform {
     pub rate_limit_fallback: Option<Arc<crate::ratelimit::Fallback>>,
     /// The process's metrics registry (`/metrics`): domains register their own families in it.
     pub metrics: crate::metrics::Metrics,
+    /// Whether this process serves the HTTP API; false for `gateway worker`, which only runs
+    /// jobs. Domains skip what only request handling needs (retrieval's in-memory index).
+    pub serving: bool,
 }
 
 impl std::fmt::Debug for Platform {

@@ -391,6 +391,7 @@ pub fn platform_with(modules: &[Arc<dyn Module>], clock: Arc<dyn Clock>) -> Plat
             version: "test".into(),
             commit: "test".into(),
         }),
+        serving: true,
     }
 }
 

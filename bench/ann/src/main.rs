@@ -412,7 +412,7 @@ fn ingest(docs: usize) {
         })
         .collect();
     let bytes: usize = files.iter().map(String::len).sum();
-    let chunker = search::Chunker::new().unwrap();
+    let chunker = search::Chunker::new();
     let engine = search::SearchEngine::new(chunker, search::KeywordIndex::in_ram().unwrap(), None);
     let strategy = search::ChunkingStrategy::Auto;
     let t = Instant::now();

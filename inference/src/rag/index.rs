@@ -17,7 +17,7 @@ use search::{
 };
 use shared::db::{Conn, Db};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// Changes read per query while catching up.
 const CHANGES_PER_READ: i64 = 500;
@@ -32,6 +32,9 @@ pub(crate) struct RagIndex {
     watermark: Arc<AtomicI64>,
     /// One catch-up at a time; a search waits for the one running.
     syncing: tokio::sync::Mutex<()>,
+    /// Set by the first rebuild. Until then (for ever in a process that only runs jobs) the index
+    /// stays empty and catching up does nothing, so a worker never holds the collection.
+    live: AtomicBool,
 }
 
 impl std::fmt::Debug for RagIndex {
@@ -64,7 +67,7 @@ pub(crate) fn hnsw_config(config: &RagConfig, dimensions: Option<usize>) -> Hnsw
 impl RagIndex {
     /// An empty index: keyword only, or hybrid with an HNSW graph of `hnsw`.
     pub(crate) fn new(db: Db, config: &RagConfig, hnsw: Option<HnswConfig>) -> Result<Self, String> {
-        let chunker = Chunker::new().map_err(|e| e.to_string())?;
+        let chunker = Chunker::new();
         let keyword = match &config.index_dir {
             Some(dir) => KeywordIndex::open_in_dir(dir),
             None => KeywordIndex::in_ram(),
@@ -79,6 +82,7 @@ impl RagIndex {
             engine: Arc::new(SearchEngine::new(chunker, keyword, vectors)),
             watermark: Arc::new(AtomicI64::new(0)),
             syncing: tokio::sync::Mutex::new(()),
+            live: AtomicBool::new(false),
         })
     }
 
@@ -101,7 +105,7 @@ impl RagIndex {
         let _guard = self.syncing.lock().await;
         let engine = self.engine.clone();
         let watermark = self.watermark.clone();
-        store::run(&self.db, move |conn| {
+        let indexed = store::run(&self.db, move |conn| {
             let start = store::last_change(conn)?;
             let mut indexed = 0;
             let mut after: Option<(String, String)> = None;
@@ -121,11 +125,21 @@ impl RagIndex {
             tracing::info!(rag.files = indexed, rag.watermark = start, "retrieval index rebuilt");
             Ok(indexed)
         })
-        .await
+        .await?;
+        self.live.store(true, Ordering::Release);
+        Ok(indexed)
+    }
+
+    /// Whether the index is kept (rebuilt once, then following the change log).
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
     }
 
     /// Applies the changes written since the watermark; returns how many.
     pub(crate) async fn catch_up(&self) -> Result<usize, InferenceError> {
+        if !self.is_live() {
+            return Ok(0);
+        }
         let _guard = self.syncing.lock().await;
         let engine = self.engine.clone();
         let watermark = self.watermark.clone();

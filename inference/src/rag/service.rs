@@ -52,7 +52,8 @@ impl std::fmt::Debug for RagService {
 impl RagService {
     /// The service over the domain's (migrated) database. `inference` embeds through the
     /// providers when `inference.rag.embedding_model` is set; `billing` records a local
-    /// embedder's usage. Call [`start`](Self::start) before serving.
+    /// embedder's usage. Call [`start`](Self::start) before serving searches; a service never
+    /// started (in a process that only runs jobs) ingests, but keeps no index.
     pub fn new(
         db: Db,
         config: &InferenceConfig,
