@@ -11,15 +11,15 @@
 #   governance on: API key, plan limits through the rate limiter, a billing hold and a
 #   settlement per call (prices are non-zero).
 # - Load: wrk pinned to CPU 1, concurrency 1, 10 and 64, each scenario direct and through Keel.
-# - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
-#   same three models on the same upstream, no database (so no virtual keys, budgets or spend
-#   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
 # - Open loop: the closed-loop runs above saturate Keel's one core at c=10 (latency = c /
 #   throughput, queueing), so latency below saturation comes from bench/openloop (built here):
 #   RATE (4000) requests/s in all over 10 connections, Poisson arrivals, each latency measured
 #   from the request's scheduled send time (no coordinated omission), pinned to CPU 1 like wrk.
 #   Each scenario direct and through Keel, then an "overhead" line: keel minus direct, at p50 and
 #   p99. The generator's stderr line says how late its own timers fired (part of every latency).
+# - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
+#   same three models on the same upstream, no database (so no virtual keys, budgets or spend
+#   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
 # Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS,
 # and the in-gateway overhead histogram's p50/p90/p99 bucket bounds per route, for the open-loop
 # runs and for the whole run.
@@ -186,8 +186,8 @@ for c in 1 10 64; do
     run "embeddings direct" "http://127.0.0.1:9101/v1/embeddings" "$(body embed)" none "$c"
     run "embeddings keel" "$API/v1/embeddings" "$(body embed)" "$KEY" "$c"
 done
-# Latency below saturation: an open loop at RATE requests/s (about a third of what Keel's core
-# does on chat), Poisson arrivals over 10 connections, latency from the scheduled send time; see
+# Latency below saturation: an open loop at RATE requests/s (at 4000, about 35-40 % of what Keel's
+# core does on chat and embeddings at saturation, about 55 % on stream), Poisson arrivals over 10 connections, latency from the scheduled send time; see
 # bench/openloop/src/main.rs for why not wrk. The in-gateway histogram is read before and after,
 # so its figures below are those of these runs alone.
 RATE=${RATE:-4000}
