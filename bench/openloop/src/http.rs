@@ -76,9 +76,11 @@ enum Framing {
 /// Reads responses from one connection. The buffer persists across responses so that bytes read
 /// past the end of one (there should be none without pipelining) are not lost.
 pub struct ResponseReader {
+    /// Zero-filled once; grows only for a head or line longer than it.
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`.
+    /// The unconsumed bytes are `buf[pos..end]`.
     pos: usize,
+    end: usize,
 }
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -95,24 +97,23 @@ impl Default for ResponseReader {
 
 impl ResponseReader {
     pub fn new() -> Self {
-        Self { buf: Vec::with_capacity(16 * 1024), pos: 0 }
+        Self { buf: vec![0; 16 * 1024], pos: 0, end: 0 }
     }
 
     /// Reads one whole response.
     pub fn read_response<R: Read>(&mut self, conn: &mut R) -> io::Result<Response> {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
+        if self.pos == self.end {
             self.fill(conn)?;
         }
         let first_byte = Instant::now();
 
         let head_end = loop {
-            if let Some(i) = find(&self.buf[self.pos..], b"\r\n\r\n") {
-                break self.pos + i + 4;
-            }
-            if self.buf.len() - self.pos > MAX_HEAD {
+            let found = find(&self.buf[self.pos..self.end], b"\r\n\r\n");
+            if found.unwrap_or(self.end - self.pos) > MAX_HEAD {
                 return Err(invalid("response head too large"));
+            }
+            if let Some(i) = found {
+                break self.pos + i + 4;
             }
             self.fill(conn)?;
         };
@@ -163,8 +164,8 @@ impl ResponseReader {
             Framing::Chunked => self.read_chunked(conn)?,
             Framing::UntilClose => {
                 close = true;
-                let mut n = self.buf.len() - self.pos;
-                self.pos = self.buf.len();
+                let mut n = self.end - self.pos;
+                self.pos = self.end;
                 let mut scratch = [0u8; 16 * 1024];
                 loop {
                     match conn.read(&mut scratch)? {
@@ -202,12 +203,12 @@ impl ResponseReader {
     /// One CRLF-terminated line, without the CRLF.
     fn read_line<R: Read>(&mut self, conn: &mut R) -> io::Result<String> {
         loop {
-            if let Some(i) = find(&self.buf[self.pos..], b"\r\n") {
+            if let Some(i) = find(&self.buf[self.pos..self.end], b"\r\n") {
                 let line = String::from_utf8_lossy(&self.buf[self.pos..self.pos + i]).into_owned();
                 self.pos += i + 2;
                 return Ok(line);
             }
-            if self.buf.len() - self.pos > MAX_HEAD {
+            if self.end - self.pos > MAX_HEAD {
                 return Err(invalid("line too long"));
             }
             self.fill(conn)?;
@@ -217,7 +218,7 @@ impl ResponseReader {
     /// Consumes `n` bytes, reading as needed.
     fn skip<R: Read>(&mut self, conn: &mut R, mut n: usize) -> io::Result<()> {
         loop {
-            let available = (self.buf.len() - self.pos).min(n);
+            let available = (self.end - self.pos).min(n);
             self.pos += available;
             n -= available;
             if n == 0 {
@@ -227,20 +228,20 @@ impl ResponseReader {
         }
     }
 
-    /// Appends one read's worth of bytes; compacts first so the buffer does not grow with a
-    /// long-lived connection.
+    /// Appends one read's worth of bytes, after moving the unconsumed ones to the front.
     fn fill<R: Read>(&mut self, conn: &mut R) -> io::Result<()> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
         }
-        let len = self.buf.len();
-        self.buf.resize(len + 16 * 1024, 0);
-        let read = conn.read(&mut self.buf[len..]);
-        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-        match read? {
+        match conn.read(&mut self.buf[self.end..])? {
             0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response")),
-            _ => Ok(()),
+            n => {
+                self.end += n;
+                Ok(())
+            }
         }
     }
 }
@@ -318,6 +319,17 @@ mod tests {
         let bytes: Vec<&[u8]> = whole.chunks(1).collect();
         let response = ResponseReader::new().read_response(&mut Pieces::new(&bytes)).unwrap();
         assert_eq!(response.body_len, 19);
+    }
+
+    #[test]
+    fn a_head_longer_than_the_buffer() {
+        let head = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\nContent-Length: 3\r\n\r\nabc", "v".repeat(40_000));
+        let mut conn = Pieces::new(&[head.as_bytes()]);
+        assert_eq!(ResponseReader::new().read_response(&mut conn).unwrap().body_len, 3);
+
+        let head = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\n\r\n", "v".repeat(MAX_HEAD + 1));
+        let mut conn = Pieces::new(&[head.as_bytes()]);
+        assert_eq!(ResponseReader::new().read_response(&mut conn).unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
