@@ -160,6 +160,12 @@ struct Plan {
 /// little behind), then abandoned and counted as unsent.
 const GRACE: Duration = Duration::from_secs(1);
 
+/// The time to the next arrival of a Poisson process at `rate` per second.
+fn exponential_gap(rng: &mut fastrand::Rng, rate: f64) -> Duration {
+    // 1 - f64() is in (0, 1], so the log is finite.
+    Duration::from_secs_f64(-(1.0 - rng.f64()).ln() / rate)
+}
+
 fn connect(target: &Target) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&target.addr, Duration::from_secs(5))?;
     stream.set_nodelay(true)?;
@@ -172,8 +178,7 @@ fn run_connection(plan: &Plan) -> Stats {
     set_timer_slack_1ns();
     let mut stats = Stats::new();
     let mut rng = fastrand::Rng::new();
-    // Exponential inter-arrival gap; 1 - f64() is in (0, 1], so the log is finite.
-    let mut gap = || Duration::from_secs_f64(-(1.0 - rng.f64()).ln() / plan.rate);
+    let mut gap = || exponential_gap(&mut rng, plan.rate);
     let mut conn = connect(&plan.target).ok();
     let mut reader = ResponseReader::new();
     let mut scheduled = plan.start + gap();
@@ -331,4 +336,28 @@ fn main() -> ExitCode {
     // A run that measured only errors still succeeds: its RESULT line says so, and a script
     // running several scenarios goes on to the next.
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts of arrivals per window of a Poisson process have mean and variance both equal to
+    /// rate × window; a fixed seed keeps the test deterministic.
+    #[test]
+    fn arrivals_are_poisson_at_the_requested_rate() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (rate, window, windows) = (400.0, Duration::from_millis(100), 5_000);
+        let mut t = exponential_gap(&mut rng, rate);
+        let mut counts = vec![0u32; windows];
+        while t < window * windows as u32 {
+            counts[(t.as_nanos() / window.as_nanos()) as usize] += 1;
+            t += exponential_gap(&mut rng, rate);
+        }
+        let expected = rate * window.as_secs_f64();
+        let mean = counts.iter().map(|&c| f64::from(c)).sum::<f64>() / windows as f64;
+        let variance = counts.iter().map(|&c| (f64::from(c) - mean).powi(2)).sum::<f64>() / windows as f64;
+        assert!((mean - expected).abs() < 0.02 * expected, "mean {mean}, expected {expected}");
+        assert!((variance - expected).abs() < 0.1 * expected, "variance {variance}, expected {expected}");
+    }
 }
