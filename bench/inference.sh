@@ -187,9 +187,10 @@ for c in 1 10 64; do
     run "embeddings keel" "$API/v1/embeddings" "$(body embed)" "$KEY" "$c"
 done
 # Latency below saturation: an open loop at RATE requests/s (at 4000, about 35-40 % of what Keel's
-# core does on chat and embeddings at saturation, about 55 % on stream), Poisson arrivals over 10 connections, latency from the scheduled send time; see
-# bench/openloop/src/main.rs for why not wrk. The in-gateway histogram is read before and after,
-# so its figures below are those of these runs alone.
+# core does at saturation on chat and embeddings, about 55 % on stream), Poisson arrivals over 10
+# connections, latency from the scheduled send time; see bench/openloop/src/main.rs for why not
+# wrk. The in-gateway histogram is read before and after, so its figures below are those of these
+# runs alone.
 RATE=${RATE:-4000}
 openloop() { # openloop NAME URL BODY AUTH: prints a line, leaves the RESULT fields in $OUT
     OUT=$(taskset -c 1 "$OPENLOOP" --url "$2" --rate "$RATE" --connections 10 --duration "$DURATION" \
