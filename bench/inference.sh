@@ -11,13 +11,19 @@
 #   governance on: API key, plan limits through the rate limiter, a billing hold and a
 #   settlement per call (prices are non-zero).
 # - Load: wrk pinned to CPU 1, concurrency 1, 10 and 64, each scenario direct and through Keel.
+# - Open loop: the closed-loop runs above saturate Keel's one core at c=10 (latency = c /
+#   throughput, queueing), so latency below saturation comes from bench/openloop (built here):
+#   RATE (4000) requests/s in all over 10 connections, Poisson arrivals, each latency measured
+#   from the request's scheduled send time (no coordinated omission), pinned to CPU 1 like wrk.
+#   Each scenario direct and through Keel, then an "overhead" line: keel minus direct, at p50 and
+#   p99. The generator's stderr line says how late its own timers fired (part of every latency).
 # - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
 #   same three models on the same upstream, no database (so no virtual keys, budgets or spend
 #   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
-# - Paced: c=10 again, each connection waiting PACE_MS (2) after each answer, so the gateway's
-#   core is not saturated: the latency overhead without queueing.
-# Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS.
-# Needs: wrk, nginx, curl, jq, taskset. Leaves nothing running.
+# Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS,
+# and the in-gateway overhead histogram's p50/p90/p99 bucket bounds per route, for the open-loop
+# runs and for the whole run.
+# Needs: wrk, nginx, curl, jq, taskset, cargo. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -40,6 +46,12 @@ for tool in wrk nginx curl jq taskset; do
 done
 if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release -p gateway
+fi
+# The open-loop generator, a crate outside the workspace; its own target dir whatever
+# CARGO_TARGET_DIR says, so its path is known.
+OPENLOOP=bench/openloop/target/release/openloop
+if [ -z "${SKIP_BUILD:-}" ] || [ ! -x "$OPENLOOP" ]; then
+    cargo build --release --manifest-path bench/openloop/Cargo.toml --target-dir bench/openloop/target
 fi
 
 CHAT='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22}}'
@@ -174,19 +186,36 @@ for c in 1 10 64; do
     run "embeddings direct" "http://127.0.0.1:9101/v1/embeddings" "$(body embed)" none "$c"
     run "embeddings keel" "$API/v1/embeddings" "$(body embed)" "$KEY" "$c"
 done
-# Latency below saturation: each of 10 connections waits PACE_MS after each answer before its next
-# request (wrk's delay hook), so the core is not saturated and latency is service time rather
-# than queueing (closed-loop at c=10 on one busy core measures c / throughput).
-PACE_MS=${PACE_MS:-2}
+# Latency below saturation: an open loop at RATE requests/s (at 4000, about 35-40 % of what Keel's
+# core does at saturation on chat and embeddings, about 55 % on stream), Poisson arrivals over 10
+# connections, latency from the scheduled send time; see bench/openloop/src/main.rs for why not
+# wrk. The in-gateway histogram is read before and after, so its figures below are those of these
+# runs alone.
+RATE=${RATE:-4000}
+openloop() { # openloop NAME URL BODY AUTH: prints a line, leaves the RESULT fields in $OUT
+    OUT=$(taskset -c 1 "$OPENLOOP" --url "$2" --rate "$RATE" --connections 10 --duration "$DURATION" \
+        --warmup 1 --method POST --body "$3" --header "Authorization: Bearer $4" | grep '^RESULT' | cut -d' ' -f2-)
+    printf '%-22s c=10  %s (latency ms)\n' "$1 open" "$OUT"
+}
+field() { # field FIELDS NAME: the value of NAME=… among FIELDS
+    tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"
+}
+curl -s "$API/metrics" >"$WORK/metrics.before"
+echo "open loop: rate=$RATE/s, 10 connections, Poisson arrivals, ${DURATION}s per run after 1s of warm-up, on CPU 1"
 for name in chat stream embeddings; do
     case $name in chat) b=chat ;; stream) b=stream ;; embeddings) b=embed ;; esac
     port=9101
     [ "$name" = stream ] && port=9102
     path=/v1/chat/completions
     [ "$name" = embeddings ] && path=/v1/embeddings
-    run "$name direct paced" "http://127.0.0.1:$port$path" "$(body $b)" none 10 "$PACE_MS"
-    run "$name keel paced" "$API$path" "$(body $b)" "$KEY" 10 "$PACE_MS"
+    openloop "$name direct" "http://127.0.0.1:$port$path" "$(body $b)" none
+    direct=$OUT
+    openloop "$name keel" "$API$path" "$(body $b)" "$KEY"
+    awk -v d50="$(field "$direct" p50)" -v d99="$(field "$direct" p99)" \
+        -v k50="$(field "$OUT" p50)" -v k99="$(field "$OUT" p99)" -v name="$name overhead" \
+        'BEGIN { printf "%-22s c=10  p50=%.3f p99=%.3f (keel minus direct, ms)\n", name, k50 - d50, k99 - d99 }'
 done
+curl -s "$API/metrics" >"$WORK/metrics.open"
 # The platform's own floor: an authenticated, non-AI route of the same gateway (API key from the
 # credential cache, no billing, no upstream).
 for c in 1 10 64; do
@@ -197,7 +226,43 @@ done
 CPU1=$(cpu_secs "$KEEL_PID")
 echo "keel: cpu ${CPU0}s -> ${CPU1}s over the runs; $(grep VmRSS "/proc/$KEEL_PID/status"); $(grep VmHWM "/proc/$KEEL_PID/status")"
 echo "keel overhead histogram (x-keel-overhead-ms as measured inside the gateway):"
-curl -s "$API/metrics" | grep -E '^keel_inference_overhead_seconds_(sum|count)'
+curl -s "$API/metrics" >"$WORK/metrics.end"
+grep -E '^keel_inference_overhead_seconds_(sum|count)' "$WORK/metrics.end"
+# quantiles BEFORE AFTER: per route, the upper bound of the first bucket of the histogram
+# (AFTER minus BEFORE) whose cumulative count reaches 50, 90 and 99 % of the calls.
+quantiles() {
+    awk '
+        !/^keel_inference_overhead_seconds_bucket\{/ { next }
+        {
+            route = $0; sub(/.*route="/, "", route); sub(/".*/, "", route)
+            le = $0; sub(/.*le="/, "", le); sub(/".*/, "", le)
+            key = route SUBSEP le
+            if (FILENAME == ARGV[1]) { before[key] = $NF; next }
+            if (!(route in n)) { routes[++nroutes] = route }
+            bound[route, ++n[route]] = le
+            count[route, n[route]] = $NF - before[key]
+        }
+        END {
+            for (r = 1; r <= nroutes; r++) {
+                route = routes[r]; total = count[route, n[route]]
+                line = sprintf("%-12s calls=%d", route, total)
+                split("50 90 99", qs, " ")
+                for (q = 1; q <= 3; q++) {
+                    for (i = 1; i <= n[route]; i++) if (total > 0 && count[route, i] >= total * qs[q] / 100) break
+                    le = bound[route, i]
+                    if (total == 0) shown = "=-"
+                    else if (le == "+Inf") shown = sprintf(">%gus", bound[route, i - 1] * 1e6)
+                    else shown = sprintf("<=%gus", le * 1e6)
+                    line = line " p" qs[q] shown
+                }
+                print "  " line
+            }
+        }' "$1" "$2"
+}
+echo "in-gateway overhead, bucket upper bounds (25, 50, 100, 250, 500 us, 1 ms, ...), open-loop runs only:"
+quantiles "$WORK/metrics.before" "$WORK/metrics.open"
+echo "the same over the whole run (warm-up, closed-loop and open-loop runs):"
+quantiles /dev/null "$WORK/metrics.end"
 
 [ -n "${LITELLM:-}" ] || exit 0
 kill "$KEEL_PID"
