@@ -365,7 +365,7 @@ pub trait InferenceApi: Send + Sync {
     /// field (see `FileSearchOptions`), grounded in the stores' sources, with `citations`.
     ///
     /// Errors: `invalid_request` (validation, before any provider call; `file_search.…`),
-    /// `vector_store_not_found` (a `file_search` store), `model_not_found`,
+    /// `vector_store_not_found`, `vector_store_expired` (a `file_search` store), `model_not_found`,
     /// `model_not_allowed`, `permission_denied`, `rate_limit_exceeded`, `insufficient_quota`,
     /// `overloaded`, `upstream_error`, `upstream_timeout`, `upstream_rejected`,
     /// `service_unavailable`, `internal_error`.

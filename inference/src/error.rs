@@ -78,6 +78,12 @@ pub enum InferenceError {
     #[error("No vector store found with id `{0}`.")]
     #[api(kind = NotFound, code = "vector_store_not_found")]
     VectorStoreNotFound(String),
+    /// The vector store passed its `expires_at` (`expires_after` days without activity): it
+    /// can still be read and deleted, not searched, attached to or modified. OpenAI's
+    /// `invalid_request_error`; a purge deletes it soon after.
+    #[error("The vector store `{0}` has expired; it can no longer be used.")]
+    #[api(kind = InvalidRequest, code = "vector_store_expired")]
+    VectorStoreExpired(String),
     /// The uploaded file is larger than `inference.rag.max_file_bytes`.
     #[error("The file is larger than the limit of {limit_bytes} bytes.")]
     #[api(kind = PayloadTooLarge, code = "file_too_large", param = "file")]
@@ -128,6 +134,7 @@ mod tests {
             InferenceError::UpstreamRejected("bad tools".into()),
             InferenceError::FileNotFound("file_1".into()),
             InferenceError::VectorStoreNotFound("vs_1".into()),
+            InferenceError::VectorStoreExpired("vs_1".into()),
             InferenceError::FileTooLarge { limit_bytes: 1024 },
         ];
         for error in all {

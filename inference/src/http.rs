@@ -57,6 +57,7 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
             "upstream_timeout",
             "upstream_rejected",
             "vector_store_not_found",
+            "vector_store_expired",
         ],
     ),
     (

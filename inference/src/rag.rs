@@ -2,11 +2,13 @@
 //! the `RagService` that implements `RagApi` over them (`docs/INFERENCE.md`, "Retrieval").
 
 mod embedder;
+mod expiry;
 mod index;
 mod ingest;
 mod service;
 mod store;
 mod validate;
 
+pub use expiry::PurgeExpiredStores;
 pub use ingest::IngestFile;
 pub use service::RagService;

@@ -336,7 +336,7 @@ pub trait RagApi: Send + Sync {
     /// Errors: `vector_store_not_found`.
     async fn vector_store(&self, caller: &Principal, id: &str) -> Result<VectorStore, InferenceError>;
 
-    /// Errors: `vector_store_not_found`, `invalid_request`.
+    /// Errors: `vector_store_not_found`, `vector_store_expired`, `invalid_request`.
     async fn update_vector_store(
         &self,
         caller: &Principal,
@@ -348,8 +348,9 @@ pub trait RagApi: Send + Sync {
     /// `vector_store_not_found`.
     async fn delete_vector_store(&self, caller: &Principal, id: &str) -> Result<Deleted, InferenceError>;
 
-    /// Attaches a file and starts its ingestion (answers at once, `in_progress`). Attaching a
-    /// file already attached answers its current state. Errors: `vector_store_not_found`,
+    /// Attaches a file and starts its ingestion (answers at once, `in_progress`); it is the
+    /// store's activity (`last_active_at`). Attaching a file already attached answers its
+    /// current state. Errors: `vector_store_not_found`, `vector_store_expired`,
     /// `file_not_found`, `invalid_request` (attributes, chunking strategy).
     async fn attach_file(
         &self,
@@ -379,7 +380,8 @@ pub trait RagApi: Send + Sync {
     async fn detach_file(&self, caller: &Principal, store_id: &str, file_id: &str) -> Result<Deleted, InferenceError>;
 
     /// Searches the store: BM25, plus vectors when an embedder is configured, fused by
-    /// reciprocal rank. Errors: `vector_store_not_found`, `invalid_request` (query, filters,
+    /// reciprocal rank; it is the store's activity (`last_active_at`, to 5 minutes). Errors:
+    /// `vector_store_not_found`, `vector_store_expired`, `invalid_request` (query, filters,
     /// ranking options, max_num_results), `insufficient_quota` (the query's embedding).
     async fn search(
         &self,

@@ -66,18 +66,35 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
     ("create_vector_store", &["invalid_json", "invalid_request", "file_not_found", "permission_denied"]),
     ("list_vector_stores", &["invalid_request", "permission_denied"]),
     ("retrieve_vector_store", &["vector_store_not_found", "permission_denied"]),
-    ("modify_vector_store", &["invalid_json", "invalid_request", "vector_store_not_found", "permission_denied"]),
+    (
+        "modify_vector_store",
+        &["invalid_json", "invalid_request", "vector_store_not_found", "vector_store_expired", "permission_denied"],
+    ),
     ("delete_vector_store", &["vector_store_not_found", "permission_denied"]),
     (
         "create_vector_store_file",
-        &["invalid_json", "invalid_request", "vector_store_not_found", "file_not_found", "permission_denied"],
+        &[
+            "invalid_json",
+            "invalid_request",
+            "vector_store_not_found",
+            "vector_store_expired",
+            "file_not_found",
+            "permission_denied",
+        ],
     ),
     ("list_vector_store_files", &["invalid_request", "vector_store_not_found", "permission_denied"]),
     ("retrieve_vector_store_file", &["vector_store_not_found", "file_not_found", "permission_denied"]),
     ("delete_vector_store_file", &["vector_store_not_found", "file_not_found", "permission_denied"]),
     (
         "search_vector_store",
-        &["invalid_json", "invalid_request", "vector_store_not_found", "insufficient_quota", "permission_denied"],
+        &[
+            "invalid_json",
+            "invalid_request",
+            "vector_store_not_found",
+            "vector_store_expired",
+            "insufficient_quota",
+            "permission_denied",
+        ],
     ),
 ];
 

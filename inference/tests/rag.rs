@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Retrieval over the in-process service (`RagService`) on real databases: upload → attach →
 //! the ingestion job → search; deletes; corrupt files; tenant isolation; a worker killed
-//! mid-job; two processes following one change log. The HTTP routes are tested end to end in
+//! mid-job; two processes following one change log; expiry and the purge, on a manual clock.
+//! The HTTP routes are tested end to end in
 //! `tests/` (rag-http).
 
 use async_trait::async_trait;
@@ -12,11 +13,12 @@ use inference::config::InferenceConfig;
 use inference::rag::IngestFile;
 use inference::*;
 use serde_json::json;
-use shared::Secret;
 use shared::backend_tests;
+use shared::clock::{Clock, ManualClock};
 use shared::jobs::{Handler, JobContext, JobError, JobsConfig, NoObserver, Registry, Worker, WorkerHandle};
 use shared::module::Module;
 use shared::testing::{TestBackend, TestDatabase};
+use shared::{DomainError, Secret};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +30,17 @@ struct Fixture {
 }
 
 async fn fixture(backend: &TestBackend, config: InferenceConfig) -> Fixture {
+    fixture_on(backend, config, Arc::new(shared::clock::SystemClock)).await
+}
+
+/// A fixture whose services read the time from `clock`.
+async fn fixture_on(backend: &TestBackend, config: InferenceConfig, clock: Arc<dyn Clock>) -> Fixture {
     let base: Vec<Arc<dyn Module>> =
         vec![Arc::new(AuthModule::new(AuthConfig::default())), Arc::new(BillingModule::new(BillingConfig::default()))];
     let mut all = base.clone();
     all.push(Arc::new(InferenceModule::new(config.clone())));
     let database = TestDatabase::migrated(backend, &all);
-    let platform = shared::testing::platform(&all);
+    let platform = shared::testing::platform_with(&all, clock);
     let contracts = shared::testing::build(&base, &database, &platform).await;
     let billing = contracts.get::<dyn BillingApi>().unwrap();
     Fixture { database, config, billing, platform }
@@ -42,13 +49,23 @@ async fn fixture(backend: &TestBackend, config: InferenceConfig) -> Fixture {
 impl Fixture {
     /// A started service over the fixture's database: one gateway process.
     async fn service(&self) -> RagService {
-        let rag = self.unstarted().await;
+        self.services().await.0
+    }
+
+    /// The retrieval service, started, and the inference service whose grounded chat searches it.
+    async fn services(&self) -> (RagService, InferenceService) {
+        let (rag, inference) = self.built().await;
         rag.start().await.unwrap();
-        rag
+        let grounded = inference.with_retrieval(Arc::new(rag.clone()));
+        (rag, grounded)
     }
 
     /// A service never started: what a process that only runs jobs (`gateway worker`) has.
     async fn unstarted(&self) -> RagService {
+        self.built().await.0
+    }
+
+    async fn built(&self) -> (RagService, InferenceService) {
         let inference = InferenceService::new(
             &self.config,
             self.platform.metrics.inference(),
@@ -60,7 +77,9 @@ impl Fixture {
         )
         .unwrap();
         let db = self.database.open(inference::DOMAIN).await;
-        RagService::new(db, &self.config, self.platform.clock.clone(), self.billing.clone(), &inference).unwrap()
+        let rag =
+            RagService::new(db, &self.config, self.platform.clock.clone(), self.billing.clone(), &inference).unwrap();
+        (rag, inference)
     }
 
     /// Counts rows of the inference database (chunks of a file, here).
@@ -437,6 +456,123 @@ backend_tests! {
         let serving = f.service().await;
         assert!(serving.watermark() > 0);
         assert!(!search(&serving, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+    }
+}
+
+backend_tests! {
+    async fn an_expired_store_is_refused_then_purged(backend) {
+        // No background catch-up: the test counts the changes a second process reads.
+        let mut config = InferenceConfig::default();
+        config.rag.sync_interval_ms = 3_600_000;
+        let clock = ManualClock::default();
+        let f = fixture_on(&backend, config, Arc::new(clock.clone())).await;
+        let (rag, chat) = f.services().await;
+        let key = api_key(OrganizationId::new());
+        let day = chrono::Duration::days(1);
+        let file = rag.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let late = rag.create_file(&key, upload("late.md", b"Attached later, to a store in use.")).await.unwrap();
+        let request = CreateVectorStoreRequest {
+            name: Some("short-lived".into()),
+            file_ids: vec![file.id.clone()],
+            expires_after: Some(ExpiresAfter { anchor: "last_active_at".into(), days: 1 }),
+            ..CreateVectorStoreRequest::default()
+        };
+        let created = rag.create_vector_store(&key, request).await.unwrap();
+        let vs = created.id.clone();
+        let created_at = created.last_active_at.unwrap();
+        assert_eq!(created.expires_at, Some(created_at + 86_400));
+        rag.ingest(&vs, &file.id).await.unwrap();
+        // A store without expiry, with its own copy of the text, lives on.
+        let kept_file = rag.create_file(&key, upload("kept.md", GUIDE.as_bytes())).await.unwrap();
+        let kept = store(&rag, &key, "forever").await;
+        attach(&rag, &key, &kept, &kept_file.id, json!({})).await;
+        rag.ingest(&kept, &kept_file.id).await.unwrap();
+
+        // A search 12 hours on is activity: the expiry moves 12 hours later.
+        clock.advance(chrono::Duration::hours(12));
+        assert!(!search(&rag, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+        let searched = rag.vector_store(&key, &vs).await.unwrap();
+        assert_eq!(searched.last_active_at, Some(created_at + 12 * 3600));
+        assert_eq!(searched.expires_at, Some(created_at + 12 * 3600 + 86_400));
+        assert_eq!(searched.status, "completed");
+        // Another search within the granularity (5 minutes) writes nothing.
+        clock.advance(chrono::Duration::seconds(60));
+        search(&rag, &key, &vs, json!({"query": "zebra"})).await;
+        assert_eq!(rag.vector_store(&key, &vs).await.unwrap().last_active_at, searched.last_active_at);
+
+        // Attaching a file 20 hours later is activity too.
+        clock.advance(chrono::Duration::hours(20));
+        attach(&rag, &key, &vs, &late.id, json!({})).await;
+        let attached = rag.vector_store(&key, &vs).await.unwrap();
+        let now = clock.now().timestamp();
+        assert_eq!((attached.last_active_at, attached.expires_at), (Some(now), Some(now + 86_400)));
+        rag.ingest(&vs, &late.id).await.unwrap();
+
+        // A day without activity: expired. Reads answer it; uses are refused.
+        clock.advance(day);
+        let expired = rag.vector_store(&key, &vs).await.unwrap();
+        assert_eq!((expired.status.as_str(), expired.expires_at), ("expired", Some(now + 86_400)));
+        let query: VectorStoreSearchRequest = serde_json::from_value(json!({"query": "zebra"})).unwrap();
+        let err = rag.search(&key, &vs, query).await.unwrap_err();
+        assert_eq!(err, InferenceError::VectorStoreExpired(vs.clone()));
+        assert_eq!((err.code(), err.kind().status(), err.error_type()), ("vector_store_expired", 400, "invalid_request_error"));
+        let again = CreateVectorStoreFileRequest { file_id: late.id.clone(), attributes: None, chunking_strategy: None };
+        assert_eq!(rag.attach_file(&key, &vs, again).await.unwrap_err(), InferenceError::VectorStoreExpired(vs.clone()));
+        // Grounded chat searches the store through the same path: refused before any model call.
+        let grounded: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "echo",
+            "messages": [{"role": "user", "content": "Where are the zebra snapshots?"}],
+            "file_search": {"vector_store_ids": [vs]},
+        }))
+        .unwrap();
+        assert_eq!(chat.chat(&key, grounded).await.unwrap_err(), InferenceError::VectorStoreExpired(vs.clone()));
+        let revive = UpdateVectorStoreRequest { name: Some("revived".into()), ..UpdateVectorStoreRequest::default() };
+        assert_eq!(rag.update_vector_store(&key, &vs, revive).await.unwrap_err(), InferenceError::VectorStoreExpired(vs.clone()));
+        let listed = rag.list_vector_stores(&key, ListQuery::default()).await.unwrap();
+        let statuses: Vec<(&str, &str)> = listed.data.iter().map(|s| (s.id.as_str(), s.status.as_str())).collect();
+        assert!(statuses.contains(&(vs.as_str(), "expired")) && statuses.contains(&(kept.as_str(), "completed")), "{statuses:?}");
+        assert_eq!(rag.list_vector_store_files(&key, &vs, ListQuery::default()).await.unwrap().data.len(), 2);
+        // The refused uses moved nothing.
+        assert_eq!(rag.vector_store(&key, &vs).await.unwrap().last_active_at, expired.last_active_at);
+
+        // The purge deletes the expired store as a DELETE does: chunks gone, a change row for
+        // every process; the files and the store without expiry stay.
+        let other = f.service().await;
+        assert!(f.chunk_rows(&file.id).await > 0 && f.chunk_rows(&late.id).await > 0);
+        assert_eq!(rag.purge_expired().await.unwrap(), 1);
+        assert_eq!((f.chunk_rows(&file.id).await, f.chunk_rows(&late.id).await), (0, 0));
+        assert!(matches!(rag.vector_store(&key, &vs).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert_eq!(other.catch_up().await.unwrap(), 1, "the store_removed change");
+        assert!(rag.file(&key, &file.id).await.is_ok(), "the file stays");
+        assert!(f.chunk_rows(&kept_file.id).await > 0);
+        assert!(!search(&rag, &key, &kept, json!({"query": "zebra"})).await.data.is_empty());
+        assert_eq!(rag.purge_expired().await.unwrap(), 0);
+        // Time alone never expires a store without `expires_after`.
+        clock.advance(day * 400);
+        assert_eq!(rag.purge_expired().await.unwrap(), 0);
+        assert_eq!(rag.vector_store(&key, &kept).await.unwrap().status, "completed");
+    }
+
+    async fn each_store_expires_after_its_own_days(backend) {
+        let clock = ManualClock::default();
+        let f = fixture_on(&backend, InferenceConfig::default(), Arc::new(clock.clone())).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let expiring = |name: &str, days| CreateVectorStoreRequest {
+            name: Some(name.into()),
+            expires_after: Some(ExpiresAfter { anchor: "last_active_at".into(), days }),
+            ..CreateVectorStoreRequest::default()
+        };
+        let one = rag.create_vector_store(&key, expiring("one day", 1)).await.unwrap().id;
+        let three = rag.create_vector_store(&key, expiring("three days", 3)).await.unwrap().id;
+        clock.advance(chrono::Duration::days(2));
+        // Each store's own expiry counts: after two days only the one-day store goes.
+        assert_eq!(rag.purge_expired().await.unwrap(), 1);
+        assert!(matches!(rag.vector_store(&key, &one).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert_eq!(rag.vector_store(&key, &three).await.unwrap().status, "completed");
+        // The registry schedules the purge.
+        let registry = format!("{:?}", rag.registry().unwrap());
+        assert!(registry.contains("inference.purge_expired_vector_stores"), "{registry}");
     }
 }
 

@@ -3,6 +3,7 @@
 //! same results and error variants. Each step ends with the ledger check.
 
 use auth::{AuthApi, AuthConfig, AuthService, LoginRequest, RequestContext, SignupRequest};
+use billing::config::PlanConfig;
 use billing::service::LedgerReport;
 use billing::*;
 use shared::db::Db;
@@ -11,6 +12,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const PASSWORD: &str = "correct horse battery";
+
+/// The plan the end-to-end suites subscribe their organizations to.
+pub const TEST_PLAN: &str = "test";
+
+/// Adds the `test` plan to `config`: credit and limits with room enough for any suite's traffic,
+/// so that a test meets a limit only when it sets one itself.
+pub fn add_test_plan(config: &mut BillingConfig) {
+    config.plans.insert(
+        TEST_PLAN.into(),
+        PlanConfig {
+            name: "Test".into(),
+            included_credit: Money::units(1_000),
+            requests_per_minute: 100_000,
+            tokens_per_minute: 100_000_000,
+            ..PlanConfig::default()
+        },
+    );
+}
 
 /// What the story needs besides the contract under test.
 #[derive(Clone)]

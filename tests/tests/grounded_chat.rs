@@ -8,8 +8,7 @@
 
 use async_trait::async_trait;
 use auth::{AuthApi, AuthModule, OrganizationId, Principal};
-use billing::config::PlanConfig;
-use billing::{BillingApi, BillingConfig, BillingModule, Money, PutSubscriptionRequest};
+use billing::{BillingApi, BillingConfig, BillingModule, PutSubscriptionRequest};
 use futures_util::StreamExt;
 use inference::config::{DeploymentConfig, ModelConfig, ProviderConfig};
 use inference::*;
@@ -20,6 +19,7 @@ use shared::page::PageRequest;
 use shared::testing::{TestBackend, TestDatabase};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use tests::billing::{TEST_PLAN, add_test_plan};
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
 use tests::harness::{TestGateway, fast_auth_config, gateway_config};
 use tests::rag::RagWorld;
@@ -171,7 +171,7 @@ async fn signup(auth: &Arc<dyn AuthApi>, billing: &Arc<dyn BillingApi>) -> (Prin
     let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
     let (key, owner) = RagWorld { auth: auth.clone() }.organization(&email).await;
     let org = key.organization_id.unwrap();
-    billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: "test".into() }).await.unwrap();
+    billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: TEST_PLAN.into() }).await.unwrap();
     (owner, key, org)
 }
 
@@ -179,16 +179,7 @@ async fn fixture() -> Fixture {
     let mut billing_config = BillingConfig::default();
     // Every hold is its own ledger transaction, so the tests can see whether one was taken.
     billing_config.lease.enabled = false;
-    billing_config.plans.insert(
-        "test".into(),
-        PlanConfig {
-            name: "Test".into(),
-            included_credit: Money::units(1_000),
-            requests_per_minute: 100_000,
-            tokens_per_minute: 100_000_000,
-            ..PlanConfig::default()
-        },
-    );
+    add_test_plan(&mut billing_config);
     let modules: Vec<Arc<dyn Module>> =
         vec![Arc::new(AuthModule::new(fast_auth_config())), Arc::new(BillingModule::new(billing_config))];
     let database = tests::database(&TestBackend::Sqlite);

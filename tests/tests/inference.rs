@@ -7,13 +7,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use billing::Money;
-use billing::config::PlanConfig;
 use futures_util::StreamExt;
 use gateway::GatewayConfig;
 use inference::config::{DeploymentConfig, ModelConfig, ModelKind, ProviderConfig};
 use serde_json::{Value, json};
 use shared::testing::{TestBackend, TestDatabase};
 use std::time::{Duration, Instant};
+use tests::billing::{TEST_PLAN, add_test_plan};
 use tests::fake_openai::{Behavior, FakeOpenAi, WORD};
 use tests::harness::{TestGateway, database, gateway_config};
 use tests::{Client, Reply};
@@ -65,17 +65,8 @@ fn config(database: &TestDatabase, fake: &FakeOpenAi) -> GatewayConfig {
     );
     inference.retry.base_backoff_ms = 10;
     inference.retry.max_backoff_ms = 50;
-    // The plan every test organization subscribes to: room enough for the tests' traffic.
-    config.billing.plans.insert(
-        "test".into(),
-        PlanConfig {
-            name: "Test".into(),
-            included_credit: Money::units(1_000),
-            requests_per_minute: 100_000,
-            tokens_per_minute: 100_000_000,
-            ..PlanConfig::default()
-        },
-    );
+    // The plan every test organization subscribes to.
+    add_test_plan(&mut config.billing);
     config
 }
 
@@ -88,7 +79,7 @@ async fn credentials(api: &Client) -> (String, String, String) {
     let session = reply.body["token"].as_str().unwrap().to_owned();
     let org = reply.body["organization"]["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/organizations/{org}/subscription");
-    let reply = api.json(reqwest::Method::PUT, &path, Some(&session), &json!({"plan": "test"})).await;
+    let reply = api.json(reqwest::Method::PUT, &path, Some(&session), &json!({"plan": TEST_PLAN})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = api.post(&format!("/v1/organizations/{org}/api-keys"), Some(&session), &json!({"name": "k"})).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
@@ -349,7 +340,7 @@ async fn a_budget_race_never_spends_beyond_the_bound_and_rejected_calls_never_re
     let database = database(&backend());
     let mut config = config(&database, &fake);
     // Credit for a few holds only: a hold is 10 prompt tokens (estimated) + max_tokens 10.
-    config.billing.plans.get_mut("test").unwrap().included_credit = Money::nanos(100_000);
+    config.billing.plans.get_mut(TEST_PLAN).unwrap().included_credit = Money::nanos(100_000);
     let gateway = TestGateway::start(config, None).await;
     let api = gateway.client();
     let (session, key, org) = credentials(&api).await;
@@ -629,7 +620,7 @@ async fn a_plan_sees_and_calls_only_its_models() {
     let fake = FakeOpenAi::start(Behavior::answer(1)).await;
     let database = database(&backend());
     let mut config = config(&database, &fake);
-    config.billing.plans.get_mut("test").unwrap().allowed_models = vec!["echo".into()];
+    config.billing.plans.get_mut(TEST_PLAN).unwrap().allowed_models = vec!["echo".into()];
     let (gateway, api, _, key) = start(config).await;
     let reply = api.get("/v1/models", Some(&key)).await;
     assert_eq!(reply.body["data"].as_array().unwrap().len(), 1, "{}", reply.body);
@@ -860,7 +851,7 @@ async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when
     let mut config = caching_config(&database, &fake);
     config.inference.cache.hit_billing = inference::config::CacheHitBilling::Full;
     // Room for one call's estimated tokens a minute (prompt ~10 + max_tokens 1,000).
-    config.billing.plans.get_mut("test").unwrap().tokens_per_minute = 1_500;
+    config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_500;
     let gateway = TestGateway::start(config, None).await;
     let api = gateway.client();
     let (session, key, org) = credentials(&api).await;

@@ -1,7 +1,8 @@
 //! The retrieval routes end to end: a real gateway over HTTP, with API keys, as an OpenAI SDK
 //! would call it. Upload (multipart), attach, wait for `completed`, search finds the right
 //! chunk by keyword; 413 past the size limit with nothing stored; a corrupt PDF fails cleanly;
-//! another organization gets 404 everywhere; the error envelopes are pinned exactly.
+//! another organization gets 404 everywhere; the error envelopes are pinned exactly; an
+//! expired store is refused with `vector_store_expired`, also through a remote inference.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,7 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
-use shared::testing::TestBackend;
+use shared::testing::{TestBackend, TestDatabase};
 use std::time::{Duration, Instant};
 use tests::harness::{TestGateway, database, gateway_config};
 use tests::rag::{ANIMALS, CORRUPT_PDF, field_notes, small_chunks};
@@ -56,6 +57,24 @@ async fn file_ids(api: &Client, key: &str) -> Vec<String> {
     let reply = api.get("/v1/files?limit=100", Some(key)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.body["data"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Moves a store's last activity `secs` into the past, as if that much time had passed.
+async fn age_store(database: &TestDatabase, store: &str, secs: i64) {
+    use diesel::RunQueryDsl;
+    let db = database.open(inference::DOMAIN).await;
+    let store = store.to_owned();
+    let aged = db
+        .run(move |conn| {
+            diesel::sql_query("UPDATE rag_vector_stores SET last_active_at = last_active_at - $1 WHERE id = $2")
+                .bind::<diesel::sql_types::BigInt, _>(secs)
+                .bind::<diesel::sql_types::Text, _>(store)
+                .execute(conn)
+                .map_err(shared::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(aged, 1);
 }
 
 #[tokio::test]
@@ -294,6 +313,28 @@ async fn a_gateway_whose_inference_is_remote_serves_retrieval_the_same() {
     let reply = api.post(&format!("/v1/vector_stores/{store}/files"), Some(&key), &json!({})).await;
     reply.assert_error(400, "invalid_request");
     assert_eq!(reply.body["error"]["param"], "file_id");
+
+    // A store a day past its expiry: readable and deletable, refused for search and attach
+    // with OpenAI's 400 `invalid_request_error`.
+    let expiring = json!({"name": "brief", "expires_after": {"anchor": "last_active_at", "days": 1}});
+    let reply = api.post("/v1/vector_stores", Some(&key), &expiring).await;
+    assert_eq!((reply.status, &reply.body["status"]), (200, &json!("completed")), "{}", reply.body);
+    let brief = reply.body["id"].as_str().unwrap().to_owned();
+    age_store(&database, &brief, 2 * 86_400).await;
+    let reply = api.get(&format!("/v1/vector_stores/{brief}"), Some(&key)).await;
+    assert_eq!((reply.status, &reply.body["status"]), (200, &json!("expired")), "{}", reply.body);
+    let expired = json!({"error": {"message": format!("The vector store `{brief}` has expired; it can no longer be used."),
+        "type": "invalid_request_error", "code": "vector_store_expired", "param": null}});
+    for reply in [
+        api.post(&format!("/v1/vector_stores/{brief}/search"), Some(&key), &json!({"query": "planarian"})).await,
+        api.post(&format!("/v1/vector_stores/{brief}/files"), Some(&key), &json!({"file_id": file})).await,
+    ] {
+        reply.assert_error(400, "vector_store_expired");
+        assert_eq!(reply.body, expired);
+    }
+    let reply = api.delete(&format!("/v1/vector_stores/{brief}"), Some(&key)).await;
+    assert_eq!(reply.body, json!({"id": brief, "object": "vector_store.deleted", "deleted": true}));
+
     let reply = api.delete(&format!("/v1/files/{file}"), Some(&key)).await;
     assert_eq!(reply.body, json!({"id": file, "object": "file", "deleted": true}));
     front.stop().await;

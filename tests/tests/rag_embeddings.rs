@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use auth::{AuthApi, AuthModule};
-use billing::config::PlanConfig;
-use billing::{BillingApi, BillingConfig, BillingModule, Money, PutSubscriptionRequest};
+use billing::{BillingApi, BillingConfig, BillingModule, PutSubscriptionRequest};
 use inference::config::{DeploymentConfig, InferenceConfig, ModelConfig, ModelKind, ProviderConfig};
 use inference::{CreateVectorStoreFileRequest, CreateVectorStoreRequest, InferenceModule, RagApi};
 use serde_json::json;
@@ -16,6 +15,7 @@ use shared::module::Module;
 use shared::testing::TestDatabase;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tests::billing::{TEST_PLAN, add_test_plan};
 use tests::fake_openai::{Behavior, FakeOpenAi};
 use tests::harness::fast_auth_config;
 
@@ -44,16 +44,7 @@ fn inference_config(fake: &FakeOpenAi) -> InferenceConfig {
 
 fn billing_config() -> BillingConfig {
     let mut config = BillingConfig::default();
-    config.plans.insert(
-        "test".into(),
-        PlanConfig {
-            name: "Test".into(),
-            included_credit: Money::units(1_000),
-            requests_per_minute: 100_000,
-            tokens_per_minute: 100_000_000,
-            ..PlanConfig::default()
-        },
-    );
+    add_test_plan(&mut config);
     config
 }
 
@@ -78,7 +69,7 @@ backend_tests! {
         let world = tests::rag::RagWorld { auth: auth.clone() };
         let (key, owner) = world.organization("rag@example.com").await;
         let org = key.organization_id.unwrap();
-        billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: "test".into() }).await.unwrap();
+        billing.put_subscription(&owner, org, PutSubscriptionRequest { plan: TEST_PLAN.into() }).await.unwrap();
         let spent = || async { billing.balance(&owner, org).await.unwrap().spent };
         let before = spent().await;
 

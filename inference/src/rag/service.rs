@@ -3,6 +3,7 @@
 //! ingestion runs as a durable job (`ingest`).
 
 use super::embedder::Embedder;
+use super::expiry;
 use super::index::{Query, RagIndex, hnsw_config};
 use super::ingest::IngestFile;
 use super::store::{self, Fail, FileMeta, NewFileRow, StoreFileRow, StoreRow};
@@ -22,8 +23,6 @@ use shared::jobs::Jobs;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-
-const DAY_SECS: i64 = 86_400;
 
 /// The in-process retrieval domain. Cheap to clone.
 #[derive(Clone)]
@@ -101,9 +100,23 @@ impl RagService {
         &self.inner.jobs
     }
 
-    /// The job handlers of the domain (`inference.ingest_file`).
+    /// The job handlers of the domain (`inference.ingest_file`) and its periodic purge of
+    /// expired stores (`inference.purge_expired_vector_stores`).
     pub fn registry(&self) -> Result<shared::jobs::Registry, shared::jobs::RegistryError> {
-        super::ingest::registry(self)
+        let mut registry = super::ingest::registry(self)?;
+        expiry::register(&mut registry, self)?;
+        Ok(registry)
+    }
+
+    /// Deletes the vector stores whose expiry has passed, as `DELETE /v1/vector_stores/{id}`
+    /// does (chunks, attachments, a change row for every process); returns how many. The
+    /// periodic job `inference.purge_expired_vector_stores` runs it.
+    pub async fn purge_expired(&self) -> Result<usize, InferenceError> {
+        let purged = expiry::purge(self, self.now()).await?;
+        if purged > 0 {
+            self.refresh().await;
+        }
+        Ok(purged)
     }
 
     /// Runs one attachment's ingestion now, as its job does (idempotent).
@@ -252,7 +265,7 @@ impl RagService {
             .into_iter()
             .map(|row| {
                 let (file_counts, usage_bytes) = per_store.remove(&row.id).unwrap_or_default();
-                let expires_at = row.expires_after_days.map(|d| row.last_active_at + i64::from(d) * DAY_SECS);
+                let expires_at = expiry::expires_at(&row);
                 let status = if expires_at.is_some_and(|t| t <= now) {
                     "expired"
                 } else if file_counts.in_progress > 0 {
@@ -489,6 +502,7 @@ impl RagApi for RagService {
         request: UpdateVectorStoreRequest,
     ) -> Result<VectorStore, InferenceError> {
         let mut row = self.store_row(organization(caller)?, id).await?;
+        expiry::usable(&row, self.now())?;
         if let Some(name) = request.name {
             validate::name(Some(&name))?;
             row.name = Some(name);
@@ -527,13 +541,21 @@ impl RagApi for RagService {
         request: CreateVectorStoreFileRequest,
     ) -> Result<VectorStoreFile, InferenceError> {
         let org = organization(caller)?;
-        self.store_row(org, store_id).await?;
+        let now = self.now();
+        let vs = self.store_row(org, store_id).await?;
+        expiry::usable(&vs, now)?;
         self.file_meta(org, &request.file_id).await?;
         let attributes = validate::attributes(request.attributes.as_ref())?;
         let chunking = validate::chunking(request.chunking_strategy.as_ref())?;
         let row = self.attachment(caller, org, store_id, &request.file_id, &attributes, chunking)?;
         let jobs = self.inner.jobs.clone();
+        let active = now.max(vs.last_active_at);
         let current = store::transaction(&self.inner.db, move |conn| {
+            // Attaching is activity. Written first, so the row is locked until the commit and a
+            // purge running meanwhile keeps the store; false: it was just deleted.
+            if !store::mark_active(conn, &row.vector_store_id, active)? {
+                return Err(Fail(InferenceError::VectorStoreNotFound(row.vector_store_id.clone())));
+            }
             if store::insert_store_file_if_new(conn, &row)? {
                 jobs.enqueue(conn, &IngestFile::of(&row))?;
             }
@@ -608,44 +630,49 @@ impl RagApi for RagService {
         request: VectorStoreSearchRequest,
     ) -> Result<SearchResultsPage, InferenceError> {
         let org = organization(caller)?;
-        self.store_row(org, store_id).await?;
+        let now = self.now();
+        // The ownership check's row tells the expiry and how fresh `last_active_at` is.
+        let vs = self.store_row(org, store_id).await?;
+        expiry::usable(&vs, now)?;
         let queries = validate::queries(&request.query)?;
         let max = validate::max_num_results(request.max_num_results, 10)?;
         let filter = validate::filter(request.filters.as_ref())?;
         let (weights, threshold) = validate::ranking(request.ranking_options.as_ref())?;
-        self.inner.index.catch_up().await?;
-        let vectors = self.query_vectors(caller, org, &queries).await?;
-        let scope = search::Scope::new(org.to_string(), store_id);
-        let mut best: HashMap<uuid::Uuid, f32> = HashMap::new();
-        for (i, text) in queries.iter().enumerate() {
-            let vector = vectors.as_ref().and_then(|v| v.get(i).cloned());
-            let query = Query {
-                text: text.clone(),
-                vector,
-                max_num_results: max,
-                filter: filter.clone(),
-                weights,
-                score_threshold: threshold,
-            };
-            let hits =
-                self.inner.index.search(scope.clone(), query).await.map_err(|e| validate::from_search(e, "query"))?;
-            for hit in hits {
-                let score = best.entry(hit.id).or_insert(hit.score);
-                *score = score.max(hit.score);
+        let ranking = async {
+            self.inner.index.catch_up().await?;
+            let vectors = self.query_vectors(caller, org, &queries).await?;
+            let scope = search::Scope::new(org.to_string(), store_id);
+            let mut best: HashMap<uuid::Uuid, f32> = HashMap::new();
+            for (i, text) in queries.iter().enumerate() {
+                let vector = vectors.as_ref().and_then(|v| v.get(i).cloned());
+                let query = Query {
+                    text: text.clone(),
+                    vector,
+                    max_num_results: max,
+                    filter: filter.clone(),
+                    weights,
+                    score_threshold: threshold,
+                };
+                let hits = self
+                    .inner
+                    .index
+                    .search(scope.clone(), query)
+                    .await
+                    .map_err(|e| validate::from_search(e, "query"))?;
+                for hit in hits {
+                    let score = best.entry(hit.id).or_insert(hit.score);
+                    *score = score.max(hit.score);
+                }
             }
-        }
-        let mut ranked: Vec<(uuid::Uuid, f32)> = best.into_iter().collect();
+            Ok::<_, InferenceError>(best)
+        };
+        // The activity write (when due) runs beside the search rather than after it: it adds no
+        // latency, and is done by the time the answer is, so a read that follows sees it.
+        let (best, ()) = tokio::join!(ranking, self.record_activity(&vs, now));
+        let mut ranked: Vec<(uuid::Uuid, f32)> = best?.into_iter().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(max);
         let data = self.results(store_id, &ranked).await?;
-        let (db, id, now) = (self.inner.db.clone(), store_id.to_owned(), self.now());
-        // Activity moves the store's expiry; nobody waits for it.
-        tokio::spawn(async move {
-            let touched = store::run(&db, move |conn| store::touch_store(conn, &id, now).map_err(Fail::from)).await;
-            if let Err(e) = touched {
-                tracing::warn!(error = %e, "vector store activity not recorded");
-            }
-        });
         Ok(SearchResultsPage {
             object: "vector_store.search_results.page".into(),
             search_query: queries,
@@ -657,6 +684,21 @@ impl RagApi for RagService {
 }
 
 impl RagService {
+    /// Moves the store's `last_active_at` to `now` when it is older than the granularity
+    /// ([`expiry::ACTIVITY_GRANULARITY_SECS`]); most searches of a busy store write nothing. A
+    /// failure is logged: the search it belongs to has its answer.
+    async fn record_activity(&self, vs: &StoreRow, now: i64) {
+        if !expiry::stale(vs, now) {
+            return;
+        }
+        let id = vs.id.clone();
+        let touched =
+            store::run(&self.inner.db, move |conn| store::touch_store(conn, &id, now).map_err(Fail::from)).await;
+        if let Err(e) = touched {
+            tracing::warn!(error = %e, "vector store activity not recorded");
+        }
+    }
+
     /// The queries' embeddings (one call for all), when the index is hybrid.
     async fn query_vectors(
         &self,

@@ -340,6 +340,35 @@ pub(crate) fn touch_store(conn: &mut Conn, id: &str, now: i64) -> QueryResult<()
         .map(drop)
 }
 
+/// Sets `last_active_at`; false when the store is gone. In a transaction, the row stays locked
+/// until the commit, so the purge (which re-tests the expiry as it deletes) keeps it.
+pub(crate) fn mark_active(conn: &mut Conn, id: &str, at: i64) -> QueryResult<bool> {
+    diesel::update(rag_vector_stores::table.find(id))
+        .set(rag_vector_stores::last_active_at.eq(at))
+        .execute(conn)
+        .map(|n| n == 1)
+}
+
+/// A store's expiry has passed at the bound time: `last_active_at + days <= now`. SQL of both
+/// backends (NULL days: never).
+const EXPIRED_AT: &str = "last_active_at + CAST(expires_after_days AS BIGINT) * 86400 <= ";
+
+/// Stores whose expiry passed at `now`, oldest activity first, at most `limit`:
+/// (organization, id).
+pub(crate) fn expired_stores(conn: &mut Conn, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Bool};
+    rag_vector_stores::table
+        .filter(rag_vector_stores::expires_after_days.is_not_null())
+        // The shortest expiry is a day: the range the expiry index serves.
+        .filter(rag_vector_stores::last_active_at.le(now - 86_400))
+        .filter(sql::<Bool>(EXPIRED_AT).bind::<BigInt, _>(now))
+        .order((rag_vector_stores::last_active_at.asc(), rag_vector_stores::id.asc()))
+        .limit(limit)
+        .select((rag_vector_stores::organization_id, rag_vector_stores::id))
+        .load(conn)
+}
+
 pub(crate) fn stores_page(conn: &mut Conn, organization_id: &str, keyset: &Keyset) -> QueryResult<Vec<StoreRow>> {
     let mut query =
         rag_vector_stores::table.filter(rag_vector_stores::organization_id.eq(organization_id)).into_boxed();
@@ -353,6 +382,28 @@ pub(crate) fn delete_store(conn: &mut Conn, organization_id: &str, id: &str, now
         rag_vector_stores::table.find(id).filter(rag_vector_stores::organization_id.eq(organization_id)),
     )
     .execute(conn)?;
+    remove_contents(conn, organization_id, id, deleted, now)
+}
+
+/// [`delete_store`] if the store's expiry has passed at `now`. The condition is tested by the
+/// delete itself, so a store used since it was found expired (a file attached in a transaction
+/// that locked its row) is kept.
+pub(crate) fn delete_expired_store(conn: &mut Conn, organization_id: &str, id: &str, now: i64) -> QueryResult<bool> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Bool};
+    let deleted = diesel::delete(
+        rag_vector_stores::table
+            .find(id)
+            .filter(rag_vector_stores::organization_id.eq(organization_id))
+            .filter(sql::<Bool>(EXPIRED_AT).bind::<BigInt, _>(now)),
+    )
+    .execute(conn)?;
+    remove_contents(conn, organization_id, id, deleted, now)
+}
+
+/// What follows the delete of a store's row (`deleted` rows): its chunks, its attachments and a
+/// `store_removed` change. False when no row was deleted.
+fn remove_contents(conn: &mut Conn, organization_id: &str, id: &str, deleted: usize, now: i64) -> QueryResult<bool> {
     if deleted == 0 {
         return Ok(false);
     }

@@ -1,0 +1,1 @@
+DROP INDEX rag_vector_stores_expiry_idx;
