@@ -13,8 +13,9 @@
 # - Load: wrk pinned to CPU 1, concurrency 1, 10 and 64, each scenario direct and through Keel.
 # - Open loop: the closed-loop runs above saturate Keel's one core at c=10 (latency = c /
 #   throughput, queueing), so latency below saturation comes from bench/openloop (built here):
-#   RATE (4000) requests/s in all over 10 connections, Poisson arrivals, each latency measured
-#   from the request's scheduled send time (no coordinated omission), pinned to CPU 1 like wrk.
+#   RATE requests/s (default: 40 % of Keel's slowest closed-loop c=10 throughput) in all over
+#   10 connections, Poisson arrivals, each latency measured from the request's scheduled send
+#   time (no coordinated omission), pinned to CPU 1 like wrk.
 #   Each scenario direct and through Keel, then an "overhead" line: keel minus direct, at p50 and
 #   p99. The generator's stderr line says how late its own timers fired (part of every latency).
 # - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
@@ -167,6 +168,7 @@ run() { # run NAME URL BODY AUTH CONCURRENCY [PACE_MS]
     local out
     out=$(taskset -c 1 wrk -t1 -c"$5" -d"${DURATION}s" -s "$WORK/post.lua" "$2" | grep '^RESULT' | cut -d' ' -f2-)
     printf '%-22s c=%-3s %s (latency ms)\n' "$1" "$5" "$out"
+    LAST_RPS=$(sed -n 's/^rps=\([0-9]*\).*/\1/p' <<<"$out")
 }
 cpu_secs() { # cpu_secs PID: user + system CPU of the process and of its children that ended
     awk '{printf "%.2f", ($14 + $15 + $16 + $17) / 100}' "/proc/$1/stat"
@@ -181,17 +183,20 @@ CPU0=$(cpu_secs "$KEEL_PID")
 for c in 1 10 64; do
     run "chat direct" "http://127.0.0.1:9101/v1/chat/completions" "$(body chat)" none "$c"
     run "chat keel" "$API/v1/chat/completions" "$(body chat)" "$KEY" "$c"
+    if [ "$c" = 10 ]; then SATURATED=$LAST_RPS; fi
     run "stream direct" "http://127.0.0.1:9102/v1/chat/completions" "$(body stream)" none "$c"
     run "stream keel" "$API/v1/chat/completions" "$(body stream)" "$KEY" "$c"
+    if [ "$c" = 10 ] && [ "$LAST_RPS" -lt "$SATURATED" ]; then SATURATED=$LAST_RPS; fi
     run "embeddings direct" "http://127.0.0.1:9101/v1/embeddings" "$(body embed)" none "$c"
     run "embeddings keel" "$API/v1/embeddings" "$(body embed)" "$KEY" "$c"
+    if [ "$c" = 10 ] && [ "$LAST_RPS" -lt "$SATURATED" ]; then SATURATED=$LAST_RPS; fi
 done
-# Latency below saturation: an open loop at RATE requests/s (at 4000, about 35-40 % of what Keel's
-# core does at saturation on chat and embeddings, about 55 % on stream), Poisson arrivals over 10
-# connections, latency from the scheduled send time; see bench/openloop/src/main.rs for why not
-# wrk. The in-gateway histogram is read before and after, so its figures below are those of these
-# runs alone.
-RATE=${RATE:-4000}
+# Latency below saturation: an open loop at RATE requests/s (by default 40 % of the slowest
+# scenario's closed-loop c=10 throughput through Keel just measured, so the load is the same
+# fraction of the core whatever the machine), Poisson arrivals over 10 connections, latency from
+# the scheduled send time; see bench/openloop/src/main.rs for why not wrk. The in-gateway histogram
+# is read before and after, so its figures below are those of these runs alone.
+RATE=${RATE:-$((SATURATED * 40 / 100))}
 openloop() { # openloop NAME URL BODY AUTH: prints a line, leaves the RESULT fields in $OUT
     OUT=$(taskset -c 1 "$OPENLOOP" --url "$2" --rate "$RATE" --connections 10 --duration "$DURATION" \
         --warmup 1 --method POST --body "$3" --header "Authorization: Bearer $4" | grep '^RESULT' | cut -d' ' -f2-)
