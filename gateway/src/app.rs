@@ -128,6 +128,7 @@ pub fn app(
         .app_data(web::Data::new(readiness))
         .app_data(web::Data::new(OpenApiJson(state.openapi_json.clone())))
         .app_data(path_config())
+        .app_data(shared::http::StaticRoutes::default())
         .configure(|cfg| {
             Resource::new("/healthz").get(healthz).register(cfg);
             Resource::new("/readyz").get(readyz).register(cfg);
@@ -143,7 +144,12 @@ pub fn app(
         let component = built.component.clone();
         app = app.configure(move |cfg| component.app_data(cfg));
     }
-    for built in state.built.iter().filter(|b| state.serves(b)) {
+    // actix tries routes in the order they were registered, running a regular expression for
+    // each dynamic one it passes. The domains are built in dependency order, so the last one
+    // (inference) carries the AI calls, the hot path: its routes go first, and a chat call
+    // passes no other domain's routes. Routes of different domains never overlap, so the
+    // order changes nothing else.
+    for built in state.built.iter().rev().filter(|b| state.serves(b)) {
         let module = built.module.clone();
         app = app.configure(move |cfg| module.routes(cfg));
     }

@@ -20,7 +20,7 @@ use crate::error::InferenceError;
 use crate::grounding;
 use crate::inflight::{InFlight, InFlightSlot};
 use crate::metrics::InferenceMetrics;
-use crate::provider::{BodyReader, Echo, Failure, SseEvent, SseReader};
+use crate::provider::{BodyReader, Echo, Endpoint, Failure, SseEvent, SseReader};
 use crate::rag_api::{Citation, RagApi};
 use crate::router::{Deployment, ModelEntry, Router, Upstream};
 use crate::tokens;
@@ -561,7 +561,7 @@ impl InferenceService {
                     let Upstream::OpenAi(provider) = &deployment.upstream else { return Ok(Opened::Echo) };
                     let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
                     let first_by = deadline.min(Instant::now() + provider.timeouts.first_token);
-                    let answer = provider.post("/chat/completions", body, deadline).await?;
+                    let answer = provider.post(Endpoint::ChatCompletions, body, deadline).await?;
                     let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.first_token, deadline));
                     // The first event is read before the answer is committed to the client, so
                     // that a provider that fails before it can still be retried.
@@ -636,7 +636,7 @@ impl InferenceService {
                 });
             };
             let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
-            let answer = provider.post("/embeddings", body, deadline).await?;
+            let answer = provider.post(Endpoint::Embeddings, body, deadline).await?;
             let bytes = BodyReader::new(answer, provider.timeouts.idle, deadline).read_all(MAX_ANSWER_BYTES).await?;
             serde_json::from_slice::<EmbeddingResponse>(&bytes)
                 .map_err(|e| Failure::Malformed(format!("not an embedding answer: {e}")))
@@ -1036,7 +1036,7 @@ impl InferenceApi for InferenceService {
                         Upstream::Echo(_) => Ok(echo_response(public, &request.messages, output_cap)),
                         Upstream::OpenAi(provider) => {
                             let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
-                            let answer = provider.post("/chat/completions", body, deadline).await?;
+                            let answer = provider.post(Endpoint::ChatCompletions, body, deadline).await?;
                             let bytes = BodyReader::new(answer, provider.timeouts.idle, deadline)
                                 .read_all(MAX_ANSWER_BYTES)
                                 .await?;

@@ -13,8 +13,11 @@ use actix_web::{FromRequest, Handler, HttpMessage, HttpRequest, HttpResponse, Re
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::net::IpAddr;
+use std::rc::Rc;
 
 /// How far the writes of one client connection have got: the number of times everything
 /// actix had buffered for the connection was accepted by the socket (written into the kernel's
@@ -310,16 +313,46 @@ pub async fn not_found() -> HttpResponse {
 /// The route template a request matched (`/v1/organizations/{org_id}/members`), `None` when no
 /// route did. Before routing, actix finds it by walking the routes in order, with a regular
 /// expression per dynamic one; the middlewares that label or classify requests by route share
-/// one walk through the request's extensions.
-pub fn route_template(req: &actix_web::dev::ServiceRequest) -> Option<std::rc::Rc<str>> {
+/// one walk through the request's extensions, and an application that has [`StaticRoutes`] as
+/// app data skips the walk for its static routes.
+pub fn route_template(req: &actix_web::dev::ServiceRequest) -> Option<Rc<str>> {
     #[derive(Clone)]
-    struct RouteTemplate(Option<std::rc::Rc<str>>);
+    struct RouteTemplate(Option<Rc<str>>);
     if let Some(found) = req.extensions().get::<RouteTemplate>() {
         return found.0.clone();
     }
-    let template: Option<std::rc::Rc<str>> = req.match_pattern().map(Into::into);
+    let known = req.app_data::<StaticRoutes>();
+    let template = known.and_then(|k| k.get(req.path())).or_else(|| {
+        let template: Rc<str> = req.match_pattern()?.into();
+        if let Some(known) = known {
+            known.learn(req.path(), &template);
+        }
+        Some(template)
+    });
     req.extensions_mut().insert(RouteTemplate(template.clone()));
     template
+}
+
+/// The paths that are a static route's template (`/v1/chat/completions`), with that template:
+/// app data of one application instance (one per worker), for [`route_template`]. With every
+/// domain's routes registered, the walk cost up to 5 % of a chat call's CPU.
+///
+/// Only a path that is itself the template it matched is kept, so the map is bounded by the
+/// number of static routes whatever paths clients send, and it never goes stale: the same
+/// application always matches a path the same way.
+#[derive(Debug, Default)]
+pub struct StaticRoutes(RefCell<HashMap<Box<str>, Rc<str>>>);
+
+impl StaticRoutes {
+    fn get(&self, path: &str) -> Option<Rc<str>> {
+        self.0.borrow().get(path).cloned()
+    }
+
+    fn learn(&self, path: &str, template: &Rc<str>) {
+        if **template == *path {
+            self.0.borrow_mut().insert(path.into(), template.clone());
+        }
+    }
 }
 
 /// One path with one handler per method. Any other method gets 405 `method_not_allowed` with
@@ -459,6 +492,51 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[actix_web::test]
+    async fn static_routes_are_remembered_and_nothing_else() {
+        use actix_web::middleware::{Next, from_fn};
+        use actix_web::test::{call_service, init_service};
+
+        // Answers with the template the middleware saw and how many paths are remembered.
+        async fn show(
+            req: actix_web::dev::ServiceRequest,
+            next: Next<impl actix_web::body::MessageBody + 'static>,
+        ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+            let known = req.app_data::<StaticRoutes>().map_or(0, |k| k.0.borrow().len());
+            let template = route_template(&req).map_or("unmatched".to_owned(), |t| t.to_string());
+            let mut response = next.call(req).await?;
+            let headers = response.headers_mut();
+            headers.insert(header::HeaderName::from_static("x-template"), template.parse().unwrap());
+            headers.insert(header::HeaderName::from_static("x-known"), known.to_string().parse().unwrap());
+            Ok(response)
+        }
+        let ok = || async { HttpResponse::Ok().finish() };
+        let app = actix_web::App::new()
+            .app_data(StaticRoutes::default())
+            // A dynamic route registered first shadows the static one below it.
+            .route("/v1/items/{id}", web::get().to(ok))
+            .route("/v1/items/new", web::get().to(ok))
+            .route("/v1/static", web::get().to(ok))
+            .wrap(from_fn(show));
+        let service = init_service(app).await;
+        let get = |uri: &'static str| {
+            let service = &service;
+            async move {
+                let response = call_service(service, TestRequest::get().uri(uri).to_request()).await;
+                let header = |name: &str| response.headers().get(name).unwrap().to_str().unwrap().to_owned();
+                (header("x-template"), header("x-known"))
+            }
+        };
+        // Each answer: the template, and what was remembered before this request.
+        assert_eq!(get("/v1/static").await, ("/v1/static".to_owned(), "0".to_owned()));
+        assert_eq!(get("/v1/static").await, ("/v1/static".to_owned(), "1".to_owned()));
+        assert_eq!(get("/v1/items/new").await, ("/v1/items/{id}".to_owned(), "1".to_owned()));
+        assert_eq!(get("/v1/items/new").await, ("/v1/items/{id}".to_owned(), "1".to_owned()));
+        assert_eq!(get("/v1/items/item_1").await, ("/v1/items/{id}".to_owned(), "1".to_owned()));
+        assert_eq!(get("/no/such/route").await, ("unmatched".to_owned(), "1".to_owned()));
+        assert_eq!(get("/no/such/route").await, ("unmatched".to_owned(), "1".to_owned()));
     }
 
     #[test]
