@@ -14,8 +14,8 @@
 //!    `rag_chunks`, set the attachment `completed` with its usage and log the change row that
 //!    every process's index follows.
 //!
-//! Every write of a step happens in a transaction whose first statement holds the attachment's
-//! row if, and only if, it is still the same attachment in progress ([`store::hold_in_progress`]).
+//! A step's work is written in a transaction whose first statement holds the attachment's row
+//! if, and only if, it is still the same attachment in progress ([`store::hold_in_progress`]).
 //! So steps of one ingestion that write at the same moment take turns and each sees what the
 //! other committed: the last embed job to commit is the one that finds nothing left to embed.
 //! A detached, deleted, failed (or cancelled) attachment makes every later step a no-op; its
@@ -157,7 +157,7 @@ impl Handler<IngestFile> for Steps {
 impl Handler<EmbedBatch> for Steps {
     async fn handle(&self, job: EmbedBatch, ctx: &JobContext) -> Result<(), JobError> {
         let inner = &self.0.inner;
-        let result = embed::run(inner, &job).await.map(drop);
+        let result = embed::run(inner, &job).await;
         settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
     }
 }
@@ -255,19 +255,11 @@ pub(crate) async fn run(
 }
 
 async fn steps(inner: &Inner, job: &IngestFile) -> Result<(), Outcome> {
-    let index = match prepare::run(inner, job).await? {
-        None => None,
-        Some(prepare::Next::Index(index)) => Some(index),
-        Some(prepare::Next::Embed(batches)) => {
-            let mut index = None;
-            for batch in &batches {
-                index = embed::run(inner, batch).await?.or(index);
-            }
-            index
-        }
-    };
-    match index {
-        Some(index) => publish::run(inner, &index).await,
-        None => Ok(()),
+    let Some(next) = prepare::run(inner, job).await? else { return Ok(()) };
+    for batch in &next.batches {
+        embed::run(inner, batch).await?;
     }
+    // Every batch has its vectors now (embedded here or by its job): the index step is due,
+    // whoever enqueued it.
+    publish::run(inner, &next.index).await
 }

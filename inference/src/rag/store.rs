@@ -759,6 +759,17 @@ pub(crate) fn unembedded_batch(
         .load(conn)
 }
 
+/// The batches of the attachment's staged chunks that still have chunks without a vector.
+pub(crate) fn unembedded_batches(conn: &mut Conn, store: &str, file: &str) -> QueryResult<Vec<i32>> {
+    rag_staged_chunks::table
+        .filter(rag_staged_chunks::vector_store_id.eq(store).and(rag_staged_chunks::file_id.eq(file)))
+        .filter(rag_staged_chunks::embedding.is_null())
+        .select(rag_staged_chunks::embed_batch)
+        .distinct()
+        .order(rag_staged_chunks::embed_batch.asc())
+        .load(conn)
+}
+
 /// Writes a staged chunk's vector.
 pub(crate) fn set_staged_embedding(
     conn: &mut Conn,

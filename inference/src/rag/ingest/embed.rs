@@ -17,9 +17,9 @@ enum Loaded {
     Ready(Box<StoreFileRow>, Vec<(String, String)>),
 }
 
-/// Embeds the batch; the index job when this one enqueued it.
+/// Embeds the batch, and enqueues the index job if it was the last one without vectors.
 #[tracing::instrument(skip_all, fields(rag.store = %job.vector_store_id, rag.file = %job.file_id, rag.step = "embed", rag.batch = job.batch))]
-pub(super) async fn run(inner: &Inner, job: &EmbedBatch) -> Result<Option<IndexFile>, Outcome> {
+pub(super) async fn run(inner: &Inner, job: &EmbedBatch) -> Result<(), Outcome> {
     let (s, f, attached_at, batch) = (job.vector_store_id.clone(), job.file_id.clone(), job.attached_at, job.batch);
     let loaded = store::run(&inner.db, move |conn| {
         let Some(row) = store::find_store_file(conn, &s, &f)? else { return Ok(Loaded::Gone) };
@@ -35,15 +35,15 @@ pub(super) async fn run(inner: &Inner, job: &EmbedBatch) -> Result<Option<IndexF
     .await?;
     let (row, texts) = match loaded {
         Loaded::Ready(row, texts) => (*row, texts),
-        Loaded::Gone => return Ok(None),
+        Loaded::Gone => return Ok(()),
         Loaded::Settled => {
             abandon(inner, &job.vector_store_id, &job.file_id).await?;
-            return Ok(None);
+            return Ok(());
         }
     };
     if texts.is_empty() {
         tracing::info!("batch embedded already: a second delivery does nothing");
-        return Ok(None);
+        return Ok(());
     }
     let Some(embedder) = &inner.embedder else {
         return Err(Outcome::Fail(SERVER_ERROR, "No embedding model is configured any more.".into()));
@@ -83,26 +83,33 @@ pub(super) async fn run(inner: &Inner, job: &EmbedBatch) -> Result<Option<IndexF
     };
     let jobs = inner.jobs.clone();
     let (s, f) = (row.vector_store_id, row.file_id);
-    let (written, next) = store::transaction(&inner.db, move |conn| {
+    let written = store::transaction(&inner.db, move |conn| {
         // Held until the commit: of two batches that finish together, the second one to get
         // here counts after the first committed, so exactly one finds none left.
         if !store::hold_in_progress(conn, &s, &f, attached_at)? {
-            return Ok((false, None));
+            return Ok(Written::NotInProgress);
         }
         for (id, vector) in ids.iter().zip(&vectors) {
             store::set_staged_embedding(conn, &s, &f, id, &to_bytes(vector))?;
         }
         if store::count_staged(conn, &s, &f, true)? > 0 {
-            return Ok((true, None));
+            return Ok(Written::Batch);
         }
         index.enqueue(&jobs, conn)?;
-        Ok::<_, Fail>((true, Some(index)))
+        Ok::<_, Fail>(Written::Last)
     })
     .await?;
-    match (&next, written) {
-        (Some(_), _) => tracing::info!(rag.chunks = n, "batch embedded, the last one: the index step is next"),
-        (None, true) => tracing::info!(rag.chunks = n, "batch embedded"),
-        (None, false) => tracing::info!("batch embedded, but the attachment is no longer in progress"),
+    match written {
+        Written::Last => tracing::info!(rag.chunks = n, "batch embedded, the last one: the index step is next"),
+        Written::Batch => tracing::info!(rag.chunks = n, "batch embedded"),
+        Written::NotInProgress => tracing::info!("batch embedded, but the attachment is no longer in progress"),
     }
-    Ok(next)
+    Ok(())
+}
+
+enum Written {
+    NotInProgress,
+    Batch,
+    /// No staged chunk is left without a vector: the index job was enqueued.
+    Last,
 }

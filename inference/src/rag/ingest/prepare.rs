@@ -7,10 +7,11 @@ use crate::rag::service::Inner;
 use crate::rag::store::{self, Fail, FileMeta, StagedChunkRow, StoreFileRow};
 use search::{ChunkingStrategy, ContentHash, SearchError, StaticChunking};
 
-/// What the step enqueued, for a caller that runs the steps itself.
-pub(super) enum Next {
-    Embed(Vec<EmbedBatch>),
-    Index(IndexFile),
+/// The steps after this one: the embed jobs (none when there is nothing to embed) and the index
+/// job, for a caller that runs them itself.
+pub(super) struct Next {
+    pub batches: Vec<EmbedBatch>,
+    pub index: IndexFile,
 }
 
 enum Loaded {
@@ -18,13 +19,13 @@ enum Loaded {
     Gone,
     /// Completed, failed or cancelled.
     Settled,
-    /// Staged by an earlier delivery of this job.
-    Staged,
-    Ready(Box<StoreFileRow>, FileMeta, Vec<u8>),
+    /// `staged`: by an earlier delivery of this job.
+    Ready { row: Box<StoreFileRow>, meta: FileMeta, bytes: Vec<u8>, staged: bool },
 }
 
-/// Stages the attachment's chunks and enqueues its embed jobs (or its index job); None when
-/// there was nothing to do.
+/// Stages the attachment's chunks and enqueues its embed jobs (or its index job). The steps
+/// that follow, also when an earlier delivery staged the chunks (and enqueued them); None when
+/// the attachment is no longer in progress.
 #[tracing::instrument(skip_all, fields(rag.store = %job.vector_store_id, rag.file = %job.file_id, rag.step = "prepare"))]
 pub(super) async fn run(inner: &Inner, job: &IngestFile) -> Result<Option<Next>, Outcome> {
     let (s, f) = (job.vector_store_id.clone(), job.file_id.clone());
@@ -33,87 +34,99 @@ pub(super) async fn run(inner: &Inner, job: &IngestFile) -> Result<Option<Next>,
         if row.status != store::IN_PROGRESS {
             return Ok(Loaded::Settled);
         }
-        if store::count_staged(conn, &s, &f, false)? > 0 {
-            return Ok(Loaded::Staged);
-        }
+        let staged = store::count_staged(conn, &s, &f, false)? > 0;
         Ok::<_, Fail>(match store::file_content(conn, &row.organization_id, &f)? {
-            Some((meta, bytes)) => Loaded::Ready(Box::new(row), meta, bytes),
+            Some((meta, bytes)) => Loaded::Ready { row: Box::new(row), meta, bytes, staged },
             None => Loaded::Gone,
         })
     })
     .await?;
-    let (row, meta, bytes) = match loaded {
-        Loaded::Ready(row, meta, bytes) => (*row, meta, bytes),
+    let (row, meta, bytes, staged) = match loaded {
+        Loaded::Ready { row, meta, bytes, staged } => (*row, meta, bytes, staged),
         Loaded::Gone => return Ok(None),
         Loaded::Settled => {
             abandon(inner, &job.vector_store_id, &job.file_id).await?;
             return Ok(None);
         }
-        Loaded::Staged => {
-            tracing::info!("file prepared already: a second delivery does nothing");
-            return Ok(None);
-        }
     };
-    tracing::info!(rag.bytes = bytes.len(), "preparing the file");
     let params = StaticChunking {
         max_chunk_size_tokens: u32::try_from(row.max_chunk_size_tokens).unwrap_or(0),
         chunk_overlap_tokens: u32::try_from(row.chunk_overlap_tokens).unwrap_or(0),
     };
     let hash = ContentHash::of_file(&bytes, &params).to_hex();
     let model = inner.embedder.as_ref().map(|e| e.model().to_owned());
+    if staged {
+        tracing::info!("file prepared already: a second delivery stages nothing");
+        return resume(inner, &row, hash, model).await.map(Some);
+    }
+    tracing::info!(rag.bytes = bytes.len(), "preparing the file");
     let batch_size = inner.config.embedding_batch_size.max(1) as usize;
     let (chunks, copied) = match reusable(inner, &row, &hash, model.as_deref(), batch_size).await? {
         Some(chunks) => (chunks, true),
         None => (parse(inner, &row, &meta, bytes, params, batch_size).await?, false),
     };
-    let next = if copied || model.is_none() {
-        Next::Index(IndexFile {
-            vector_store_id: row.vector_store_id.clone(),
-            file_id: row.file_id.clone(),
-            attached_at: row.created_at,
-            content_hash: hash,
-            embedding_model: model,
-        })
-    } else {
-        let batches = chunks.len().div_ceil(batch_size);
-        Next::Embed(
-            (0..batches)
-                .map(|n| EmbedBatch {
-                    vector_store_id: row.vector_store_id.clone(),
-                    file_id: row.file_id.clone(),
-                    attached_at: row.created_at,
-                    content_hash: hash.clone(),
-                    batch: n as i32,
-                })
-                .collect(),
-        )
-    };
+    let batches = if copied || model.is_none() { 0 } else { chunks.len().div_ceil(batch_size) };
+    let next = next(&row, &hash, model.clone(), 0..batches as i32);
     let n = chunks.len();
     let jobs = inner.jobs.clone();
+    let (s, f, attached_at) = (row.vector_store_id.clone(), row.file_id.clone(), row.created_at);
     let staged = store::transaction(&inner.db, move |conn| {
-        let (s, f) = (&row.vector_store_id, &row.file_id);
         // Another delivery staged them while this one parsed, or the attachment went.
-        if !store::hold_in_progress(conn, s, f, row.created_at)? || store::count_staged(conn, s, f, false)? > 0 {
+        if !store::hold_in_progress(conn, &s, &f, attached_at)? || store::count_staged(conn, &s, &f, false)? > 0 {
             return Ok(None);
         }
         store::stage_chunks(conn, &chunks)?;
-        match &next {
-            Next::Embed(batches) => {
-                for batch in batches {
-                    batch.enqueue(&jobs, conn)?;
-                }
-            }
-            Next::Index(index) => index.enqueue(&jobs, conn)?,
+        if next.batches.is_empty() {
+            next.index.enqueue(&jobs, conn)?;
+        }
+        for batch in &next.batches {
+            batch.enqueue(&jobs, conn)?;
         }
         Ok::<_, Fail>(Some(next))
     })
     .await?;
-    match &staged {
-        Some(Next::Embed(batches)) => tracing::info!(rag.chunks = n, rag.batches = batches.len(), "file prepared"),
-        Some(Next::Index(_)) => tracing::info!(rag.chunks = n, rag.copied = copied, "file prepared, nothing to embed"),
-        None => tracing::info!("file prepared by another delivery, or no longer in progress"),
+    match staged {
+        Some(next) => {
+            tracing::info!(rag.chunks = n, rag.batches = next.batches.len(), rag.copied = copied, "file prepared");
+            Ok(Some(next))
+        }
+        None => {
+            tracing::info!("file prepared by another delivery meanwhile, or no longer in progress");
+            resume(inner, &row, hash, model).await.map(Some)
+        }
     }
-    Ok(staged)
+}
+
+/// The steps after this one as they are now: the batches still without vectors (their jobs
+/// were enqueued with the chunks).
+async fn resume(inner: &Inner, row: &StoreFileRow, hash: String, model: Option<String>) -> Result<Next, Outcome> {
+    let (s, f) = (row.vector_store_id.clone(), row.file_id.clone());
+    let batches = match model {
+        Some(_) => store::run(&inner.db, move |conn| Ok::<_, Fail>(store::unembedded_batches(conn, &s, &f)?)).await?,
+        None => Vec::new(),
+    };
+    Ok(next(row, &hash, model, batches))
+}
+
+fn next(row: &StoreFileRow, hash: &str, model: Option<String>, batches: impl IntoIterator<Item = i32>) -> Next {
+    let batches = batches
+        .into_iter()
+        .map(|batch| EmbedBatch {
+            vector_store_id: row.vector_store_id.clone(),
+            file_id: row.file_id.clone(),
+            attached_at: row.created_at,
+            content_hash: hash.to_owned(),
+            batch,
+        })
+        .collect();
+    let index = IndexFile {
+        vector_store_id: row.vector_store_id.clone(),
+        file_id: row.file_id.clone(),
+        attached_at: row.created_at,
+        content_hash: hash.to_owned(),
+        embedding_model: model,
+    };
+    Next { batches, index }
 }
 
 /// A staged chunk of `row` at `ordinal`.
