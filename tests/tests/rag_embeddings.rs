@@ -132,8 +132,14 @@ const BATCH: usize = 2;
 const TOKENS_PER_ANSWER: usize = 5;
 
 async fn steps(backend: &shared::testing::TestBackend) -> Steps {
+    steps_with(backend, |_| {}).await
+}
+
+/// [`steps`] with a change to the inference configuration.
+async fn steps_with(backend: &shared::testing::TestBackend, change: impl FnOnce(&mut InferenceConfig)) -> Steps {
     let fake = FakeOpenAi::start(Behavior::answer(TOKENS_PER_ANSWER)).await;
     let mut config = inference_config(&fake);
+    change(&mut config);
     config.rag.embedding_batch_size = BATCH as u32;
     // A failed provider call fails the step's attempt, not a retry inside the call; and the
     // circuit stays closed however many fail.
@@ -429,6 +435,24 @@ backend_tests! {
         assert_eq!(changes, 0, "never completed");
         let query = serde_json::from_value(json!({"query": "axolotl"})).unwrap();
         assert!(steps.rag.search(&steps.key, &store, query).await.unwrap().data.is_empty());
+    }
+}
+
+backend_tests! {
+    async fn a_batch_that_fails_for_good_fails_the_file_and_leaves_no_staged_rows(backend) {
+        // The index expects four dimensions; the fake answers three: a permanent failure.
+        let mut steps = steps_with(&backend, |config| config.rag.hnsw.dimensions = 4).await;
+        let (store, file) = steps.attach().await;
+        let _worker = steps.worker();
+        let failed = steps.settled(&store, &file).await;
+        assert_eq!(failed.status, "failed", "{failed:?}");
+        let error = failed.last_error.unwrap();
+        assert_eq!(error.code, "server_error");
+        assert!(error.message.contains("dimensions"), "{error:?}");
+        steps.no_live_ingestion_jobs().await;
+        assert_eq!((steps.staged(&file).await, steps.chunks(&file).await), (0, 0));
+        let changes = steps.count("SELECT COUNT(*) AS n FROM rag_changes WHERE file_id = $1", &file).await;
+        assert_eq!(changes, 0, "never indexed");
     }
 }
 
