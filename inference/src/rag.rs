@@ -1,4 +1,4 @@
-//! Retrieval, in process: files, vector stores, ingestion jobs, the process's search index and
+//! Retrieval, in process: files, vector stores, ingestion jobs (in steps), the process's search index and
 //! the `RagService` that implements `RagApi` over them (`docs/INFERENCE.md`, "Retrieval").
 
 mod embedder;
@@ -10,5 +10,5 @@ mod store;
 mod validate;
 
 pub use expiry::PurgeExpiredStores;
-pub use ingest::IngestFile;
+pub use ingest::{EmbedBatch, IndexFile, IngestFile};
 pub use service::RagService;

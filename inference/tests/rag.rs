@@ -84,6 +84,11 @@ impl Fixture {
 
     /// Counts rows of the inference database (chunks of a file, here).
     async fn chunk_rows(&self, file_id: &str) -> i64 {
+        self.rows("rag_chunks", file_id).await
+    }
+
+    /// Counts the rows of `table` (a table with a `file_id`) of a file.
+    async fn rows(&self, table: &'static str, file_id: &str) -> i64 {
         let db = self.database.open(inference::DOMAIN).await;
         let file = file_id.to_owned();
         db.run(move |conn| {
@@ -92,7 +97,7 @@ impl Fixture {
                 #[diesel(sql_type = diesel::sql_types::BigInt)]
                 n: i64,
             }
-            diesel::sql_query("SELECT COUNT(*) AS n FROM rag_chunks WHERE file_id = $1")
+            diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table} WHERE file_id = $1"))
                 .bind::<diesel::sql_types::Text, _>(file)
                 .get_result::<Count>(conn)
                 .map(|c| c.n)
@@ -404,6 +409,41 @@ backend_tests! {
         assert_eq!(rag.vector_store_file(&key, &second, &file.id).await.unwrap().status, "completed");
         assert_eq!(f.chunk_rows(&file.id).await, 2 * chunks);
         assert!(!search(&rag, &key, &second, json!({"query": "zebra"})).await.data.is_empty());
+    }
+
+    async fn steps_run_at_once_by_callers_and_jobs_complete_the_file_once(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let file = rag.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let vs = store(&rag, &key, "race").await;
+        attach(&rag, &key, &vs, &file.id, json!({})).await;
+        // The jobs and three direct runs, all at once: each run returns with the file
+        // completed, by itself or by another.
+        let _worker = worker(&rag);
+        let (a, b, c) = tokio::join!(rag.ingest(&vs, &file.id), rag.ingest(&vs, &file.id), rag.ingest(&vs, &file.id));
+        for run in [a, b, c] {
+            run.unwrap();
+        }
+        let done = rag.vector_store_file(&key, &vs, &file.id).await.unwrap();
+        assert_eq!(done.status, "completed", "{done:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let live = |d: &&shared::jobs::stats::QueueDepth| {
+            use shared::jobs::stats::DepthState::*;
+            d.count > 0 && matches!(d.state, Ready | Running | Failed | Discarded)
+        };
+        while rag.jobs().stats().await.unwrap().depths.iter().any(|d| live(&d)) {
+            assert!(Instant::now() < deadline, "the ingestion jobs did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let chunks = f.chunk_rows(&file.id).await;
+        assert!(chunks > 0);
+        assert_eq!(f.rows("rag_staged_chunks", &file.id).await, 0);
+        assert_eq!(f.rows("rag_changes", &file.id).await, 1, "one completion");
+        let hits = search(&rag, &key, &vs, json!({"query": "zebra", "max_num_results": 50})).await;
+        let zebra = hits.data.iter().filter(|r| r.content[0].text.contains("zebra cluster")).count();
+        assert_eq!(zebra, 1, "{hits:?}");
+        assert_eq!(rag.vector_store_file(&key, &vs, &file.id).await.unwrap().usage_bytes, done.usage_bytes);
     }
 
     async fn a_second_process_follows_the_change_log(backend) {

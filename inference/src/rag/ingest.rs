@@ -1,28 +1,48 @@
-//! Ingestion, a durable job per attachment (`inference.ingest_file`, queue `inference`):
-//! parse → chunk → embed in batches → write the chunks, the attachment's `completed` and a
-//! change row in one transaction.
+//! Ingestion, in steps, each a durable job of queue `inference`:
 //!
-//! Idempotent: nothing is written before that one transaction, whose first statement is a
-//! conditional update of the attachment from `in_progress`, and chunks are unique per
-//! (store, file, ordinal); so a worker killed mid-way, or a job delivered twice, leaves exactly
-//! one set of chunks. Embeddings are billed under keys derived from the attachment, its content
-//! hash and the batch, so a re-run is not charged twice. An identical ingestion already done in
-//! the organization (same content hash, chunking and embedder) is copied, not redone.
+//! 1. prepare (`inference.ingest_file`, enqueued in the attach transaction): parse and chunk, or
+//!    copy the chunks of an identical completed ingestion of the organization (same content
+//!    hash, chunking and embedder); stage them in `rag_staged_chunks` (not searchable, in no
+//!    index, no change row) and enqueue an embed job per batch of `rag.embedding_batch_size`
+//!    chunks, or the index step directly when there is nothing to embed (keyword only, or copied
+//!    vectors);
+//! 2. embed (`inference.embed_file_batch`, one job per batch): embed the batch's staged chunks,
+//!    billed under a key derived from the attachment, its content hash and the batch, so that a
+//!    re-run is not charged twice; write their vectors; the job that leaves no staged chunk
+//!    without a vector enqueues the index step;
+//! 3. index (`inference.index_file`): in one transaction, move the staged chunks to
+//!    `rag_chunks`, set the attachment `completed` with its usage and log the change row that
+//!    every process's index follows.
 //!
-//! A file that cannot be read (unknown format, corrupt) fails with a `last_error`; it never
-//! fails the worker.
+//! A step's work is written in a transaction whose first statement holds the attachment's row
+//! if, and only if, it is still the same attachment in progress ([`store::hold_in_progress`]).
+//! So steps of one ingestion that write at the same moment take turns and each sees what the
+//! other committed: the last embed job to commit is the one that finds nothing left to embed.
+//! A detached, deleted, failed (or cancelled) attachment makes every later step a no-op; its
+//! staged chunks go with the attachment's row (a foreign key), or with the failure. A step
+//! delivered twice finds its work done (chunks staged, vectors written, attachment completed)
+//! and does nothing, and a worker killed between steps leaves the next step's job queued in the
+//! same commit as the step's work; so one set of chunks and one completion, whatever happens.
+//!
+//! A file that cannot be read (unknown format, corrupt) or embedded (quota, wrong dimensions)
+//! fails with a `last_error` at once; a failure that may pass is retried with the jobs' backoff
+//! and fails the file with `server_error` on the last attempt. The worker itself never fails.
+//! Each step logs its start and end; the OpenAI file object has no progress field, so the wire
+//! shows `in_progress` until the index step.
 
-use super::embedder::{Embedder, to_bytes};
+mod embed;
+mod prepare;
+mod publish;
+
 use super::service::{Inner, RagService};
-use super::store::{self, ChunkRow, Fail, StoreFileRow};
+use super::store::{self, Fail, StoreFileRow};
 use crate::error::InferenceError;
-use crate::service::Payer;
 use async_trait::async_trait;
-use search::{ChunkingStrategy, ContentHash, SearchError, StaticChunking};
 use serde::{Deserialize, Serialize};
-use shared::jobs::{Handler, Job, JobContext, JobError, Registry, RegistryError};
+use shared::db::{Conn, DbError};
+use shared::jobs::{EnqueueOptions, Handler, Job, JobContext, JobError, Jobs, Registry, RegistryError};
 
-/// Ingests one file attached to one store.
+/// The prepare step of one file attached to one store (the job's name predates the steps).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestFile {
     pub vector_store_id: String,
@@ -41,33 +61,60 @@ impl Job for IngestFile {
     const MAX_ATTEMPTS: u32 = 8;
 }
 
+/// The embed step of one batch of an attachment's staged chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedBatch {
+    pub vector_store_id: String,
+    pub file_id: String,
+    /// The attachment's `created_at`: a job of an earlier attachment of the same file is a no-op.
+    pub attached_at: i64,
+    pub content_hash: String,
+    pub batch: i32,
+}
+
+impl Job for EmbedBatch {
+    const KIND: &'static str = "inference.embed_file_batch";
+    const QUEUE: &'static str = "inference";
+    const MAX_ATTEMPTS: u32 = 8;
+}
+
+/// The index step: the staged chunks go live and the attachment completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFile {
+    pub vector_store_id: String,
+    pub file_id: String,
+    pub attached_at: i64,
+    pub content_hash: String,
+    /// The embedder of the staged vectors (None: keyword only).
+    pub embedding_model: Option<String>,
+}
+
+impl Job for IndexFile {
+    const KIND: &'static str = "inference.index_file";
+    const QUEUE: &'static str = "inference";
+    const MAX_ATTEMPTS: u32 = 8;
+}
+
+impl EmbedBatch {
+    /// Enqueues the job once: a live job of the same batch makes this a no-op.
+    fn enqueue(&self, jobs: &Jobs, conn: &mut Conn) -> Result<(), DbError> {
+        let key = format!("rag-embed/{}/{}/{}/{}", self.vector_store_id, self.file_id, self.attached_at, self.batch);
+        jobs.enqueue_with(conn, self, EnqueueOptions::default().unique(key)).map(drop)
+    }
+}
+
+impl IndexFile {
+    /// Enqueues the job once: a live index job of the attachment makes this a no-op.
+    fn enqueue(&self, jobs: &Jobs, conn: &mut Conn) -> Result<(), DbError> {
+        let key = format!("rag-index/{}/{}/{}", self.vector_store_id, self.file_id, self.attached_at);
+        jobs.enqueue_with(conn, self, EnqueueOptions::default().unique(key)).map(drop)
+    }
+}
+
 /// OpenAI's `last_error.code`s.
 const UNSUPPORTED: &str = "unsupported_file";
 const INVALID: &str = "invalid_file";
 const SERVER_ERROR: &str = "server_error";
-
-struct Ingester(RagService);
-
-#[async_trait]
-impl Handler<IngestFile> for Ingester {
-    async fn handle(&self, job: IngestFile, ctx: &JobContext) -> Result<(), JobError> {
-        let last_attempt = ctx.attempt >= ctx.max_attempts;
-        match run(&self.0.inner, &job.vector_store_id, &job.file_id, last_attempt).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(rag.store = %job.vector_store_id, rag.file = %job.file_id, error = %e, "ingestion will be retried");
-                Err(JobError::retry(e.to_string()))
-            }
-        }
-    }
-}
-
-/// The domain's job handlers.
-pub(crate) fn registry(service: &RagService) -> Result<Registry, RegistryError> {
-    let mut registry = Registry::new();
-    registry.register::<IngestFile>(Ingester(service.clone()))?;
-    Ok(registry)
-}
 
 /// What a failed step means for the file.
 enum Outcome {
@@ -94,199 +141,125 @@ impl From<InferenceError> for Outcome {
     }
 }
 
-/// Runs the ingestion of `(store, file)` if it is still in progress. `last_attempt`: a
-/// retryable failure fails the file instead of asking for another attempt.
-#[tracing::instrument(skip_all, fields(rag.store = %store_id, rag.file = %file_id))]
+/// One handler for the three steps.
+struct Steps(RagService);
+
+#[async_trait]
+impl Handler<IngestFile> for Steps {
+    async fn handle(&self, job: IngestFile, ctx: &JobContext) -> Result<(), JobError> {
+        let inner = &self.0.inner;
+        let result = prepare::run(inner, &job).await.map(drop);
+        settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
+    }
+}
+
+#[async_trait]
+impl Handler<EmbedBatch> for Steps {
+    async fn handle(&self, job: EmbedBatch, ctx: &JobContext) -> Result<(), JobError> {
+        let inner = &self.0.inner;
+        let result = embed::run(inner, &job).await;
+        settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
+    }
+}
+
+#[async_trait]
+impl Handler<IndexFile> for Steps {
+    async fn handle(&self, job: IndexFile, ctx: &JobContext) -> Result<(), JobError> {
+        let inner = &self.0.inner;
+        let result = publish::run(inner, &job).await;
+        settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
+    }
+}
+
+/// The domain's ingestion handlers.
+pub(crate) fn registry(service: &RagService) -> Result<Registry, RegistryError> {
+    let mut registry = Registry::new();
+    registry.register::<IngestFile>(Steps(service.clone()))?;
+    registry.register::<EmbedBatch>(Steps(service.clone()))?;
+    registry.register::<IndexFile>(Steps(service.clone()))?;
+    Ok(registry)
+}
+
+/// What a step's result means for its job: done (the file may have failed for good), or
+/// another attempt.
+async fn settle(
+    inner: &Inner,
+    store_id: &str,
+    file_id: &str,
+    result: Result<(), Outcome>,
+    last_attempt: bool,
+) -> Result<(), JobError> {
+    match finish(inner, store_id, file_id, result, last_attempt).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::warn!(rag.store = %store_id, rag.file = %file_id, error = %e, "ingestion step will be retried");
+            Err(JobError::retry(e.to_string()))
+        }
+    }
+}
+
+/// Fails the file on a permanent failure, or a retryable one on the last attempt; returns the
+/// error that asks for another attempt.
+async fn finish(
+    inner: &Inner,
+    store_id: &str,
+    file_id: &str,
+    result: Result<(), Outcome>,
+    last_attempt: bool,
+) -> Result<(), InferenceError> {
+    let (code, message) = match result {
+        Ok(()) => return Ok(()),
+        Err(Outcome::Fail(code, message)) => (code, message),
+        Err(Outcome::Retry(e)) if !last_attempt => return Err(e),
+        Err(Outcome::Retry(e)) => (SERVER_ERROR, format!("The file could not be ingested: {e}")),
+    };
+    tracing::info!(rag.store = %store_id, rag.file = %file_id, rag.error = code, rag.reason = %message, "file ingestion failed");
+    let (s, f) = (store_id.to_owned(), file_id.to_owned());
+    store::transaction(&inner.db, move |conn| {
+        if store::fail_store_file(conn, &s, &f, code, &message)? {
+            store::delete_staged(conn, &s, &f)?;
+        }
+        Ok::<_, Fail>(())
+    })
+    .await
+}
+
+/// Deletes the staged chunks of an attachment that is no longer in progress (failed, or
+/// cancelled: a detached or deleted one took them with its row). A step that finds its
+/// attachment so calls it, so that none linger.
+async fn abandon(inner: &Inner, store_id: &str, file_id: &str) -> Result<(), InferenceError> {
+    let (s, f) = (store_id.to_owned(), file_id.to_owned());
+    let deleted = store::transaction(&inner.db, move |conn| match store::find_store_file(conn, &s, &f)? {
+        Some(row) if row.status == store::IN_PROGRESS => Ok::<_, Fail>(0),
+        _ => Ok(store::delete_staged(conn, &s, &f)?),
+    })
+    .await?;
+    if deleted > 0 {
+        tracing::info!(rag.chunks = deleted, "staged chunks of an attachment no longer in progress deleted");
+    }
+    Ok(())
+}
+
+/// Runs the whole ingestion of `(store, file)` now, step after step, as its jobs would
+/// (idempotent: the queued jobs find the work done). `last_attempt`: a retryable failure fails
+/// the file instead of returning.
 pub(crate) async fn run(
     inner: &Inner,
     store_id: &str,
     file_id: &str,
     last_attempt: bool,
 ) -> Result<(), InferenceError> {
-    let (s, f) = (store_id.to_owned(), file_id.to_owned());
-    let loaded = store::run(&inner.db, move |conn| {
-        let Some(row) = store::find_store_file(conn, &s, &f)? else { return Ok(None) };
-        if row.status != store::IN_PROGRESS {
-            return Ok(None);
-        }
-        let content = store::file_content(conn, &row.organization_id, &f)?;
-        Ok::<_, Fail>(content.map(|c| (row, c)))
-    })
-    .await?;
-    // Detached, deleted, or done already (a second delivery).
-    let Some((row, (meta, bytes))) = loaded else { return Ok(()) };
-    let outcome = match ingest(inner, &row, &meta.filename, meta.content_type.as_deref(), bytes).await {
-        Ok(()) => return Ok(()),
-        Err(outcome) => outcome,
-    };
-    let (code, message) = match outcome {
-        Outcome::Fail(code, message) => (code, message),
-        Outcome::Retry(e) if !last_attempt => return Err(e),
-        Outcome::Retry(e) => (SERVER_ERROR, format!("The file could not be ingested: {e}")),
-    };
-    tracing::info!(rag.error = code, rag.reason = %message, "file ingestion failed");
-    let (s, f) = (store_id.to_owned(), file_id.to_owned());
-    store::run(&inner.db, move |conn| store::fail_store_file(conn, &s, &f, code, &message).map_err(Fail::from)).await?;
-    Ok(())
+    let job = IngestFile { vector_store_id: store_id.to_owned(), file_id: file_id.to_owned() };
+    let result = steps(inner, &job).await;
+    finish(inner, store_id, file_id, result, last_attempt).await
 }
 
-async fn ingest(
-    inner: &Inner,
-    row: &StoreFileRow,
-    filename: &str,
-    content_type: Option<&str>,
-    bytes: Vec<u8>,
-) -> Result<(), Outcome> {
-    let params = StaticChunking {
-        max_chunk_size_tokens: u32::try_from(row.max_chunk_size_tokens).unwrap_or(0),
-        chunk_overlap_tokens: u32::try_from(row.chunk_overlap_tokens).unwrap_or(0),
-    };
-    let hash = ContentHash::of_file(&bytes, &params).to_hex();
-    let model = inner.embedder.as_ref().map(|e| e.model().to_owned());
-    if let Some(chunks) = reusable(inner, row, &hash, model.as_deref()).await? {
-        tracing::info!(rag.chunks = chunks.len(), "identical ingestion found: chunks copied");
-        return write(inner, row, &hash, model.as_deref(), chunks).await;
+async fn steps(inner: &Inner, job: &IngestFile) -> Result<(), Outcome> {
+    let Some(next) = prepare::run(inner, job).await? else { return Ok(()) };
+    for batch in &next.batches {
+        embed::run(inner, batch).await?;
     }
-    let engine = inner.index.engine().clone();
-    let (name, kind) = (filename.to_owned(), content_type.map(str::to_owned));
-    let prepared = tokio::task::spawn_blocking(move || {
-        engine.prepare(&name, kind.as_deref(), &bytes, &ChunkingStrategy::Static { params })
-    })
-    .await
-    .map_err(|e| Outcome::Retry(InferenceError::Internal(format!("parser task: {e}"))))?;
-    let prepared = prepared.map_err(|e| match e {
-        SearchError::UnsupportedFormat(what) => Outcome::Fail(UNSUPPORTED, format!("Unsupported file format: {what}.")),
-        SearchError::Corrupt { format, reason } => {
-            Outcome::Fail(INVALID, format!("The {format} file could not be parsed: {reason}"))
-        }
-        SearchError::InvalidParameter { param, reason } => Outcome::Fail(INVALID, format!("Invalid {param}: {reason}")),
-        other => Outcome::Retry(InferenceError::Internal(other.to_string())),
-    })?;
-    if prepared.chunks.is_empty() {
-        return Err(Outcome::Fail(INVALID, "The file has no text to index.".into()));
-    }
-    let texts: Vec<String> = prepared.chunks.iter().map(|c| c.text.clone()).collect();
-    let vectors = match &inner.embedder {
-        Some(embedder) => Some(embed(inner, embedder, row, &hash, texts).await?),
-        None => None,
-    };
-    let chunks = prepared
-        .chunks
-        .into_iter()
-        .enumerate()
-        .map(|(n, chunk)| ChunkRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            organization_id: row.organization_id.clone(),
-            vector_store_id: row.vector_store_id.clone(),
-            file_id: row.file_id.clone(),
-            ordinal: n as i32,
-            tokens: chunk.tokens as i32,
-            content_hash: chunk.hash.to_hex(),
-            text: chunk.text,
-            embedding: vectors.as_ref().and_then(|v| v.get(n)).map(|v| to_bytes(v)),
-        })
-        .collect();
-    write(inner, row, &hash, model.as_deref(), chunks).await
-}
-
-/// The chunks of an identical completed ingestion of the organization, re-keyed for this
-/// attachment.
-async fn reusable(
-    inner: &Inner,
-    row: &StoreFileRow,
-    hash: &str,
-    model: Option<&str>,
-) -> Result<Option<Vec<ChunkRow>>, Outcome> {
-    let (org, hash, model) = (row.organization_id.clone(), hash.to_owned(), model.map(str::to_owned));
-    let source = store::run(&inner.db, move |conn| {
-        let Some((store, file)) = store::completed_with_hash(conn, &org, &hash, model.as_deref())? else {
-            return Ok(None);
-        };
-        // A source deleted since it was found has no chunks left: do the work instead.
-        let chunks = store::chunks_of(conn, &store, &file)?;
-        Ok(if chunks.is_empty() { None } else { Some(chunks) })
-    })
-    .await?;
-    Ok(source.map(|chunks| {
-        chunks
-            .into_iter()
-            .map(|c| ChunkRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                vector_store_id: row.vector_store_id.clone(),
-                file_id: row.file_id.clone(),
-                ..c
-            })
-            .collect()
-    }))
-}
-
-/// Embeds the chunk texts in batches, each billed under a key of its own.
-async fn embed(
-    inner: &Inner,
-    embedder: &Embedder,
-    row: &StoreFileRow,
-    hash: &str,
-    texts: Vec<String>,
-) -> Result<Vec<Vec<f32>>, Outcome> {
-    let organization_id = row
-        .organization_id
-        .parse()
-        .map_err(|_| Outcome::Fail(SERVER_ERROR, "The attachment's organization is malformed.".into()))?;
-    let api_key_id = row.api_key_id.as_deref().and_then(|k| k.parse().ok());
-    let batch = inner.config.embedding_batch_size.max(1) as usize;
-    let expected = inner.index.engine().vectors().map(|v| v.dimensions());
-    let mut vectors = Vec::with_capacity(texts.len());
-    for (n, texts) in texts.chunks(batch).enumerate() {
-        // The attachment's time tells a re-attachment (new work, billed) from a re-run.
-        let key = format!("rag/{}/{}/{}/{hash}/{n}", row.vector_store_id, row.file_id, row.created_at);
-        let payer = Payer { organization_id, api_key_id, key };
-        let got = embedder.embed(&payer, texts.to_vec()).await?;
-        if let Some(expected) = expected
-            && let Some(v) = got.iter().find(|v| v.len() != expected)
-        {
-            return Err(Outcome::Fail(
-                SERVER_ERROR,
-                format!(
-                    "The embedding model returns {} dimensions; inference.rag.hnsw.dimensions is {expected}.",
-                    v.len()
-                ),
-            ));
-        }
-        vectors.extend(got);
-    }
-    Ok(vectors)
-}
-
-/// The one transaction: the attachment moves from `in_progress` to `completed` (or nothing is
-/// written: it was detached, or another delivery finished it), its chunks replace any, and a
-/// change row tells every process's index.
-async fn write(
-    inner: &Inner,
-    row: &StoreFileRow,
-    hash: &str,
-    model: Option<&str>,
-    chunks: Vec<ChunkRow>,
-) -> Result<(), Outcome> {
-    let usage: i64 = chunks.iter().map(|c| (c.text.len() + c.embedding.as_ref().map_or(0, Vec::len)) as i64).sum();
-    let n = chunks.len();
-    let (row, hash, model) = (row.clone(), hash.to_owned(), model.map(str::to_owned));
-    let now = inner.clock.now().timestamp();
-    let written = store::transaction(&inner.db, move |conn| {
-        let (s, f) = (&row.vector_store_id, &row.file_id);
-        if !store::complete_store_file(conn, s, f, &hash, model.as_deref(), usage)? {
-            return Ok(false);
-        }
-        store::delete_chunks(conn, s, f)?;
-        store::insert_chunks(conn, &chunks)?;
-        store::log_change(conn, &row.organization_id, s, Some(f), store::FILE_INDEXED, now)?;
-        Ok::<_, Fail>(true)
-    })
-    .await?;
-    if written {
-        tracing::info!(rag.chunks = n, rag.usage_bytes = usage, "file ingested");
-        if let Err(e) = inner.index.catch_up().await {
-            tracing::warn!(error = %e, "retrieval index catch-up failed after an ingestion");
-        }
-    }
-    Ok(())
+    // Every batch has its vectors now (embedded here or by its job): the index step is due,
+    // whoever enqueued it.
+    publish::run(inner, &next.index).await
 }

@@ -1,6 +1,6 @@
 //! `RagService`: files, vector stores and search for an organization, in process. Rows are the
 //! source of truth; the process's index (`RagIndex`) follows them through the change log;
-//! ingestion runs as a durable job (`ingest`).
+//! ingestion runs as durable jobs, one per step (`ingest`).
 
 use super::embedder::Embedder;
 use super::expiry;
@@ -100,7 +100,8 @@ impl RagService {
         &self.inner.jobs
     }
 
-    /// The job handlers of the domain (`inference.ingest_file`) and its periodic purge of
+    /// The job handlers of the domain (the ingestion's steps `inference.ingest_file`,
+    /// `inference.embed_file_batch` and `inference.index_file`) and its periodic purge of
     /// expired stores (`inference.purge_expired_vector_stores`).
     pub fn registry(&self) -> Result<shared::jobs::Registry, shared::jobs::RegistryError> {
         let mut registry = super::ingest::registry(self)?;
@@ -119,7 +120,8 @@ impl RagService {
         Ok(purged)
     }
 
-    /// Runs one attachment's ingestion now, as its job does (idempotent).
+    /// Runs one attachment's ingestion now, every step in turn, as its jobs do (idempotent:
+    /// the jobs queued meanwhile find the work done).
     pub async fn ingest(&self, vector_store_id: &str, file_id: &str) -> Result<(), InferenceError> {
         super::ingest::run(&self.inner, vector_store_id, file_id, true).await
     }

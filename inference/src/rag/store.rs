@@ -3,6 +3,9 @@
 //!
 //! Every change to indexed chunks writes a row of `rag_changes` in the same transaction
 //! ([`log_change`]); the processes' indexes follow that log by sequence number.
+//!
+//! The chunks of an ingestion in progress wait in `rag_staged_chunks`, which no search, rebuild
+//! or catch-up reads; the ingestion's index step moves them to `rag_chunks` (the last section).
 
 use crate::error::InferenceError;
 use diesel::prelude::*;
@@ -79,12 +82,28 @@ pub(crate) mod schema {
         }
     }
 
+    diesel::table! {
+        rag_staged_chunks (vector_store_id, file_id, ordinal) {
+            vector_store_id -> Text,
+            file_id -> Text,
+            ordinal -> Integer,
+            embed_batch -> Integer,
+            id -> Text,
+            organization_id -> Text,
+            text -> Text,
+            tokens -> Integer,
+            embedding -> Nullable<Binary>,
+            content_hash -> Text,
+        }
+    }
+
     diesel::allow_tables_to_appear_in_same_query!(
         rag_files,
         rag_vector_stores,
         rag_store_files,
         rag_chunks,
-        rag_changes
+        rag_changes,
+        rag_staged_chunks
     );
 }
 
@@ -642,4 +661,146 @@ pub(crate) fn changes_after(conn: &mut Conn, seq: i64, limit: i64) -> QueryResul
 /// The last sequence number written (0 for none).
 pub(crate) fn last_change(conn: &mut Conn) -> QueryResult<i64> {
     rag_changes::table.select(diesel::dsl::max(rag_changes::seq)).first::<Option<i64>>(conn).map(|s| s.unwrap_or(0))
+}
+
+// --- staged chunks: the ingestion's steps ---
+
+/// A chunk of an ingestion in progress, not searchable until the index step moves it to
+/// `rag_chunks`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = rag_staged_chunks)]
+pub(crate) struct StagedChunkRow {
+    pub vector_store_id: String,
+    pub file_id: String,
+    pub ordinal: i32,
+    pub embed_batch: i32,
+    pub id: String,
+    pub organization_id: String,
+    pub text: String,
+    pub tokens: i32,
+    pub embedding: Option<Vec<u8>>,
+    pub content_hash: String,
+}
+
+impl From<StagedChunkRow> for ChunkRow {
+    fn from(c: StagedChunkRow) -> Self {
+        Self {
+            id: c.id,
+            organization_id: c.organization_id,
+            vector_store_id: c.vector_store_id,
+            file_id: c.file_id,
+            ordinal: c.ordinal,
+            text: c.text,
+            tokens: c.tokens,
+            embedding: c.embedding,
+            content_hash: c.content_hash,
+        }
+    }
+}
+
+/// Whether this attachment (attached at `attached_at`) is still in progress, holding its row
+/// until the commit: a no-op update, so that steps of one ingestion that write in the same
+/// moment take turns (a row lock on PostgreSQL; SQLite has one writer already) and each sees
+/// what the one before it committed.
+pub(crate) fn hold_in_progress(conn: &mut Conn, store: &str, file: &str, attached_at: i64) -> QueryResult<bool> {
+    diesel::update(
+        rag_store_files::table
+            .find((store, file))
+            .filter(rag_store_files::status.eq(IN_PROGRESS))
+            .filter(rag_store_files::created_at.eq(attached_at)),
+    )
+    .set(rag_store_files::status.eq(IN_PROGRESS))
+    .execute(conn)
+    .map(|n| n == 1)
+}
+
+/// Stages chunks: batched statements on PostgreSQL, one per row on SQLite (local calls).
+pub(crate) fn stage_chunks(conn: &mut Conn, rows: &[StagedChunkRow]) -> QueryResult<()> {
+    match conn {
+        Conn::Pg(c) => {
+            for batch in rows.chunks(500) {
+                diesel::insert_into(rag_staged_chunks::table).values(batch).execute(c)?;
+            }
+        }
+        Conn::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(rag_staged_chunks::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many chunks of the attachment are staged; with `unembedded`, only those without a vector.
+pub(crate) fn count_staged(conn: &mut Conn, store: &str, file: &str, unembedded: bool) -> QueryResult<i64> {
+    let mut query = rag_staged_chunks::table
+        .filter(rag_staged_chunks::vector_store_id.eq(store.to_owned()))
+        .filter(rag_staged_chunks::file_id.eq(file.to_owned()))
+        .into_boxed();
+    if unembedded {
+        query = query.filter(rag_staged_chunks::embedding.is_null());
+    }
+    query.count().get_result(conn)
+}
+
+/// The (id, text) of a batch's staged chunks that have no vector yet, in order.
+pub(crate) fn unembedded_batch(
+    conn: &mut Conn,
+    store: &str,
+    file: &str,
+    batch: i32,
+) -> QueryResult<Vec<(String, String)>> {
+    rag_staged_chunks::table
+        .filter(rag_staged_chunks::vector_store_id.eq(store).and(rag_staged_chunks::file_id.eq(file)))
+        .filter(rag_staged_chunks::embed_batch.eq(batch))
+        .filter(rag_staged_chunks::embedding.is_null())
+        .order(rag_staged_chunks::ordinal.asc())
+        .select((rag_staged_chunks::id, rag_staged_chunks::text))
+        .load(conn)
+}
+
+/// The batches of the attachment's staged chunks that still have chunks without a vector.
+pub(crate) fn unembedded_batches(conn: &mut Conn, store: &str, file: &str) -> QueryResult<Vec<i32>> {
+    rag_staged_chunks::table
+        .filter(rag_staged_chunks::vector_store_id.eq(store).and(rag_staged_chunks::file_id.eq(file)))
+        .filter(rag_staged_chunks::embedding.is_null())
+        .select(rag_staged_chunks::embed_batch)
+        .distinct()
+        .order(rag_staged_chunks::embed_batch.asc())
+        .load(conn)
+}
+
+/// Writes a staged chunk's vector.
+pub(crate) fn set_staged_embedding(
+    conn: &mut Conn,
+    store: &str,
+    file: &str,
+    id: &str,
+    vector: &[u8],
+) -> QueryResult<()> {
+    diesel::update(
+        rag_staged_chunks::table
+            .filter(rag_staged_chunks::vector_store_id.eq(store).and(rag_staged_chunks::file_id.eq(file)))
+            .filter(rag_staged_chunks::id.eq(id)),
+    )
+    .set(rag_staged_chunks::embedding.eq(Some(vector)))
+    .execute(conn)
+    .map(drop)
+}
+
+/// The attachment's staged chunks, in order.
+pub(crate) fn staged_chunks(conn: &mut Conn, store: &str, file: &str) -> QueryResult<Vec<StagedChunkRow>> {
+    rag_staged_chunks::table
+        .filter(rag_staged_chunks::vector_store_id.eq(store).and(rag_staged_chunks::file_id.eq(file)))
+        .order(rag_staged_chunks::ordinal.asc())
+        .select(StagedChunkRow::as_select())
+        .load(conn)
+}
+
+pub(crate) fn delete_staged(conn: &mut Conn, store: &str, file: &str) -> QueryResult<usize> {
+    diesel::delete(
+        rag_staged_chunks::table
+            .filter(rag_staged_chunks::vector_store_id.eq(store).and(rag_staged_chunks::file_id.eq(file))),
+    )
+    .execute(conn)
 }
