@@ -84,6 +84,10 @@ pub enum InferenceError {
     #[error("The vector store `{0}` has expired; it can no longer be used.")]
     #[api(kind = InvalidRequest, code = "vector_store_expired")]
     VectorStoreExpired(String),
+    /// No file batch of this id in that vector store of the caller's organization.
+    #[error("No vector store file batch found with id `{0}`.")]
+    #[api(kind = NotFound, code = "file_batch_not_found")]
+    FileBatchNotFound(String),
     /// The uploaded file is larger than `inference.rag.max_file_bytes`.
     #[error("The file is larger than the limit of {limit_bytes} bytes.")]
     #[api(kind = PayloadTooLarge, code = "file_too_large", param = "file")]
@@ -135,6 +139,7 @@ mod tests {
             InferenceError::FileNotFound("file_1".into()),
             InferenceError::VectorStoreNotFound("vs_1".into()),
             InferenceError::VectorStoreExpired("vs_1".into()),
+            InferenceError::FileBatchNotFound("vsfb_1".into()),
             InferenceError::FileTooLarge { limit_bytes: 1024 },
         ];
         for error in all {

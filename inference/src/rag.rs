@@ -1,6 +1,7 @@
 //! Retrieval, in process: files, vector stores, ingestion jobs (in steps), the process's search index and
 //! the `RagService` that implements `RagApi` over them (`docs/INFERENCE.md`, "Retrieval").
 
+mod batches;
 mod embedder;
 mod expiry;
 mod index;

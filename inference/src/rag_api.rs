@@ -23,6 +23,15 @@ shared::define_id!(
     "vs"
 );
 
+shared::define_id!(
+    /// A batch of files attached to a vector store together (`vsfb_…`).
+    FileBatchId,
+    "vsfb"
+);
+
+/// The most files one batch may attach (OpenAI's bound).
+pub const MAX_BATCH_FILES: usize = 500;
+
 /// The purposes `POST /v1/files` accepts (OpenAI's list). Only the content matters to Keel; the
 /// purpose is kept and listed.
 pub const FILE_PURPOSES: &[&str] = &["assistants", "batch", "fine-tune", "vision", "user_data", "evals"];
@@ -188,6 +197,39 @@ pub struct CreateVectorStoreFileRequest {
     pub attributes: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunking_strategy: Option<Value>,
+}
+
+/// `POST /v1/vector_stores/{id}/file_batches`: either `file_ids` (all with the same
+/// `attributes` and `chunking_strategy`) or `files`, each with its own; not both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateFileBatchRequest {
+    /// 1 to 500 files of the organization.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_ids: Vec<String>,
+    /// OpenAI's newer form: 1 to 500 files, each with its own attributes and chunking.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<CreateVectorStoreFileRequest>,
+    /// For `file_ids`: the attributes of every file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Map<String, Value>>,
+    /// For `file_ids`: the chunking of every file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking_strategy: Option<Value>,
+}
+
+/// `object: "vector_store.files_batch"`: files attached together. `status` and `file_counts`
+/// are those of its files now: `in_progress` while any is; then `cancelled` if any was
+/// cancelled, `failed` if every one failed, else `completed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VectorStoreFileBatch {
+    pub id: String,
+    /// Always `vector_store.files_batch`.
+    pub object: String,
+    pub created_at: i64,
+    pub vector_store_id: String,
+    /// `in_progress`, `completed`, `cancelled` or `failed`.
+    pub status: String,
+    pub file_counts: FileCounts,
 }
 
 /// Why a vector-store file failed: `code` is `server_error`, `unsupported_file` or
@@ -378,6 +420,46 @@ pub trait RagApi: Send + Sync {
     /// Detaches the file from the store and removes its chunks and vectors there (the file
     /// stays). Errors: `vector_store_not_found`, `file_not_found`.
     async fn detach_file(&self, caller: &Principal, store_id: &str, file_id: &str) -> Result<Deleted, InferenceError>;
+
+    /// Attaches files together, each as [`attach_file`](Self::attach_file) does (a file
+    /// attached already keeps its state and joins the batch), all or none: every file is
+    /// checked before anything is stored. Errors: `vector_store_not_found`,
+    /// `vector_store_expired`, `file_not_found` (the first file of another organization or
+    /// unknown), `invalid_request` (no files, too many, both forms, attributes, chunking).
+    async fn create_file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        request: CreateFileBatchRequest,
+    ) -> Result<VectorStoreFileBatch, InferenceError>;
+
+    /// Errors: `vector_store_not_found`, `file_batch_not_found`.
+    async fn file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<VectorStoreFileBatch, InferenceError>;
+
+    /// Cancels the batch's files still `in_progress` (a file that finished stays as it is);
+    /// a cancelled file is never searchable. Answers the batch after the cancel. Errors:
+    /// `vector_store_not_found`, `file_batch_not_found`.
+    async fn cancel_file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<VectorStoreFileBatch, InferenceError>;
+
+    /// The batch's files, by file id; `filter` picks a status. Errors:
+    /// `vector_store_not_found`, `file_batch_not_found`, `invalid_request`.
+    async fn list_file_batch_files(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+        query: ListQuery,
+    ) -> Result<ObjectList<VectorStoreFile>, InferenceError>;
 
     /// Searches the store: BM25, plus vectors when an embedder is configured, fused by
     /// reciprocal rank; it is the store's activity (`last_active_at`, to 5 minutes). Errors:

@@ -31,6 +31,10 @@ fn store_file_path(store: &str, file: &str) -> Result<String, InferenceError> {
     Ok(format!("{}/files/{}", store_path(store)?, segment(file, InferenceError::FileNotFound)?))
 }
 
+fn batch_path(store: &str, batch: &str) -> Result<String, InferenceError> {
+    Ok(format!("{}/file_batches/{}", store_path(store)?, segment(batch, InferenceError::FileBatchNotFound)?))
+}
+
 /// Percent-decodes `value` (RFC 3986); `None` when an escape is broken.
 fn percent_decode(value: &str) -> Option<Vec<u8>> {
     let bytes = value.as_bytes();
@@ -178,6 +182,46 @@ impl RagApi for HttpInferenceClient {
         self.remote.delete(&store_file_path(store_id, file_id)?).bearer(&caller.credential).fetch().await
     }
 
+    async fn create_file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        request: CreateFileBatchRequest,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        let path = format!("{}/file_batches", store_path(store_id)?);
+        self.remote.post(&path).bearer(&caller.credential).json(&request).fetch().await
+    }
+
+    async fn file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        self.remote.get(&batch_path(store_id, batch_id)?).bearer(&caller.credential).fetch().await
+    }
+
+    async fn cancel_file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        let path = format!("{}/cancel", batch_path(store_id, batch_id)?);
+        self.remote.post(&path).bearer(&caller.credential).fetch().await
+    }
+
+    async fn list_file_batch_files(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+        query: ListQuery,
+    ) -> Result<ObjectList<VectorStoreFile>, InferenceError> {
+        let path = format!("{}/files", batch_path(store_id, batch_id)?);
+        self.remote.get(&path).bearer(&caller.credential).query(&query).fetch().await
+    }
+
     async fn search(
         &self,
         caller: &Principal,
@@ -212,5 +256,7 @@ mod tests {
         assert_eq!(store_file_path("vs_1", "file_1").unwrap(), "/v1/vector_stores/vs_1/files/file_1");
         assert_eq!(store_file_path("", "file_1"), Err(InferenceError::VectorStoreNotFound(String::new())));
         assert_eq!(store_file_path("vs_1", "a?b"), Err(InferenceError::FileNotFound("a?b".into())));
+        assert_eq!(batch_path("vs_1", "vsfb_1").unwrap(), "/v1/vector_stores/vs_1/file_batches/vsfb_1");
+        assert_eq!(batch_path("vs_1", "a/b"), Err(InferenceError::FileBatchNotFound("a/b".into())));
     }
 }

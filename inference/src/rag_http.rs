@@ -53,6 +53,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .get(retrieve_vector_store_file)
         .delete(delete_vector_store_file)
         .register(cfg);
+    Resource::new("/v1/vector_stores/{vector_store_id}/file_batches")
+        .post(create_vector_store_file_batch)
+        .register(cfg);
+    Resource::new("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}")
+        .get(retrieve_vector_store_file_batch)
+        .register(cfg);
+    Resource::new("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel")
+        .post(cancel_vector_store_file_batch)
+        .register(cfg);
+    Resource::new("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files")
+        .get(list_files_in_vector_store_batch)
+        .register(cfg);
     Resource::new("/v1/vector_stores/{vector_store_id}/search").post(search_vector_store).register(cfg);
 }
 
@@ -86,6 +98,23 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
     ("retrieve_vector_store_file", &["vector_store_not_found", "file_not_found", "permission_denied"]),
     ("delete_vector_store_file", &["vector_store_not_found", "file_not_found", "permission_denied"]),
     (
+        "create_vector_store_file_batch",
+        &[
+            "invalid_json",
+            "invalid_request",
+            "vector_store_not_found",
+            "vector_store_expired",
+            "file_not_found",
+            "permission_denied",
+        ],
+    ),
+    ("retrieve_vector_store_file_batch", &["vector_store_not_found", "file_batch_not_found", "permission_denied"]),
+    ("cancel_vector_store_file_batch", &["vector_store_not_found", "file_batch_not_found", "permission_denied"]),
+    (
+        "list_files_in_vector_store_batch",
+        &["invalid_request", "vector_store_not_found", "file_batch_not_found", "permission_denied"],
+    ),
+    (
         "search_vector_store",
         &[
             "invalid_json",
@@ -112,12 +141,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
         create_file, list_files, retrieve_file, file_content, delete_file,
         create_vector_store, list_vector_stores, retrieve_vector_store, modify_vector_store, delete_vector_store,
         create_vector_store_file, list_vector_store_files, retrieve_vector_store_file, delete_vector_store_file,
-        search_vector_store
+        create_vector_store_file_batch, retrieve_vector_store_file_batch, cancel_vector_store_file_batch,
+        list_files_in_vector_store_batch, search_vector_store
     ),
     components(schemas(
         FileUploadForm, FileObject, Deleted, CreateVectorStoreRequest, UpdateVectorStoreRequest, ExpiresAfter,
         FileCounts, VectorStore, CreateVectorStoreFileRequest, LastError, VectorStoreFile, VectorStoreSearchRequest,
-        ContentPart, SearchResult, SearchResultsPage
+        ContentPart, SearchResult, SearchResultsPage, CreateFileBatchRequest, VectorStoreFileBatch
     )),
     tags((name = "retrieval", description = "Files, vector stores and search, in OpenAI's shapes"))
 )]
@@ -400,6 +430,76 @@ async fn delete_vector_store_file(
 ) -> Result<HttpResponse, InferenceError> {
     let (store, file) = path.into_inner();
     Ok(HttpResponse::Ok().json(api.detach_file(&caller.0, &store, &file).await?))
+}
+
+/// Attach files together as a batch; each is ingested in the background. All or none: every
+/// file is checked before anything is stored.
+#[utoipa::path(post, path = "/v1/vector_stores/{vector_store_id}/file_batches", tag = "retrieval",
+    operation_id = "create_vector_store_file_batch", security(("bearer" = [])), request_body = CreateFileBatchRequest,
+    params(("vector_store_id" = String, Path, description = "The store's id (`vs_…`)")),
+    responses((status = 200, description = "The batch.", body = VectorStoreFileBatch)))]
+async fn create_vector_store_file_batch(
+    api: Api,
+    caller: Caller,
+    path: web::Path<String>,
+    cap: Option<web::Data<BodyCap>>,
+    payload: web::Payload,
+) -> Result<HttpResponse, InferenceError> {
+    let request = parse(cap, payload).await?;
+    Ok(HttpResponse::Ok().json(api.create_file_batch(&caller.0, &path.into_inner(), request).await?))
+}
+
+/// One batch, with its status and `file_counts` as its files are now.
+#[utoipa::path(get, path = "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}", tag = "retrieval",
+    operation_id = "retrieve_vector_store_file_batch", security(("bearer" = [])),
+    params(
+        ("vector_store_id" = String, Path, description = "The store's id (`vs_…`)"),
+        ("batch_id" = String, Path, description = "The batch's id (`vsfb_…`)"),
+    ),
+    responses((status = 200, description = "The batch.", body = VectorStoreFileBatch)))]
+async fn retrieve_vector_store_file_batch(
+    api: Api,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, InferenceError> {
+    let (store, batch) = path.into_inner();
+    Ok(HttpResponse::Ok().json(api.file_batch(&caller.0, &store, &batch).await?))
+}
+
+/// Cancel the batch's files still in progress (those done stay as they are).
+#[utoipa::path(post, path = "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel", tag = "retrieval",
+    operation_id = "cancel_vector_store_file_batch", security(("bearer" = [])),
+    params(
+        ("vector_store_id" = String, Path, description = "The store's id (`vs_…`)"),
+        ("batch_id" = String, Path, description = "The batch's id (`vsfb_…`)"),
+    ),
+    responses((status = 200, description = "The batch after the cancel.", body = VectorStoreFileBatch)))]
+async fn cancel_vector_store_file_batch(
+    api: Api,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, InferenceError> {
+    let (store, batch) = path.into_inner();
+    Ok(HttpResponse::Ok().json(api.cancel_file_batch(&caller.0, &store, &batch).await?))
+}
+
+/// The batch's files; `filter` picks a status.
+#[utoipa::path(get, path = "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files", tag = "retrieval",
+    operation_id = "list_files_in_vector_store_batch", security(("bearer" = [])),
+    params(
+        ("vector_store_id" = String, Path, description = "The store's id (`vs_…`)"),
+        ("batch_id" = String, Path, description = "The batch's id (`vsfb_…`)"),
+        ListQuery,
+    ),
+    responses((status = 200, description = "A page of the batch's files.", body = ObjectList<VectorStoreFile>)))]
+async fn list_files_in_vector_store_batch(
+    api: Api,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: Query<ListQuery>,
+) -> Result<HttpResponse, InferenceError> {
+    let (store, batch) = path.into_inner();
+    Ok(HttpResponse::Ok().json(api.list_file_batch_files(&caller.0, &store, &batch, query.into_inner()).await?))
 }
 
 /// Search a vector store: BM25, plus vectors when an embedder is configured, fused by

@@ -499,6 +499,134 @@ backend_tests! {
     }
 }
 
+impl Fixture {
+    /// Writes a chunk of `file` in `store` straight into the database, as a half-done ingestion
+    /// could have left one.
+    async fn stray_chunk(&self, org: &str, store: &str, file: &str) {
+        let db = self.database.open(inference::DOMAIN).await;
+        let (org, store, file) = (org.to_owned(), store.to_owned(), file.to_owned());
+        db.run(move |conn| {
+            diesel::sql_query(
+                "INSERT INTO rag_chunks (id, organization_id, vector_store_id, file_id, ordinal, text, tokens, content_hash) \
+                 VALUES ($1, $2, $3, $4, 0, 'zebra leftovers', 2, 'x')",
+            )
+            .bind::<diesel::sql_types::Text, _>(format!("stray-{file}"))
+            .bind::<diesel::sql_types::Text, _>(org)
+            .bind::<diesel::sql_types::Text, _>(store)
+            .bind::<diesel::sql_types::Text, _>(file)
+            .execute(conn)
+            .map_err(shared::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    }
+}
+
+backend_tests! {
+    async fn a_cancelled_batch_leaves_nothing_searchable(backend) {
+        // No worker: the ingestions wait until the test runs them.
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let org = key.organization_id.unwrap().to_string();
+        let vs = store(&rag, &key, "batch").await;
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            ids.push(rag.create_file(&key, upload(&format!("guide{n}.md"), GUIDE.as_bytes())).await.unwrap().id);
+        }
+        let request = CreateFileBatchRequest { file_ids: ids.clone(), ..CreateFileBatchRequest::default() };
+        let batch = rag.create_file_batch(&key, &vs, request).await.unwrap();
+        let three = FileCounts { in_progress: 3, total: 3, ..FileCounts::default() };
+        assert_eq!((batch.status.as_str(), &batch.file_counts), ("in_progress", &three));
+        assert_eq!(rag.file_batch(&key, &vs, &batch.id).await.unwrap(), batch);
+
+        // One file finishes before the cancel; another has a chunk left by a half-done run.
+        rag.ingest(&vs, &ids[0]).await.unwrap();
+        let done_chunks = f.chunk_rows(&ids[0]).await;
+        assert!(done_chunks > 0);
+        f.stray_chunk(&org, &vs, &ids[1]).await;
+
+        let cancelled = rag.cancel_file_batch(&key, &vs, &batch.id).await.unwrap();
+        let counts = FileCounts { completed: 1, cancelled: 2, total: 3, ..FileCounts::default() };
+        assert_eq!((cancelled.status.as_str(), &cancelled.file_counts), ("cancelled", &counts));
+        assert_eq!(rag.vector_store_file(&key, &vs, &ids[0]).await.unwrap().status, "completed");
+        for id in &ids[1..] {
+            assert_eq!(rag.vector_store_file(&key, &vs, id).await.unwrap().status, "cancelled");
+            assert_eq!(f.chunk_rows(id).await, 0, "the cancel removed what a run had left");
+        }
+        let described = rag.vector_store(&key, &vs).await.unwrap();
+        assert_eq!((described.status.as_str(), &described.file_counts), ("completed", &counts));
+
+        // The queued ingestions run now: each finds its file cancelled and writes nothing.
+        for id in &ids[1..] {
+            rag.ingest(&vs, id).await.unwrap();
+            assert_eq!(rag.vector_store_file(&key, &vs, id).await.unwrap().status, "cancelled");
+            assert_eq!(f.chunk_rows(id).await, 0);
+        }
+        let hits = search(&rag, &key, &vs, json!({"query": "zebra", "max_num_results": 50})).await;
+        assert!(!hits.data.is_empty());
+        assert!(hits.data.iter().all(|r| r.file_id == ids[0]), "only the completed file is searchable: {hits:?}");
+        let listed = rag.list_file_batch_files(&key, &vs, &batch.id, ListQuery { filter: Some("cancelled".into()), ..ListQuery::default() });
+        let listed: Vec<String> = listed.await.unwrap().data.into_iter().map(|f| f.id).collect();
+        let mut expected = ids[1..].to_vec();
+        expected.sort_by(|a, b| b.cmp(a));
+        assert_eq!(listed, expected, "newest first");
+
+        // A second cancel finds nothing more to cancel; another organization finds no batch.
+        assert_eq!(rag.cancel_file_batch(&key, &vs, &batch.id).await.unwrap().file_counts, counts);
+        let mallory = api_key(OrganizationId::new());
+        assert!(matches!(rag.file_batch(&mallory, &vs, &batch.id).await, Err(InferenceError::VectorStoreNotFound(_))));
+        assert!(matches!(rag.cancel_file_batch(&mallory, &vs, &batch.id).await, Err(InferenceError::VectorStoreNotFound(_))));
+        let theirs = store(&rag, &mallory, "theirs").await;
+        assert!(matches!(rag.file_batch(&mallory, &theirs, &batch.id).await, Err(InferenceError::FileBatchNotFound(_))));
+
+        // Deleting the store deletes its batches.
+        rag.delete_vector_store(&key, &vs).await.unwrap();
+        assert!(matches!(rag.file_batch(&key, &vs, &batch.id).await, Err(InferenceError::VectorStoreNotFound(_))));
+    }
+
+    async fn a_batch_is_all_or_nothing(backend) {
+        let f = fixture(&backend, InferenceConfig::default()).await;
+        let rag = f.service().await;
+        let (key, mallory) = (api_key(OrganizationId::new()), api_key(OrganizationId::new()));
+        let vs = store(&rag, &key, "batch").await;
+        let mine = rag.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap().id;
+        let theirs = rag.create_file(&mallory, upload("theirs.md", GUIDE.as_bytes())).await.unwrap().id;
+        for (files, error) in [
+            (vec![mine.clone(), theirs.clone()], InferenceError::FileNotFound(theirs.clone())),
+            (vec![mine.clone(), "file_nope".into()], InferenceError::FileNotFound("file_nope".into())),
+        ] {
+            let request = CreateFileBatchRequest { file_ids: files, ..CreateFileBatchRequest::default() };
+            assert_eq!(rag.create_file_batch(&key, &vs, request).await.unwrap_err(), error);
+        }
+        let bad_chunking = CreateFileBatchRequest {
+            files: vec![
+                CreateVectorStoreFileRequest { file_id: mine.clone(), attributes: None, chunking_strategy: None },
+                CreateVectorStoreFileRequest { file_id: mine.clone(), attributes: None, chunking_strategy: Some(json!({"type": "static", "static": {"max_chunk_size_tokens": 10, "chunk_overlap_tokens": 0}})) },
+            ],
+            ..CreateFileBatchRequest::default()
+        };
+        // The second mention of a file is dropped (the first wins), so this one is accepted.
+        let batch = rag.create_file_batch(&key, &vs, bad_chunking).await.unwrap();
+        assert_eq!(batch.file_counts.total, 1);
+        let other = rag.create_file(&key, upload("other.md", GUIDE.as_bytes())).await.unwrap().id;
+        let refused = CreateFileBatchRequest {
+            files: vec![
+                CreateVectorStoreFileRequest { file_id: other.clone(), attributes: None, chunking_strategy: None },
+                CreateVectorStoreFileRequest { file_id: mine.clone(), attributes: None, chunking_strategy: Some(json!({"type": "static", "static": {"max_chunk_size_tokens": 10, "chunk_overlap_tokens": 0}})) },
+            ],
+            ..CreateFileBatchRequest::default()
+        };
+        let err = rag.create_file_batch(&key, &vs, refused).await.unwrap_err();
+        assert!(matches!(&err, InferenceError::Validation { field, .. } if field.starts_with("chunking_strategy")), "{err:?}");
+        assert!(matches!(rag.vector_store_file(&key, &vs, &other).await, Err(InferenceError::FileNotFound(_))), "nothing of a refused batch is stored");
+        assert_eq!(rag.vector_store(&key, &vs).await.unwrap().file_counts.total, 1);
+        // Mallory cannot batch into Alice's store.
+        let request = CreateFileBatchRequest { file_ids: vec![theirs.clone()], ..CreateFileBatchRequest::default() };
+        assert!(matches!(rag.create_file_batch(&mallory, &vs, request).await, Err(InferenceError::VectorStoreNotFound(_))));
+    }
+}
+
 backend_tests! {
     async fn an_expired_store_is_refused_then_purged(backend) {
         // No background catch-up: the test counts the changes a second process reads.

@@ -5,8 +5,8 @@
 
 use auth::{AuthApi, CreateApiKeyRequest, Principal, RequestContext, SignupRequest};
 use inference::{
-    CreateVectorStoreFileRequest, CreateVectorStoreRequest, FileUpload, InferenceError, ListQuery, RagApi,
-    UpdateVectorStoreRequest, VectorStoreFile, VectorStoreSearchRequest,
+    CreateFileBatchRequest, CreateVectorStoreFileRequest, CreateVectorStoreRequest, FileCounts, FileUpload,
+    InferenceError, ListQuery, RagApi, UpdateVectorStoreRequest, VectorStoreFile, VectorStoreSearchRequest,
 };
 use serde_json::{Map, Value, json};
 use shared::DomainError;
@@ -293,10 +293,128 @@ pub async fn rag_contract(api: Arc<dyn RagApi>, world: &RagWorld, tag: &str) {
     assert_eq!(api.file_content(&key, &file.id).await.unwrap_err(), file_gone);
     assert!(api.search(&key, &second.id, search("hydra")).await.unwrap().data.is_empty());
 
+    batches(api, &key, &stranger, &store.id).await;
+
     // --- Deleting a store.
     let deleted = api.delete_vector_store(&key, &store.id).await.unwrap();
     assert_eq!((deleted.object.as_str(), deleted.deleted), ("vector_store.deleted", true));
     assert_eq!(api.vector_store(&key, &store.id).await.unwrap_err(), store_gone);
     assert_eq!(api.search(&key, &store.id, search("axolotl")).await.unwrap_err(), store_gone);
     assert_eq!(api.file(&key, &pdf.id).await.unwrap().id, pdf.id, "the store's files stay");
+}
+
+/// The batch part of the story, on `store` of `key`'s organization: three files attached
+/// together, all checked before any is stored; retrieved, listed, counted; a cancel after they
+/// finished changes nothing; another organization finds nothing.
+async fn batches(api: &dyn RagApi, key: &Principal, stranger: &Principal, store: &str) {
+    let before = api.vector_store(key, store).await.unwrap().file_counts;
+    let mut ids = Vec::new();
+    for (n, animal) in ["lynx", "ocelot", "caracal"].iter().enumerate() {
+        let text = format!("Batch document {n} is about the {animal}, a wild cat.");
+        ids.push(api.create_file(key, upload(&format!("{animal}.txt"), None, text.as_bytes())).await.unwrap().id);
+    }
+    ids.sort();
+
+    // All or none: an unknown file (or another organization's) stores nothing.
+    let theirs = api.create_file(stranger, upload("theirs.txt", None, b"not yours")).await.unwrap();
+    let mixed = CreateFileBatchRequest {
+        file_ids: vec![ids[0].clone(), theirs.id.clone()],
+        ..CreateFileBatchRequest::default()
+    };
+    assert_eq!(
+        api.create_file_batch(key, store, mixed).await.unwrap_err(),
+        InferenceError::FileNotFound(theirs.id.clone())
+    );
+    let attributes = CreateFileBatchRequest {
+        file_ids: ids.clone(),
+        attributes: Some(map(json!({"kind": ["not", "scalar"]}))),
+        ..CreateFileBatchRequest::default()
+    };
+    assert_invalid(api.create_file_batch(key, store, attributes).await, "attributes");
+    assert_invalid(api.create_file_batch(key, store, CreateFileBatchRequest::default()).await, "file_ids");
+    assert_eq!(api.vector_store(key, store).await.unwrap().file_counts, before, "nothing was attached");
+
+    // Three files, each with the batch's attributes, as one attach would do.
+    let request = CreateFileBatchRequest {
+        file_ids: ids.clone(),
+        attributes: Some(map(json!({"kind": "cats"}))),
+        chunking_strategy: Some(small_chunks()),
+        ..CreateFileBatchRequest::default()
+    };
+    let batch = api.create_file_batch(key, store, request).await.unwrap();
+    assert!(batch.id.starts_with("vsfb_"), "{}", batch.id);
+    assert_eq!((batch.object.as_str(), batch.vector_store_id.as_str()), ("vector_store.files_batch", store));
+    assert_eq!(batch.file_counts.total, 3, "{batch:?}");
+    for id in &ids {
+        let done = settled(api, key, store, id).await;
+        assert_eq!(done.status, "completed", "{done:?}");
+        assert_eq!(done.attributes, map(json!({"kind": "cats"})));
+    }
+    let done = api.file_batch(key, store, &batch.id).await.unwrap();
+    let three = FileCounts { completed: 3, total: 3, ..FileCounts::default() };
+    assert_eq!((done.status.as_str(), &done.file_counts, done.created_at), ("completed", &three, batch.created_at));
+    let counts = api.vector_store(key, store).await.unwrap().file_counts;
+    assert_eq!((counts.completed, counts.total), (before.completed + 3, before.total + 3));
+    let found = api.search(key, store, search("ocelot")).await.unwrap();
+    assert!(found.data[0].content[0].text.contains("ocelot"), "{found:?}");
+
+    // The batch's files, a page at a time by file id, and by status.
+    let first = ListQuery { limit: Some(2), order: Some("asc".into()), ..ListQuery::default() };
+    let page = api.list_file_batch_files(key, store, &batch.id, first).await.unwrap();
+    assert_eq!(page.data.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), [ids[0].as_str(), ids[1].as_str()]);
+    assert!(page.has_more);
+    let next = ListQuery { limit: Some(2), order: Some("asc".into()), after: page.last_id, ..ListQuery::default() };
+    let page = api.list_file_batch_files(key, store, &batch.id, next).await.unwrap();
+    assert_eq!(page.data.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), [ids[2].as_str()]);
+    assert!(!page.has_more);
+    let completed = ListQuery { filter: Some("completed".into()), ..ListQuery::default() };
+    assert_eq!(api.list_file_batch_files(key, store, &batch.id, completed).await.unwrap().data.len(), 3);
+    let cancelled = ListQuery { filter: Some("cancelled".into()), ..ListQuery::default() };
+    assert!(api.list_file_batch_files(key, store, &batch.id, cancelled.clone()).await.unwrap().data.is_empty());
+    let nonsense = ListQuery { filter: Some("paused".into()), ..ListQuery::default() };
+    assert_invalid(api.list_file_batch_files(key, store, &batch.id, nonsense).await, "filter");
+
+    // A cancel once every file finished changes nothing: completed files stay completed.
+    let after = api.cancel_file_batch(key, store, &batch.id).await.unwrap();
+    assert_eq!((after.status.as_str(), &after.file_counts), ("completed", &three));
+    assert!(api.list_file_batch_files(key, store, &batch.id, cancelled).await.unwrap().data.is_empty());
+    assert!(!api.search(key, store, search("caracal")).await.unwrap().data.is_empty());
+
+    // The newer form, `files`, each with its own attributes; a file attached already joins the
+    // batch as it is.
+    let per_file = CreateFileBatchRequest {
+        files: vec![CreateVectorStoreFileRequest {
+            file_id: ids[0].clone(),
+            attributes: Some(map(json!({"kind": "ignored: attached already"}))),
+            chunking_strategy: None,
+        }],
+        ..CreateFileBatchRequest::default()
+    };
+    let again = api.create_file_batch(key, store, per_file).await.unwrap();
+    assert_ne!(again.id, batch.id);
+    assert_eq!((again.status.as_str(), again.file_counts.completed, again.file_counts.total), ("completed", 1, 1));
+
+    // Another organization, an unknown batch, a batch of another store: not found.
+    let store_gone = InferenceError::VectorStoreNotFound(store.to_owned());
+    assert_eq!(api.file_batch(stranger, store, &batch.id).await.unwrap_err(), store_gone);
+    assert_eq!(api.cancel_file_batch(stranger, store, &batch.id).await.unwrap_err(), store_gone);
+    let listed = api.list_file_batch_files(stranger, store, &batch.id, ListQuery::default()).await;
+    assert_eq!(listed.unwrap_err(), store_gone);
+    let elsewhere = api.create_vector_store(stranger, CreateVectorStoreRequest::default()).await.unwrap();
+    let batch_gone = InferenceError::FileBatchNotFound(batch.id.clone());
+    assert_eq!(api.file_batch(stranger, &elsewhere.id, &batch.id).await.unwrap_err(), batch_gone);
+    assert_eq!(api.cancel_file_batch(stranger, &elsewhere.id, &batch.id).await.unwrap_err(), batch_gone);
+    let unknown = "vsfb_0000000000000000000000000000000";
+    let unknown_gone = InferenceError::FileBatchNotFound(unknown.to_owned());
+    assert_eq!(api.file_batch(key, store, unknown).await.unwrap_err(), unknown_gone);
+    assert_eq!(
+        api.file_batch(key, store, &batch.id).await.unwrap().file_counts,
+        three,
+        "their attempts changed nothing"
+    );
+
+    // Detaching a file takes it out of its batches.
+    api.detach_file(key, store, &ids[2]).await.unwrap();
+    let counted = api.file_batch(key, store, &batch.id).await.unwrap().file_counts;
+    assert_eq!((counted.completed, counted.total), (2, 2));
 }

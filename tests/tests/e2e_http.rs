@@ -535,6 +535,10 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("get", "/v1/vector_stores/{vector_store_id}/files"),
         ("get", "/v1/vector_stores/{vector_store_id}/files/{file_id}"),
         ("delete", "/v1/vector_stores/{vector_store_id}/files/{file_id}"),
+        ("post", "/v1/vector_stores/{vector_store_id}/file_batches"),
+        ("get", "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}"),
+        ("post", "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel"),
+        ("get", "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files"),
         ("post", "/v1/vector_stores/{vector_store_id}/search"),
     ]
     .iter()
@@ -552,6 +556,7 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("{hold_id}", billing::HoldId::new().to_string()),
         ("{file_id}", inference::FileId::new().to_string()),
         ("{vector_store_id}", inference::VectorStoreId::new().to_string()),
+        ("{batch_id}", inference::FileBatchId::new().to_string()),
     ];
     for (method, path) in &routes {
         let concrete = ids.iter().fold(path.clone(), |p, (placeholder, id)| p.replace(placeholder, id));

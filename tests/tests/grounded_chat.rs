@@ -112,6 +112,29 @@ impl RagApi for Stores {
     async fn detach_file(&self, _: &Principal, _: &str, _: &str) -> Result<Deleted, InferenceError> {
         Err(not_here("detach_file"))
     }
+    async fn create_file_batch(
+        &self,
+        _: &Principal,
+        _: &str,
+        _: CreateFileBatchRequest,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        Err(not_here("create_file_batch"))
+    }
+    async fn file_batch(&self, _: &Principal, _: &str, _: &str) -> Result<VectorStoreFileBatch, InferenceError> {
+        Err(not_here("file_batch"))
+    }
+    async fn cancel_file_batch(&self, _: &Principal, _: &str, _: &str) -> Result<VectorStoreFileBatch, InferenceError> {
+        Err(not_here("cancel_file_batch"))
+    }
+    async fn list_file_batch_files(
+        &self,
+        _: &Principal,
+        _: &str,
+        _: &str,
+        _: ListQuery,
+    ) -> Result<ObjectList<VectorStoreFile>, InferenceError> {
+        Err(not_here("list_file_batch_files"))
+    }
 
     async fn search(
         &self,

@@ -2,7 +2,8 @@
 //! would call it. Upload (multipart), attach, wait for `completed`, search finds the right
 //! chunk by keyword; 413 past the size limit with nothing stored; a corrupt PDF fails cleanly;
 //! another organization gets 404 everywhere; the error envelopes are pinned exactly; an
-//! expired store is refused with `vector_store_expired`, also through a remote inference.
+//! expired store is refused with `vector_store_expired`, also through a remote inference; file
+//! batches as the SDKs drive them (create, poll, list, cancel).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -339,4 +340,141 @@ async fn a_gateway_whose_inference_is_remote_serves_retrieval_the_same() {
     assert_eq!(reply.body, json!({"id": file, "object": "file", "deleted": true}));
     front.stop().await;
     service.stop().await;
+}
+
+/// What an SDK's `file_batches.create_and_poll` does: create, then read the batch until it is
+/// no longer `in_progress`.
+async fn batch_settled(api: &Client, key: &str, store: &str, batch: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let reply = api.get(&format!("/v1/vector_stores/{store}/file_batches/{batch}"), Some(key)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body["status"] != "in_progress" {
+            return reply.body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "still in progress: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn file_batches_over_http() {
+    for backend in shared::testing::backends() {
+        file_batches_over_http_on(backend).await;
+    }
+}
+
+async fn file_batches_over_http_on(backend: TestBackend) {
+    let database = database(&backend);
+    let mut config = gateway_config(&database);
+    config.jobs.poll_interval_ms = 50;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (_, key) = account(&api).await;
+    let (_, stranger) = account(&api).await;
+    let mut files = Vec::new();
+    for animal in ["lynx", "ocelot", "caracal"] {
+        let text = format!("The {animal} is a wild cat of the field notes.");
+        let reply = upload(&api, &key, &format!("{animal}.txt"), "text/plain", text.into_bytes()).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        files.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    files.sort();
+    let reply = api.post("/v1/vector_stores", Some(&key), &json!({"name": "cats"})).await;
+    let store = reply.body["id"].as_str().unwrap().to_owned();
+    let batches = format!("/v1/vector_stores/{store}/file_batches");
+
+    // Create: OpenAI's object, its counts those of the files.
+    let create = json!({"file_ids": files, "attributes": {"kind": "cats"}, "chunking_strategy": {"type": "auto"}});
+    let reply = api.post(&batches, Some(&key), &create).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let batch = reply.body["id"].as_str().unwrap().to_owned();
+    assert!(batch.starts_with("vsfb_"), "{batch}");
+    let mut keys: Vec<&String> = reply.body.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["created_at", "file_counts", "id", "object", "status", "vector_store_id"]);
+    assert_eq!(
+        (&reply.body["object"], &reply.body["vector_store_id"]),
+        (&json!("vector_store.files_batch"), &json!(store))
+    );
+    assert_eq!(reply.body["file_counts"]["total"], 3);
+
+    let done = batch_settled(&api, &key, &store, &batch).await;
+    assert_eq!(
+        done,
+        json!({"id": batch, "object": "vector_store.files_batch", "created_at": reply.body["created_at"],
+            "vector_store_id": store, "status": "completed",
+            "file_counts": {"in_progress": 0, "completed": 3, "failed": 0, "cancelled": 0, "total": 3}})
+    );
+    let reply = api.post(&format!("/v1/vector_stores/{store}/search"), Some(&key), &json!({"query": "ocelot"})).await;
+    assert_eq!(reply.body["data"][0]["attributes"], json!({"kind": "cats"}), "{}", reply.body);
+
+    // The batch's files, a page at a time.
+    let reply = api.get(&format!("{batches}/{batch}/files?limit=2&order=asc"), Some(&key)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ids: Vec<&str> = reply.body["data"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!((ids, &reply.body["has_more"]), (vec![files[0].as_str(), files[1].as_str()], &json!(true)));
+    assert_eq!(reply.body["data"][0]["object"], "vector_store.file");
+    let last = reply.body["last_id"].as_str().unwrap();
+    let reply = api.get(&format!("{batches}/{batch}/files?limit=2&order=asc&after={last}"), Some(&key)).await;
+    assert_eq!(reply.body["data"].as_array().unwrap().len(), 1, "{}", reply.body);
+    let reply = api.get(&format!("{batches}/{batch}/files?filter=cancelled"), Some(&key)).await;
+    assert!(reply.body["data"].as_array().unwrap().is_empty(), "{}", reply.body);
+
+    // Cancel (no body, as the SDKs send it) once done: nothing changes.
+    let reply = Client::send(api.request(Method::POST, &format!("{batches}/{batch}/cancel"), Some(&key))).await;
+    assert_eq!((reply.status, &reply.body["status"]), (200, &json!("completed")), "{}", reply.body);
+    assert_eq!(reply.body["file_counts"]["completed"], 3);
+
+    // The newer `files` form.
+    let reply =
+        api.post(&batches, Some(&key), &json!({"files": [{"file_id": files[0], "attributes": {"n": 1}}]})).await;
+    assert_eq!((reply.status, &reply.body["file_counts"]["total"]), (200, &json!(1)), "{}", reply.body);
+
+    // Errors, pinned: all or none; another organization; an unknown batch.
+    let reply = api.post(&batches, Some(&key), &json!({"file_ids": [files[0], "file_nope"]})).await;
+    assert_eq!(
+        reply.body,
+        json!({"error": {"message": "No file found with id `file_nope`.",
+            "type": "not_found_error", "code": "file_not_found", "param": null}})
+    );
+    let reply =
+        api.post(&batches, Some(&key), &json!({"file_ids": [files[0]], "files": [{"file_id": files[1]}]})).await;
+    assert_eq!(
+        reply.body,
+        json!({"error": {"message": "Give either `file_ids` or `files`, not both.",
+            "type": "invalid_request_error", "code": "invalid_request", "param": "files"}})
+    );
+    let store_not_found = json!({"error": {"message": format!("No vector store found with id `{store}`."),
+        "type": "not_found_error", "code": "vector_store_not_found", "param": null}});
+    for reply in [
+        api.post(&batches, Some(&stranger), &json!({"file_ids": files})).await,
+        api.get(&format!("{batches}/{batch}"), Some(&stranger)).await,
+        api.post(&format!("{batches}/{batch}/cancel"), Some(&stranger), &json!({})).await,
+        api.get(&format!("{batches}/{batch}/files"), Some(&stranger)).await,
+    ] {
+        reply.assert_error(404, "vector_store_not_found");
+        assert_eq!(reply.body, store_not_found);
+    }
+    let unknown = "vsfb_0196f0e4c3b27c11a5e0000000000000";
+    let reply = api.get(&format!("{batches}/{unknown}"), Some(&key)).await;
+    reply.assert_error(404, "file_batch_not_found");
+    assert_eq!(
+        reply.body,
+        json!({"error": {"message": format!("No vector store file batch found with id `{unknown}`."),
+            "type": "not_found_error", "code": "file_batch_not_found", "param": null}})
+    );
+    assert_eq!(batch_settled(&api, &key, &store, &batch).await["file_counts"]["completed"], 3);
+
+    let reply = api.get("/openapi.json", None).await;
+    let paths = reply.body["paths"].as_object().unwrap();
+    for path in [
+        "/v1/vector_stores/{vector_store_id}/file_batches",
+        "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}",
+        "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel",
+        "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not documented");
+    }
+    gateway.stop().await;
 }

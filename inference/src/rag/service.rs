@@ -139,7 +139,7 @@ impl RagService {
         }
     }
 
-    fn now(&self) -> i64 {
+    pub(super) fn now(&self) -> i64 {
         self.inner.clock.now().timestamp()
     }
 }
@@ -168,7 +168,7 @@ async fn follow(inner: Weak<Inner>, every: Duration) {
 }
 
 /// The caller's organization: retrieval needs an API key.
-fn organization(caller: &Principal) -> Result<OrganizationId, InferenceError> {
+pub(super) fn organization(caller: &Principal) -> Result<OrganizationId, InferenceError> {
     match (&caller.kind, caller.organization_id) {
         (PrincipalKind::ApiKey, Some(org)) => Ok(org),
         _ => Err(InferenceError::ApiKeyRequired),
@@ -191,7 +191,7 @@ fn json_map(text: &str) -> Map<String, Value> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-fn store_file_object(row: &StoreFileRow) -> VectorStoreFile {
+pub(super) fn store_file_object(row: &StoreFileRow) -> VectorStoreFile {
     VectorStoreFile {
         id: row.file_id.clone(),
         object: "vector_store.file".into(),
@@ -214,8 +214,42 @@ fn store_file_object(row: &StoreFileRow) -> VectorStoreFile {
     }
 }
 
+/// Adds `n` files of `status` to the counts (`cancelled` is any status not otherwise named).
+pub(super) fn count(c: &mut FileCounts, status: &str, n: i64) {
+    let n = u64::try_from(n).unwrap_or(0);
+    match status {
+        store::IN_PROGRESS => c.in_progress += n,
+        store::COMPLETED => c.completed += n,
+        store::FAILED => c.failed += n,
+        _ => c.cancelled += n,
+    }
+    c.total += n;
+}
+
+/// The attach step every path shares (a file, a batch), in the caller's transaction: marks the
+/// store active (a store deleted meanwhile is `vector_store_not_found`), inserts the
+/// attachments not there yet and enqueues their ingestion. The activity is written first, so
+/// the store's row stays locked until the commit and a purge running meanwhile keeps it.
+pub(super) fn attach_rows(
+    conn: &mut shared::db::Conn,
+    jobs: &Jobs,
+    store_id: &str,
+    active: i64,
+    rows: &[StoreFileRow],
+) -> Result<(), Fail> {
+    if !store::mark_active(conn, store_id, active)? {
+        return Err(Fail(InferenceError::VectorStoreNotFound(store_id.to_owned())));
+    }
+    for row in rows {
+        if store::insert_store_file_if_new(conn, row)? {
+            jobs.enqueue(conn, &IngestFile::of(row))?;
+        }
+    }
+    Ok(())
+}
+
 /// OpenAI's list from rows read in keyset order (one more than the page, to tell `has_more`).
-fn page<T>(mut rows: Vec<T>, reverse: bool, limit: usize, id: impl Fn(&T) -> String) -> ObjectList<T> {
+pub(super) fn page<T>(mut rows: Vec<T>, reverse: bool, limit: usize, id: impl Fn(&T) -> String) -> ObjectList<T> {
     let has_more = rows.len() > limit;
     rows.truncate(limit);
     if reverse {
@@ -238,7 +272,7 @@ impl RagService {
         found.ok_or_else(|| InferenceError::FileNotFound(id.to_owned()))
     }
 
-    async fn store_row(&self, org: OrganizationId, id: &str) -> Result<StoreRow, InferenceError> {
+    pub(super) async fn store_row(&self, org: OrganizationId, id: &str) -> Result<StoreRow, InferenceError> {
         let (org, owned) = (org.to_string(), id.to_owned());
         let found =
             store::run(&self.inner.db, move |conn| store::find_store(conn, &org, &owned).map_err(Fail::from)).await?;
@@ -252,14 +286,7 @@ impl RagService {
         let mut per_store: HashMap<String, (FileCounts, u64)> = HashMap::new();
         for (store_id, status, n, bytes) in counts {
             let (c, usage) = per_store.entry(store_id).or_default();
-            let n = u64::try_from(n).unwrap_or(0);
-            match status.as_str() {
-                store::IN_PROGRESS => c.in_progress += n,
-                store::COMPLETED => c.completed += n,
-                store::FAILED => c.failed += n,
-                _ => c.cancelled += n,
-            }
-            c.total += n;
+            count(c, &status, n);
             *usage += u64::try_from(bytes).unwrap_or(0);
         }
         let now = self.now();
@@ -328,16 +355,30 @@ impl RagService {
         })
     }
 
+    /// The attachment of `request`'s file, its attributes and chunking checked (the file's
+    /// ownership is checked by the caller).
+    pub(super) fn attachment_for(
+        &self,
+        caller: &Principal,
+        org: OrganizationId,
+        store_id: &str,
+        request: &CreateVectorStoreFileRequest,
+    ) -> Result<StoreFileRow, InferenceError> {
+        let attributes = validate::attributes(request.attributes.as_ref())?;
+        let chunking = validate::chunking(request.chunking_strategy.as_ref())?;
+        self.attachment(caller, org, store_id, &request.file_id, &attributes, chunking)
+    }
+
     /// Brings this process's index up to date after a change it made (other processes follow
     /// the log); a failure is logged, the next catch-up repairs it.
-    async fn refresh(&self) {
+    pub(super) async fn refresh(&self) {
         if let Err(e) = self.inner.index.catch_up().await {
             tracing::warn!(error = %e, "retrieval index catch-up failed after a change");
         }
     }
 }
 
-fn is_id<T: std::str::FromStr>(s: &str) -> bool {
+pub(super) fn is_id<T: std::str::FromStr>(s: &str) -> bool {
     s.parse::<T>().is_ok()
 }
 
@@ -547,20 +588,12 @@ impl RagApi for RagService {
         let vs = self.store_row(org, store_id).await?;
         expiry::usable(&vs, now)?;
         self.file_meta(org, &request.file_id).await?;
-        let attributes = validate::attributes(request.attributes.as_ref())?;
-        let chunking = validate::chunking(request.chunking_strategy.as_ref())?;
-        let row = self.attachment(caller, org, store_id, &request.file_id, &attributes, chunking)?;
+        let row = self.attachment_for(caller, org, store_id, &request)?;
         let jobs = self.inner.jobs.clone();
+        // Attaching is activity.
         let active = now.max(vs.last_active_at);
         let current = store::transaction(&self.inner.db, move |conn| {
-            // Attaching is activity. Written first, so the row is locked until the commit and a
-            // purge running meanwhile keeps the store; false: it was just deleted.
-            if !store::mark_active(conn, &row.vector_store_id, active)? {
-                return Err(Fail(InferenceError::VectorStoreNotFound(row.vector_store_id.clone())));
-            }
-            if store::insert_store_file_if_new(conn, &row)? {
-                jobs.enqueue(conn, &IngestFile::of(&row))?;
-            }
+            attach_rows(conn, &jobs, &row.vector_store_id, active, std::slice::from_ref(&row))?;
             let current = store::find_store_file(conn, &row.vector_store_id, &row.file_id)?;
             Ok::<_, Fail>(current)
         })
@@ -577,14 +610,7 @@ impl RagApi for RagService {
     ) -> Result<ObjectList<VectorStoreFile>, InferenceError> {
         self.store_row(organization(caller)?, store_id).await?;
         let (keyset, reverse, limit) = validate::keyset(&query, is_id::<FileId>)?;
-        if let Some(status) = &query.filter
-            && !["in_progress", "completed", "failed", "cancelled"].contains(&status.as_str())
-        {
-            return Err(InferenceError::validation(
-                "filter",
-                "`filter` must be in_progress, completed, failed or cancelled.",
-            ));
-        }
+        validate::status_filter(query.filter.as_deref())?;
         let (store_id, status) = (store_id.to_owned(), query.filter.clone());
         let rows = store::run(&self.inner.db, move |conn| {
             store::store_files_page(conn, &store_id, status.as_deref(), &keyset).map_err(Fail::from)
@@ -622,6 +648,46 @@ impl RagApi for RagService {
         }
         self.refresh().await;
         Ok(Deleted { id: file_id.to_owned(), object: "vector_store.file.deleted".into(), deleted: true })
+    }
+
+    #[tracing::instrument(skip_all, fields(rag.store = %store_id, rag.files = request.file_ids.len() + request.files.len()))]
+    async fn create_file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        request: CreateFileBatchRequest,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        self.create_batch(caller, store_id, request).await
+    }
+
+    async fn file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        let batch = self.batch_row(caller, store_id, batch_id).await?;
+        self.batch_object(batch).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rag.store = %store_id, rag.batch = %batch_id))]
+    async fn cancel_file_batch(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<VectorStoreFileBatch, InferenceError> {
+        self.cancel_batch(caller, store_id, batch_id).await
+    }
+
+    async fn list_file_batch_files(
+        &self,
+        caller: &Principal,
+        store_id: &str,
+        batch_id: &str,
+        query: ListQuery,
+    ) -> Result<ObjectList<VectorStoreFile>, InferenceError> {
+        self.batch_files(caller, store_id, batch_id, query).await
     }
 
     #[tracing::instrument(skip_all, fields(rag.store = %store_id))]

@@ -804,3 +804,161 @@ pub(crate) fn delete_staged(conn: &mut Conn, store: &str, file: &str) -> QueryRe
     )
     .execute(conn)
 }
+
+// --- file batches ---
+//
+// A batch is a row of `rag_file_batches` and a membership row per file; its status and counts
+// are read from the attachments themselves (`rag_store_files.status`), never stored twice.
+
+pub(crate) mod batch_schema {
+    use super::schema::rag_store_files;
+
+    diesel::table! {
+        rag_file_batches (id) {
+            id -> Text,
+            vector_store_id -> Text,
+            organization_id -> Text,
+            created_at -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        rag_file_batch_files (batch_id, file_id) {
+            batch_id -> Text,
+            vector_store_id -> Text,
+            file_id -> Text,
+        }
+    }
+
+    diesel::allow_tables_to_appear_in_same_query!(rag_file_batches, rag_file_batch_files, rag_store_files);
+}
+
+use batch_schema::{rag_file_batch_files, rag_file_batches};
+
+/// The state a batch's cancel moves its unfinished files to.
+pub(crate) const CANCELLED: &str = "cancelled";
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = rag_file_batches)]
+pub(crate) struct BatchRow {
+    pub id: String,
+    pub vector_store_id: String,
+    pub organization_id: String,
+    pub created_at: i64,
+}
+
+/// The ids among `ids` of the organization's files (one query for a whole batch).
+pub(crate) fn owned_file_ids(conn: &mut Conn, organization_id: &str, ids: &[String]) -> QueryResult<Vec<String>> {
+    rag_files::table
+        .filter(rag_files::organization_id.eq(organization_id).and(rag_files::id.eq_any(ids)))
+        .select(rag_files::id)
+        .load(conn)
+}
+
+/// Inserts the batch and its memberships (the attachments exist already, in this transaction).
+pub(crate) fn insert_batch(conn: &mut Conn, row: &BatchRow, files: &[String]) -> QueryResult<()> {
+    diesel::insert_into(rag_file_batches::table).values(row).execute(conn)?;
+    for file in files {
+        diesel::insert_into(rag_file_batch_files::table)
+            .values((
+                rag_file_batch_files::batch_id.eq(row.id.as_str()),
+                rag_file_batch_files::vector_store_id.eq(row.vector_store_id.as_str()),
+                rag_file_batch_files::file_id.eq(file.as_str()),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The batch, if it belongs to this store of this organization.
+pub(crate) fn find_batch(
+    conn: &mut Conn,
+    organization_id: &str,
+    store: &str,
+    id: &str,
+) -> QueryResult<Option<BatchRow>> {
+    rag_file_batches::table
+        .find(id)
+        .filter(rag_file_batches::vector_store_id.eq(store).and(rag_file_batches::organization_id.eq(organization_id)))
+        .select(BatchRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The number of the batch's files in each status, in one query.
+pub(crate) fn batch_counts(conn: &mut Conn, batch: &str) -> QueryResult<Vec<(String, i64)>> {
+    use diesel::dsl::count_star;
+    rag_file_batch_files::table
+        .inner_join(
+            rag_store_files::table.on(rag_store_files::vector_store_id
+                .eq(rag_file_batch_files::vector_store_id)
+                .and(rag_store_files::file_id.eq(rag_file_batch_files::file_id))),
+        )
+        .filter(rag_file_batch_files::batch_id.eq(batch))
+        .group_by(rag_store_files::status)
+        .select((rag_store_files::status, count_star()))
+        .load(conn)
+}
+
+/// A page of the batch's attachments by file id, optionally of one status (the primary key
+/// `(batch_id, file_id)` serves the order).
+pub(crate) fn batch_files_page(
+    conn: &mut Conn,
+    batch: &str,
+    status: Option<&str>,
+    keyset: &Keyset,
+) -> QueryResult<Vec<StoreFileRow>> {
+    let mut query = rag_file_batch_files::table
+        .inner_join(
+            rag_store_files::table.on(rag_store_files::vector_store_id
+                .eq(rag_file_batch_files::vector_store_id)
+                .and(rag_store_files::file_id.eq(rag_file_batch_files::file_id))),
+        )
+        .filter(rag_file_batch_files::batch_id.eq(batch.to_owned()))
+        .into_boxed();
+    if let Some(status) = status {
+        query = query.filter(rag_store_files::status.eq(status.to_owned()));
+    }
+    keyset!(query, rag_file_batch_files::file_id, keyset).select(StoreFileRow::as_select()).load(conn)
+}
+
+/// Cancels the batch's files still `in_progress`: each moves to `cancelled` by an update
+/// conditional on `in_progress`, so a file whose ingestion committed meanwhile stays
+/// `completed`, and an ingestion that commits later finds it no longer in progress and writes
+/// nothing. Chunks of a cancelled file are deleted (with a `file_removed` change when there
+/// were any), so none can ever be searched. Returns how many files were cancelled.
+///
+/// Every row lock is taken before the change log's lock, the order an ingestion takes them
+/// in, so a cancel and an ingestion never wait for each other in a cycle.
+pub(crate) fn cancel_batch(conn: &mut Conn, organization_id: &str, batch: &str, now: i64) -> QueryResult<usize> {
+    let members: Vec<(String, String)> = rag_file_batch_files::table
+        .inner_join(
+            rag_store_files::table.on(rag_store_files::vector_store_id
+                .eq(rag_file_batch_files::vector_store_id)
+                .and(rag_store_files::file_id.eq(rag_file_batch_files::file_id))),
+        )
+        .filter(rag_file_batch_files::batch_id.eq(batch).and(rag_store_files::status.eq(IN_PROGRESS)))
+        .select((rag_file_batch_files::vector_store_id, rag_file_batch_files::file_id))
+        .load(conn)?;
+    let mut cancelled = Vec::with_capacity(members.len());
+    for (store, file) in members {
+        let moved = diesel::update(
+            rag_store_files::table
+                .find((store.as_str(), file.as_str()))
+                .filter(rag_store_files::status.eq(IN_PROGRESS)),
+        )
+        .set(rag_store_files::status.eq(CANCELLED))
+        .execute(conn)?;
+        if moved == 1 {
+            cancelled.push((store, file));
+        }
+    }
+    for (store, file) in &cancelled {
+        // The staged chunks of its ingestion go too; the next step would find them otherwise.
+        delete_staged(conn, store, file)?;
+        if delete_chunks(conn, store, file)? > 0 {
+            log_change(conn, organization_id, store, Some(file.as_str()), FILE_REMOVED, now)?;
+        }
+    }
+    Ok(cancelled.len())
+}

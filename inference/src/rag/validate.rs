@@ -30,6 +30,16 @@ pub(crate) fn from_search(error: search::SearchError, fallback: &str) -> Inferen
     }
 }
 
+/// The `filter` of a list of vector-store files: one of the four statuses.
+pub(crate) fn status_filter(filter: Option<&str>) -> Result<(), InferenceError> {
+    match filter {
+        Some(status) if !["in_progress", "completed", "failed", "cancelled"].contains(&status) => {
+            Err(invalid("filter", "`filter` must be in_progress, completed, failed or cancelled."))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn filename(name: &str) -> Result<(), InferenceError> {
     if name.trim().is_empty() || name.chars().count() > MAX_FILENAME_CHARS || name.contains(['/', '\\', '\0']) {
         return Err(invalid(

@@ -1,0 +1,2 @@
+DROP TABLE rag_file_batch_files;
+DROP TABLE rag_file_batches;
