@@ -17,12 +17,17 @@
 //! ```
 //!
 //! The answer's `citations` list the same sources by the same numbers.
+//!
+//! The sources are bounded by the model's context window too ([`fit`]): the best-scored ones
+//! are kept, in order, while the prompt with their message plus the call's output reservation
+//! fit in it; the others are neither sent nor cited.
 
 use crate::api::{ChatMessage, Extra};
 use crate::error::InferenceError;
 use crate::rag_api::{
     Citation, FileSearchOptions, SearchResult, SearchResultsPage, VectorStoreId, VectorStoreSearchRequest,
 };
+use crate::tokens;
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -45,6 +50,12 @@ statement it supports. If the sources do not contain the answer, say so instead 
 /// grounded in documents it was not given.
 pub(crate) const NO_SOURCES: &str = "A search of the user's documents found no sources for this question. If \
 the answer depends on those documents, say that they contain nothing about it.";
+
+/// The system message when sources were found but not even the best one fits in the model's
+/// context window with the conversation and the answer's reservation.
+pub(crate) const NONE_FIT: &str = "A search of the user's documents found sources for this question, but they are \
+too long to be given to you with this conversation. If the answer depends on those documents, say that you could \
+not read them instead of guessing.";
 
 const KEYS: &[&str] = &["vector_store_ids", "max_num_results", "filters", "ranking_options"];
 
@@ -214,30 +225,52 @@ pub(crate) fn merge(pages: Vec<(String, SearchResultsPage)>, limit: u32) -> Vec<
     sources
 }
 
-/// The system message that carries the sources and the instruction to cite them.
-pub(crate) fn sources_message(sources: &[Source]) -> ChatMessage {
-    let content = if sources.is_empty() {
-        NO_SOURCES.to_owned()
-    } else {
-        let mut content = String::from(INSTRUCTION);
-        for source in sources {
-            content.push_str(&format!(
-                "\n\n[{}] {}\n{}",
-                source.citation.index,
-                source.citation.filename,
-                source.text.trim()
-            ));
+/// One source as the sources' message shows it, after the instruction.
+fn rendered(source: &Source) -> String {
+    format!("\n\n[{}] {}\n{}", source.citation.index, source.citation.filename, source.text.trim())
+}
+
+/// The sources that fit in the model's context window: the first of `sources` (best score
+/// first, as [`merge`] gives them), as many as keep `prompt_tokens` (the conversation without the
+/// sources' message) plus the sources' message within `budget` (the context window less the
+/// call's output reservation), both by the estimate the budget hold uses. A prefix, so that a
+/// source is never sent while a better one is dropped, and the numbers stay 1, 2, …
+pub(crate) fn fit(mut sources: Vec<Source>, prompt_tokens: u64, budget: u64) -> Vec<Source> {
+    let mut content = String::from(INSTRUCTION);
+    let mut kept = 0;
+    for source in &sources {
+        content.push_str(&rendered(source));
+        if prompt_tokens.saturating_add(tokens::estimate_message(&content)) > budget {
+            break;
         }
-        content
+        kept += 1;
+    }
+    sources.truncate(kept);
+    sources
+}
+
+/// The system message that carries the sources and the instruction to cite them; `dropped`
+/// sources were found but did not fit.
+pub(crate) fn sources_message(sources: &[Source], dropped: usize) -> ChatMessage {
+    let content = match (sources.is_empty(), dropped) {
+        (true, 0) => NO_SOURCES.to_owned(),
+        (true, _) => NONE_FIT.to_owned(),
+        (false, _) => {
+            let mut content = String::from(INSTRUCTION);
+            for source in sources {
+                content.push_str(&rendered(source));
+            }
+            content
+        }
     };
     ChatMessage { role: "system".into(), content: Some(Value::String(content)), extra: Extra::new() }
 }
 
 /// Puts the sources' message into the conversation, after its leading system and developer
 /// messages.
-pub(crate) fn insert_sources(messages: &mut Vec<ChatMessage>, sources: &[Source]) {
+pub(crate) fn insert_sources(messages: &mut Vec<ChatMessage>, sources: &[Source], dropped: usize) {
     let at = messages.iter().position(|m| m.role != "system" && m.role != "developer").unwrap_or(messages.len());
-    messages.insert(at, sources_message(sources));
+    messages.insert(at, sources_message(sources, dropped));
 }
 
 /// The citations of the sources, in their numbers' order.
@@ -416,7 +449,7 @@ mod tests {
             5,
         );
         let mut messages = vec![message("system", "be brief"), message("user", "refunds?")];
-        insert_sources(&mut messages, &sources);
+        insert_sources(&mut messages, &sources, 0);
         assert_eq!(messages.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["system", "system", "user"]);
         assert_eq!(messages[0].text(), "be brief");
         assert_eq!(
@@ -426,9 +459,12 @@ mod tests {
         assert_eq!(messages[2].text(), "refunds?");
 
         let mut messages = vec![message("user", "refunds?")];
-        insert_sources(&mut messages, &[]);
+        insert_sources(&mut messages, &[], 0);
         assert_eq!(messages[0].role, "system", "first when the caller has no system message");
         assert_eq!(messages[0].text(), NO_SOURCES);
+        let mut messages = vec![message("user", "refunds?")];
+        insert_sources(&mut messages, &[], 2);
+        assert_eq!(messages[0].text(), NONE_FIT, "found, but none fit: not the same as none found");
 
         let citations = citations(&sources);
         let mut fields = Extra::new();
@@ -441,6 +477,47 @@ mod tests {
                 {"index": 2, "vector_store_id": vs(1), "file_id": "file_b", "filename": "file_b.md", "chunk_id": "c2", "score": 0.8},
             ])
         );
+    }
+
+    #[test]
+    fn the_best_sources_are_kept_in_order_while_the_prompt_fits_the_budget() {
+        let pages = vec![(
+            vs(1),
+            page(vec![
+                result("file_a", "c1", 0.5, &"a".repeat(400)),
+                result("file_b", "c2", 0.9, &"b".repeat(40)),
+                result("file_c", "c3", 0.7, &"c".repeat(4000)),
+                result("file_d", "c4", 0.1, "d"),
+            ]),
+        )];
+        let sources = merge(pages, 10);
+        let conversation = vec![message("system", "be brief"), message("user", "refunds?")];
+        let prompt = tokens::estimate_messages(&conversation);
+        // What the budget hold counts for the conversation with the first `n` sources.
+        let with = |n: usize| {
+            let mut messages = conversation.clone();
+            insert_sources(&mut messages, &sources[..n], 0);
+            tokens::estimate_messages(&messages)
+        };
+        let kept = |budget: u64| -> Vec<String> {
+            fit(sources.clone(), prompt, budget).into_iter().map(|s| s.citation.chunk_id).collect()
+        };
+        assert!(with(2) - with(1) > 1000, "the second best source is the long one");
+
+        assert_eq!(kept(u64::MAX), ["c2", "c3", "c1", "c4"], "best score first");
+        assert_eq!(kept(with(4)), ["c2", "c3", "c1", "c4"], "exactly the budget fits");
+        assert_eq!(kept(with(4) - 1), ["c2", "c3", "c1"], "one token more does not");
+        assert_eq!(kept(with(2)), ["c2", "c3"]);
+        assert_eq!(
+            kept(with(2) - 1),
+            ["c2"],
+            "the long source is dropped, and the worse ones after it too, though they are short"
+        );
+        assert_eq!(kept(with(1)), ["c2"]);
+        assert!(kept(with(1) - 1).is_empty());
+        assert!(kept(prompt.saturating_sub(1)).is_empty(), "a prompt that does not fit alone gets no sources");
+        let numbers: Vec<u32> = fit(sources.clone(), prompt, with(3)).iter().map(|s| s.citation.index).collect();
+        assert_eq!(numbers, [1, 2, 3], "the numbers stay those of the prompt");
     }
 
     #[test]

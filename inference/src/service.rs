@@ -226,10 +226,16 @@ impl InferenceService {
     /// sources into the prompt. Returns the answer's citations (None: not a grounded request).
     /// Runs before the admission, so that the hold covers the sources' tokens, and a refused
     /// request (invalid options, an unknown store) takes no hold and calls no provider.
-    #[tracing::instrument(skip_all, fields(inference.vector_stores, inference.sources))]
+    ///
+    /// The sources are bounded by the model's context window: the best are kept while the
+    /// prompt (by the hold's estimate) with them plus `output_cap` fit in it (`grounding::fit`);
+    /// the others are neither sent nor cited.
+    #[tracing::instrument(skip_all, fields(inference.vector_stores, inference.sources, inference.sources_dropped))]
     async fn ground(
         &self,
         caller: &Principal,
+        model: &ModelEntry,
+        output_cap: u32,
         request: &mut ChatCompletionRequest,
     ) -> Result<Option<Vec<Citation>>, InferenceError> {
         let Some(options) = grounding::take_options(&mut request.extra)? else { return Ok(None) };
@@ -249,9 +255,22 @@ impl InferenceService {
         .await
         .map_err(grounding::search_error)?;
         let limit = options.max_num_results.unwrap_or(grounding::DEFAULT_RESULTS);
-        let sources = grounding::merge(options.vector_store_ids.into_iter().zip(pages).collect(), limit);
+        let found = grounding::merge(options.vector_store_ids.into_iter().zip(pages).collect(), limit);
+        let found_count = found.len();
+        let budget = u64::from(model.context_window).saturating_sub(u64::from(output_cap));
+        let sources = grounding::fit(found, tokens::estimate_messages(&request.messages), budget);
+        let dropped = found_count - sources.len();
         span.record("inference.sources", sources.len());
-        grounding::insert_sources(&mut request.messages, &sources);
+        span.record("inference.sources_dropped", dropped);
+        if dropped > 0 {
+            tracing::debug!(
+                inference.sources_dropped = dropped,
+                inference.context_window = model.context_window,
+                inference.output_cap = output_cap,
+                "sources dropped: they do not fit in the model's context window"
+            );
+        }
+        grounding::insert_sources(&mut request.messages, &sources, dropped);
         Ok(Some(grounding::citations(&sources)))
     }
 
@@ -1011,7 +1030,7 @@ impl InferenceApi for InferenceService {
         }
         let model = self.model(&request.model, ModelKind::Chat)?;
         let output_cap = self.validate_chat(&model, &request)?;
-        let citations = self.ground(caller, &mut request).await?;
+        let citations = self.ground(caller, &model, output_cap, &mut request).await?;
         let slot = self.inner.cache.slot(&org.to_string(), &model, &request);
         if let Some(slot) = &slot
             && let Some(hit) = self.inner.cache.get(slot).await
@@ -1082,7 +1101,7 @@ impl InferenceApi for InferenceService {
         let org = Self::organization(caller)?;
         let model = self.model(&request.model, ModelKind::Chat)?;
         let output_cap = self.validate_chat(&model, &request)?;
-        let citations = self.ground(caller, &mut request).await?;
+        let citations = self.ground(caller, &model, output_cap, &mut request).await?;
         let served = self.open_stream(caller, org, started, &model, output_cap, request).await?;
         Ok(match citations {
             Some(citations) => Served { value: with_citations(served.value, citations), ..served },

@@ -19,9 +19,15 @@ pub fn estimate(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// The cheap estimate of a conversation's prompt tokens.
+/// The cheap estimate of one chat message of `text`: its text and its role's overhead.
+pub fn estimate_message(text: &str) -> u64 {
+    PER_MESSAGE + estimate(text)
+}
+
+/// The cheap estimate of a conversation's prompt tokens: a message added to it adds exactly
+/// its [`estimate_message`].
 pub fn estimate_messages(messages: &[ChatMessage]) -> u64 {
-    messages.iter().map(|m| PER_MESSAGE + estimate(&m.text())).sum::<u64>() + PER_REPLY
+    messages.iter().map(|m| estimate_message(&m.text())).sum::<u64>() + PER_REPLY
 }
 
 fn is_openai(model: &str) -> bool {

@@ -172,6 +172,9 @@ fn chunk(file: &str, filename: &str, chunk: &str, score: f64, text: &str) -> Sea
     }
 }
 
+/// The context window of the `small` model.
+const SMALL_WINDOW: u32 = 200;
+
 struct Fixture {
     _database: TestDatabase,
     fake: FakeOpenAi,
@@ -223,6 +226,22 @@ async fn fixture() -> Fixture {
             deployments: vec![DeploymentConfig {
                 provider: "fake".into(),
                 model: "gpt-4o-mini".into(),
+                weight: 1,
+                input_nanos_per_million: 1_000_000_000,
+                output_nanos_per_million: 2_000_000_000,
+            }],
+            ..ModelConfig::default()
+        },
+    );
+    // A model of a small context window, as a small local model has: the sources are bounded
+    // by it (`a_small_context_window_keeps_only_the_sources_that_fit`).
+    config.models.insert(
+        "small".into(),
+        ModelConfig {
+            context_window: SMALL_WINDOW,
+            deployments: vec![DeploymentConfig {
+                provider: "fake".into(),
+                model: "small-upstream".into(),
                 weight: 1,
                 input_nanos_per_million: 1_000_000_000,
                 output_nanos_per_million: 2_000_000_000,
@@ -428,6 +447,98 @@ async fn a_refused_grounded_request_takes_no_hold_and_calls_no_provider() {
     f.service.chat(&f.key, grounded(&[&f.ours], false)).await.unwrap();
     assert_eq!(f.holds().await, 1);
     assert_eq!(f.fake.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_small_context_window_keeps_only_the_sources_that_fit() {
+    let f = fixture().await;
+    // The hold's estimate (bytes / 4 rounded up, plus 3 per message and 3 for the reply) of
+    // `grounded`'s conversation: 6 + 5 + 4 + 10 + 3 = 28 tokens. With the sources' message
+    // (3 + its text: the 277-byte instruction, then each source), 110 tokens with the first
+    // source, 121 with two, 129 with all three.
+    let ask = |max_tokens: Option<u32>, stream: bool| {
+        let mut request = grounded(&[&f.ours], stream);
+        request.model = "small".into();
+        request.max_tokens = max_tokens;
+        request.extra["file_search"]["max_num_results"] = json!(3);
+        request
+    };
+    let cited = |answer: &Value| -> Vec<(u64, String)> {
+        answer["citations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["index"].as_u64().unwrap(), c["chunk_id"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let sent_sources = || -> String {
+        let sent = f.fake.bodies().pop().unwrap();
+        assert_eq!(sent["model"], "small-upstream");
+        sent["messages"][1]["content"].as_str().unwrap().to_owned()
+    };
+    let cite = |index: u64, chunk_id: &str| (index, chunk_id.to_owned());
+    let (first, second, third) = (
+        "\n\n[1] handbook.md\nRefunds take 14 days.",
+        "\n\n[2] faq.txt\nWrite to support for a refund.",
+        "\n\n[3] faq.txt\nShipping is free.",
+    );
+
+    // 129 + 71 = 200: all three fit exactly.
+    let answer = serde_json::to_value(f.service.chat(&f.key, ask(Some(71), false)).await.unwrap().value).unwrap();
+    assert_eq!(cited(&answer), [cite(1, "chunk_1"), cite(2, "chunk_2"), cite(3, "chunk_3")]);
+    assert!(sent_sources().ends_with(&format!("{first}{second}{third}")));
+
+    // One token more for the answer: the worst source is neither sent nor cited.
+    let answer = serde_json::to_value(f.service.chat(&f.key, ask(Some(72), false)).await.unwrap().value).unwrap();
+    assert_eq!(cited(&answer), [cite(1, "chunk_1"), cite(2, "chunk_2")]);
+    let sources = sent_sources();
+    assert!(sources.ends_with(&format!("{first}{second}")), "{sources}");
+    assert!(!sources.contains("Shipping"), "{sources}");
+    assert_eq!(answer["choices"][0]["message"]["content"], WORD.repeat(3));
+
+    // 121 + 80 = 201: only the best one; streamed the same way.
+    let stream = f.service.chat_stream(&f.key, ask(Some(80), true)).await.unwrap().value;
+    let streamed = chunks(stream).await;
+    assert_eq!(cited(&streamed[0]), [cite(1, "chunk_1")]);
+    let sources = sent_sources();
+    assert!(sources.ends_with(first), "{sources}");
+    assert!(!sources.contains("\n\n[2]"), "{sources}");
+
+    // No `max_tokens`: the reservation is the model's default output cap, here the whole
+    // window, so no source fits; the model is told so rather than that none was found.
+    let answer = serde_json::to_value(f.service.chat(&f.key, ask(None, false)).await.unwrap().value).unwrap();
+    assert!(cited(&answer).is_empty(), "{answer}");
+    let sources = sent_sources();
+    assert!(sources.contains("too long to be given to you"), "{sources}");
+    assert!(!sources.contains("[1]"), "{sources}");
+
+    // A large window keeps them all, as before.
+    let mut large = ask(Some(80), false);
+    large.model = "gpt-4o-mini".into();
+    let answer = serde_json::to_value(f.service.chat(&f.key, large).await.unwrap().value).unwrap();
+    assert_eq!(cited(&answer).len(), 3);
+
+    // Usage and billing are the provider's answer's (7 prompt and 3 output tokens a call), the
+    // sources dropped or not; every hold settled.
+    assert_eq!(answer["usage"]["prompt_tokens"], 7);
+    assert_eq!(answer["usage"]["completion_tokens"], 3);
+    assert_eq!(f.fake.requests(), 5);
+    let price = billing::ModelPrice {
+        input_price_per_mtok: billing::Money::nanos(1_000_000_000),
+        output_price_per_mtok: billing::Money::nanos(2_000_000_000),
+    };
+    let expected = billing::cost_of(&price, 7, 3).as_nanos() * 5;
+    let settled = async {
+        loop {
+            let balance = f.billing.balance(&f.owner, f.org).await.unwrap();
+            if balance.held == billing::Money::ZERO && balance.spent.as_nanos() == expected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), settled).await.expect("five calls settled at their usage");
+    assert_eq!(f.holds().await, 5, "one hold a call");
 }
 
 /// `data` of each event of a streamed chat completion.
