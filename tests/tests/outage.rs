@@ -5,6 +5,9 @@
 //!
 //! They need `pg_ctlcluster` (Debian's PostgreSQL) and the right to run it; with `CI=true`
 //! their absence is a failure.
+//!
+//! Covered: auth's pools after a restart, auth during and after a stop, retrieval (search,
+//! stores, uploads, ingestion) during and after a stop, and a Redis outage.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -233,4 +236,139 @@ async fn a_redis_outage_fails_no_request_and_sharing_resumes_when_it_is_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(api.get("/v1/auth/me", Some(&token)).await.status, 200);
+}
+
+/// An API key of a new organization: retrieval's routes take API keys.
+async fn api_key(api: &Client) -> String {
+    let body = json!({"email": "ada@example.com", "password": "correct horse battery"});
+    let reply = api.post("/v1/auth/signup", None, &body).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let (session, org) = (reply.body["token"].as_str().unwrap(), reply.body["organization"]["id"].as_str().unwrap());
+    let reply = api.post(&format!("/v1/organizations/{org}/api-keys"), Some(session), &json!({"name": "rag"})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["key"].as_str().unwrap().to_owned()
+}
+
+async fn upload(api: &Client, key: &str, text: &str) -> Reply {
+    let part = reqwest::multipart::Part::text(text.to_owned()).file_name("handbook.md").mime_str("text/markdown");
+    let form = reqwest::multipart::Form::new().text("purpose", "assistants").part("file", part.unwrap());
+    Client::send(api.request(reqwest::Method::POST, "/v1/files", Some(key)).multipart(form)).await
+}
+
+/// Attaches `file` to `store` and waits for the end of its ingestion: its last status.
+async fn ingested(api: &Client, key: &str, store: &str, file: &str) -> String {
+    let reply = api.post(&format!("/v1/vector_stores/{store}/files"), Some(key), &json!({"file_id": file})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = api.get(&format!("/v1/vector_stores/{store}/files/{file}"), Some(key)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body["status"] != "in_progress" || Instant::now() > deadline {
+            return reply.body["status"].as_str().unwrap_or_default().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Searches the store, reads it and uploads a file: each answer, with how long it took. A call
+/// that hangs fails the test rather than stall it.
+async fn retrieval_calls(api: &Client, key: &str, store: &str) -> Vec<(&'static str, Reply, Duration)> {
+    let search = format!("/v1/vector_stores/{store}/search");
+    let retrieve = format!("/v1/vector_stores/{store}");
+    let query = json!({"query": "refunds paid"});
+    let mut answers = Vec::new();
+    for what in ["search", "retrieve", "upload"] {
+        let started = Instant::now();
+        let call = async {
+            match what {
+                "search" => api.post(&search, Some(key), &query).await,
+                "retrieve" => api.get(&retrieve, Some(key)).await,
+                _ => upload(api, key, "# Shipping\n\nShipping is free.\n").await,
+            }
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(30), call).await.unwrap_or_else(|_| panic!("{what} hung"));
+        answers.push((what, reply, started.elapsed()));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieval_answers_503_in_an_outage_and_serves_again_after_it() {
+    let _lock = SERVER.lock().await;
+    let Some(cluster) = Cluster::find() else { return };
+    let backend = TestBackend::Postgres(std::env::var(DATABASE_URL_VAR).unwrap());
+    let database = database(&backend);
+    // Dropped before the database, so that the server is up to drop it.
+    let _restore = Restore(cluster.clone());
+    let mut config = gateway_config(&database);
+    config.jobs.poll_interval_ms = 50;
+    // The API key stays authenticated from the warm credential cache through the outage, so
+    // that the answers below are retrieval's own, not authentication's.
+    config.auth.cache.l1_ttl_ms = 600_000;
+    config.auth.cache.l1_degraded_ttl_ms = 600_000;
+    let pool_timeout = Duration::from_millis(config.database.pool.connection_timeout_ms);
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let key = api_key(&api).await;
+    let reply = api.post("/v1/vector_stores", Some(&key), &json!({"name": "docs"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let store = reply.body["id"].as_str().unwrap().to_owned();
+    let reply = upload(&api, &key, "# Returns\n\nRefunds are paid within fourteen days of the return.\n").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let file = reply.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(ingested(&api, &key, &store, &file).await, "completed");
+    for (what, reply, _) in retrieval_calls(&api, &key, &store).await {
+        assert_eq!(reply.status, 200, "{what} before the outage: {}", reply.body);
+    }
+
+    let stopping = cluster.clone();
+    tokio::task::spawn_blocking(move || stopping.ctl("stop")).await.unwrap();
+
+    // The store's index is in process, but a search first checks in the database that the
+    // store is the caller's: without the database no answer is known to be the caller's to
+    // see, so 503 is the answer, as for reading the store and recording an upload. Lost
+    // connections first, then refused ones; none waits for the pool's checkout timeout.
+    for round in 0..4 {
+        for (what, reply, took) in retrieval_calls(&api, &key, &store).await {
+            assert_eq!(reply.status, 503, "{what} in round {round} of the outage: {}", reply.body);
+            assert_unavailable(&reply);
+            assert!(took < pool_timeout, "{what} in round {round} waited {took:?}");
+        }
+    }
+
+    // Back up: the same gateway serves again once its pools have reconnected.
+    tokio::task::spawn_blocking(move || {
+        cluster.ctl("start");
+        cluster.wait_accepting();
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let uploaded = loop {
+        let answers = retrieval_calls(&api, &key, &store).await;
+        if answers.iter().all(|(_, reply, _)| reply.status == 200) {
+            let (_, search, _) = &answers[0];
+            let found: Vec<&str> =
+                search.body["data"].as_array().unwrap().iter().map(|r| r["file_id"].as_str().unwrap()).collect();
+            assert_eq!(found, [file.as_str()], "{}", search.body);
+            let (_, retrieved, _) = &answers[1];
+            assert_eq!(retrieved.body["file_counts"]["completed"], 1, "{}", retrieved.body);
+            let (_, uploaded, _) = &answers[2];
+            break uploaded.body["id"].as_str().unwrap().to_owned();
+        }
+        for (what, reply, _) in &answers {
+            if reply.status != 200 {
+                assert_eq!(reply.status, 503, "{what} while healing: {}", reply.body);
+                assert_unavailable(reply);
+            }
+        }
+        assert!(Instant::now() < deadline, "retrieval did not heal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Ingestion, a background job, resumed too: a file uploaded after the outage is searchable.
+    assert_eq!(ingested(&api, &key, &store, &uploaded).await, "completed");
+    let reply = api.post(&format!("/v1/vector_stores/{store}/search"), Some(&key), &json!({"query": "shipping"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["data"][0]["file_id"], uploaded.as_str(), "{}", reply.body);
+    assert_eq!(api.get("/readyz", None).await.status, 200);
 }
