@@ -149,7 +149,7 @@ impl Handler<IngestFile> for Steps {
     async fn handle(&self, job: IngestFile, ctx: &JobContext) -> Result<(), JobError> {
         let inner = &self.0.inner;
         let result = prepare::run(inner, &job).await.map(drop);
-        settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
+        settle(inner, &job.vector_store_id, &job.file_id, None, result, ctx.is_last_attempt()).await
     }
 }
 
@@ -158,7 +158,7 @@ impl Handler<EmbedBatch> for Steps {
     async fn handle(&self, job: EmbedBatch, ctx: &JobContext) -> Result<(), JobError> {
         let inner = &self.0.inner;
         let result = embed::run(inner, &job).await;
-        settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
+        settle(inner, &job.vector_store_id, &job.file_id, Some(job.attached_at), result, ctx.is_last_attempt()).await
     }
 }
 
@@ -167,7 +167,7 @@ impl Handler<IndexFile> for Steps {
     async fn handle(&self, job: IndexFile, ctx: &JobContext) -> Result<(), JobError> {
         let inner = &self.0.inner;
         let result = publish::run(inner, &job).await;
-        settle(inner, &job.vector_store_id, &job.file_id, result, ctx.is_last_attempt()).await
+        settle(inner, &job.vector_store_id, &job.file_id, Some(job.attached_at), result, ctx.is_last_attempt()).await
     }
 }
 
@@ -181,15 +181,16 @@ pub(crate) fn registry(service: &RagService) -> Result<Registry, RegistryError> 
 }
 
 /// What a step's result means for its job: done (the file may have failed for good), or
-/// another attempt.
+/// another attempt. `attached_at`: the attachment the step belongs to, when the job names it.
 async fn settle(
     inner: &Inner,
     store_id: &str,
     file_id: &str,
+    attached_at: Option<i64>,
     result: Result<(), Outcome>,
     last_attempt: bool,
 ) -> Result<(), JobError> {
-    match finish(inner, store_id, file_id, result, last_attempt).await {
+    match finish(inner, store_id, file_id, attached_at, result, last_attempt).await {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::warn!(rag.store = %store_id, rag.file = %file_id, error = %e, "ingestion step will be retried");
@@ -198,12 +199,13 @@ async fn settle(
     }
 }
 
-/// Fails the file on a permanent failure, or a retryable one on the last attempt; returns the
-/// error that asks for another attempt.
+/// Fails the file (only the attachment `attached_at`, when given) on a permanent failure, or a
+/// retryable one on the last attempt; returns the error that asks for another attempt.
 async fn finish(
     inner: &Inner,
     store_id: &str,
     file_id: &str,
+    attached_at: Option<i64>,
     result: Result<(), Outcome>,
     last_attempt: bool,
 ) -> Result<(), InferenceError> {
@@ -216,7 +218,7 @@ async fn finish(
     tracing::info!(rag.store = %store_id, rag.file = %file_id, rag.error = code, rag.reason = %message, "file ingestion failed");
     let (s, f) = (store_id.to_owned(), file_id.to_owned());
     store::transaction(&inner.db, move |conn| {
-        if store::fail_store_file(conn, &s, &f, code, &message)? {
+        if store::fail_store_file(conn, &s, &f, attached_at, code, &message)? {
             store::delete_staged(conn, &s, &f)?;
         }
         Ok::<_, Fail>(())
@@ -251,7 +253,7 @@ pub(crate) async fn run(
 ) -> Result<(), InferenceError> {
     let job = IngestFile { vector_store_id: store_id.to_owned(), file_id: file_id.to_owned() };
     let result = steps(inner, &job).await;
-    finish(inner, store_id, file_id, result, last_attempt).await
+    finish(inner, store_id, file_id, None, result, last_attempt).await
 }
 
 async fn steps(inner: &Inner, job: &IngestFile) -> Result<(), Outcome> {

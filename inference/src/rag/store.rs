@@ -494,21 +494,27 @@ pub(crate) fn detach(conn: &mut Conn, organization_id: &str, store: &str, file: 
 }
 
 /// Marks an ingestion failed, if it is still in progress.
+/// `attached_at`: only that attachment of the file (a step of an earlier one, detached and
+/// attached again since, must not fail the new one); None: whichever is in progress.
 pub(crate) fn fail_store_file(
     conn: &mut Conn,
     store: &str,
     file: &str,
+    attached_at: Option<i64>,
     code: &str,
     message: &str,
 ) -> QueryResult<bool> {
-    diesel::update(rag_store_files::table.find((store, file)).filter(rag_store_files::status.eq(IN_PROGRESS)))
-        .set((
-            rag_store_files::status.eq(FAILED),
-            rag_store_files::last_error_code.eq(Some(code)),
-            rag_store_files::last_error_message.eq(Some(message)),
-        ))
-        .execute(conn)
-        .map(|n| n == 1)
+    let target = rag_store_files::table.find((store, file)).filter(rag_store_files::status.eq(IN_PROGRESS));
+    let failed = (
+        rag_store_files::status.eq(FAILED),
+        rag_store_files::last_error_code.eq(Some(code)),
+        rag_store_files::last_error_message.eq(Some(message)),
+    );
+    match attached_at {
+        Some(at) => diesel::update(target.filter(rag_store_files::created_at.eq(at))).set(failed).execute(conn),
+        None => diesel::update(target).set(failed).execute(conn),
+    }
+    .map(|n| n == 1)
 }
 
 /// Marks an ingestion completed with its hash, embedder and size, if it is still in progress.
