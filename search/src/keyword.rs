@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard, RwLock};
 use tantivy::collector::{DocSetCollector, FilterCollector, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
@@ -93,7 +93,9 @@ pub struct KeywordChunk<'a> {
 pub struct KeywordIndex {
     index: Index,
     fields: Fields,
-    writer: Mutex<IndexWriter>,
+    /// Created on the first write of an index in memory: its term table (4 MiB at this budget)
+    /// and threads cost nothing in a process that serves no vector store.
+    writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
     parser: QueryParser,
     memory: Arc<RwLock<Memory>>,
@@ -113,7 +115,7 @@ impl KeywordIndex {
     /// An index in memory.
     pub fn in_ram() -> Result<Self> {
         let (schema, fields) = schema();
-        Self::with_index(Index::create_in_ram(schema), fields)
+        Self::with_index(Index::create_in_ram(schema), fields, false)
     }
 
     /// An index in a directory, created when missing, reopened (with its chunks' attributes)
@@ -123,13 +125,14 @@ impl KeywordIndex {
         let (schema, fields) = schema();
         let directory = MmapDirectory::open(dir).map_err(SearchError::index)?;
         let index = Index::open_or_create(directory, schema).map_err(SearchError::index)?;
-        let this = Self::with_index(index, fields)?;
+        // The writer at once: a directory another process writes fails here, not at first use.
+        let this = Self::with_index(index, fields, true)?;
         this.load_memory()?;
         Ok(this)
     }
 
-    fn with_index(index: Index, fields: Fields) -> Result<Self> {
-        let writer = index.writer_with_num_threads(1, WRITER_BUDGET).map_err(SearchError::index)?;
+    fn with_index(index: Index, fields: Fields, eager_writer: bool) -> Result<Self> {
+        let writer = if eager_writer { Some(Self::new_writer(&index)?) } else { None };
         let reader =
             index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(SearchError::index)?;
         let parser = QueryParser::for_index(&index, vec![fields.text]);
@@ -142,6 +145,19 @@ impl KeywordIndex {
             memory: Arc::new(RwLock::new(Memory::default())),
             next_slot: AtomicU64::new(0),
         })
+    }
+
+    fn new_writer(index: &Index) -> Result<IndexWriter> {
+        index.writer_with_num_threads(1, WRITER_BUDGET).map_err(SearchError::index)
+    }
+
+    /// The writer, created if this is the first write.
+    fn writer(&self) -> Result<MappedMutexGuard<'_, IndexWriter>> {
+        let mut writer = self.writer.lock();
+        if writer.is_none() {
+            *writer = Some(Self::new_writer(&self.index)?);
+        }
+        MutexGuard::try_map(writer, Option::as_mut).map_err(|_| SearchError::Index("no index writer".into()))
     }
 
     /// Rebuilds the in-memory maps from the stored fields of a reopened index.
@@ -182,7 +198,7 @@ impl KeywordIndex {
         let fkey = file_key(scope, file);
         let skey = scope_key(scope);
         let attrs_json = serde_json::to_string(&*attributes).map_err(SearchError::index)?;
-        let writer = self.writer.lock();
+        let writer = self.writer()?;
         let mut memory = self.memory.write();
         writer.delete_term(Term::from_field_text(self.fields.file, &fkey));
         for slot in memory.files.remove(&fkey).unwrap_or_default() {
@@ -210,7 +226,7 @@ impl KeywordIndex {
     /// Removes a file's chunks from a scope. Visible after [`commit`](Self::commit).
     pub fn delete_file(&self, scope: &Scope, file: &str) -> Result<()> {
         let fkey = file_key(scope, file);
-        let writer = self.writer.lock();
+        let writer = self.writer()?;
         let mut memory = self.memory.write();
         writer.delete_term(Term::from_field_text(self.fields.file, &fkey));
         for slot in memory.files.remove(&fkey).unwrap_or_default() {
@@ -225,7 +241,7 @@ impl KeywordIndex {
     /// Removes every chunk of a scope. Visible after [`commit`](Self::commit).
     pub fn delete_scope(&self, scope: &Scope) -> Result<()> {
         let skey = scope_key(scope);
-        let writer = self.writer.lock();
+        let writer = self.writer()?;
         let mut memory = self.memory.write();
         writer.delete_term(Term::from_field_text(self.fields.scope, &skey));
         for fkey in memory.scopes.remove(&skey).unwrap_or_default() {
@@ -238,7 +254,12 @@ impl KeywordIndex {
 
     /// Makes every change so far durable (for a directory index) and visible to searches.
     pub fn commit(&self) -> Result<()> {
-        self.writer.lock().commit().map_err(SearchError::index)?;
+        {
+            let mut writer = self.writer.lock();
+            // No writer yet: nothing was written, so nothing to commit or to show.
+            let Some(writer) = writer.as_mut() else { return Ok(()) };
+            writer.commit().map_err(SearchError::index)?;
+        }
         self.reader.reload().map_err(SearchError::index)
     }
 
@@ -304,5 +325,29 @@ impl KeywordIndex {
     /// The tantivy index, for tests and tools.
     pub fn tantivy(&self) -> &Index {
         &self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_in_memory_creates_its_writer_on_the_first_write() {
+        let index = KeywordIndex::in_ram().unwrap();
+        let scope = Scope::new("org_1", "vs_1");
+        assert!(index.writer.lock().is_none());
+        // Committing and searching an index never written need no writer.
+        index.commit().unwrap();
+        assert!(index.search(&scope, "refund", 5, None).unwrap().is_empty());
+        assert!(index.writer.lock().is_none());
+
+        let chunk = KeywordChunk { id: Uuid::now_v7(), text: "the refund policy" };
+        index.add_file(&scope, "file_1", &[chunk], Arc::new(Attributes::new())).unwrap();
+        assert!(index.writer.lock().is_some());
+        index.commit().unwrap();
+        let hits = index.search(&scope, "refund", 5, None).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].id, chunk.id);
     }
 }
