@@ -61,9 +61,10 @@ pub struct LeaseConfig {
     /// After a refused slice, how long the organization takes the direct path before trying
     /// to lease again.
     pub starved_retry_ms: u64,
-    /// A settle's answer is replayed to a retry of the same settle for this long; a later
-    /// retry answers `hold_not_found` (and is never charged twice). Memory grows with it:
-    /// about 60 bytes per request settled within the window.
+    /// A settle's answer is replayed to a retry of the same settle for at least this long and
+    /// at most twice it; a later retry answers `hold_not_found` (and is never charged twice).
+    /// Memory grows with it: about 33 bytes per request settled within twice the window. Keel's
+    /// own retries of a settle (inference's) back off 1.5 s in all.
     pub settle_replay_ms: u64,
     /// Past this many settlements of one lease waiting for their commit (the database commits
     /// slower than calls arrive), that lease's new reservations take the direct path until the
@@ -84,7 +85,7 @@ impl Default for LeaseConfig {
             min_slice: Money::units(1),
             max_slice: Money::units(100),
             starved_retry_ms: 1_000,
-            settle_replay_ms: 10_000,
+            settle_replay_ms: 5_000,
             max_unflushed: 5_000,
         }
     }

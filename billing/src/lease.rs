@@ -29,7 +29,7 @@ use crate::error::BillingError;
 use async_trait::async_trait;
 use shared::metrics::{BillingMetrics, BillingOp, BillingOutcome, BillingPath, SliceKind, SliceOutcome};
 use shared::{Page, PageRequest};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -98,13 +98,47 @@ struct State {
     slots: HashMap<SlotKey, Slot>,
     holds: HashMap<HoldId, LocalHold>,
     keys: HashMap<(OrganizationId, String), HoldId>,
-    /// Recent answers of settles (charged, returned), so a retried settle replays its answer;
-    /// kept `settle_replay_ms`. A retry after that is passed to the wrapped service, which
-    /// does not know the local hold and answers `hold_not_found`: never a second charge.
-    settled: HashMap<HoldId, (Money, Money)>,
-    /// The same hold ids in the order they were settled, so that forgetting old answers pops
-    /// from the front instead of scanning the map on every flush.
-    settled_order: VecDeque<(Instant, HoldId)>,
+    /// Recent answers of settles, so a retried settle replays its answer. A retry after they
+    /// are forgotten is passed to the wrapped service, which does not know the local hold and
+    /// answers `hold_not_found`: never a second charge.
+    settled: Replay,
+}
+
+/// Settle answers (charged, returned) by hold, in two generations: an answer goes into
+/// `current`; every `settle_replay_ms` `current` becomes `previous` and the old `previous` is
+/// dropped. So an answer is kept at least `settle_replay_ms` and at most twice that, forgetting
+/// is one drop per window instead of work per answer, and an answer costs one map entry (about
+/// 33 bytes; a queue of settle times beside the map doubled that).
+#[derive(Default)]
+struct Replay {
+    current: HashMap<HoldId, (Money, Money)>,
+    previous: HashMap<HoldId, (Money, Money)>,
+    /// When `current` began.
+    since: Option<Instant>,
+}
+
+impl Replay {
+    fn get(&self, hold: &HoldId) -> Option<(Money, Money)> {
+        self.current.get(hold).or_else(|| self.previous.get(hold)).copied()
+    }
+
+    fn insert(&mut self, hold: HoldId, answer: (Money, Money)) {
+        self.since.get_or_insert_with(Instant::now);
+        self.current.insert(hold, answer);
+    }
+
+    /// Drops the older generation once the current one is a window old.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        let Some(since) = self.since else { return };
+        if now.duration_since(since) < window {
+            return;
+        }
+        // At a steady rate the next generation holds as many answers: sized once, it does not
+        // grow by doubling (each doubling leaves the old table to the allocator).
+        let next = HashMap::with_capacity(self.current.len());
+        self.previous = std::mem::replace(&mut self.current, next);
+        self.since = Some(now);
+    }
 }
 
 struct Slot {
@@ -248,7 +282,6 @@ impl State {
     /// Keeps a settle's answer for retries (see `settled`).
     fn remember(&mut self, answer: Settlement) {
         self.settled.insert(answer.hold_id, (answer.charged, answer.returned));
-        self.settled_order.push_back((Instant::now(), answer.hold_id));
     }
 }
 
@@ -308,12 +341,7 @@ impl Shared {
                     }
                 }
             }
-            while let Some(&(at, id)) = state.settled_order.front()
-                && now.duration_since(at) >= Duration::from_millis(self.config.settle_replay_ms)
-            {
-                state.settled.remove(&id);
-                state.settled_order.pop_front();
-            }
+            state.settled.expire(now, Duration::from_millis(self.config.settle_replay_ms));
             for (key, slot) in state.slots.iter_mut() {
                 let Some(lease) = slot.lease else { continue };
                 let close = close_all || (slot.outstanding == 0 && now.duration_since(slot.last_used) >= idle);
@@ -660,7 +688,7 @@ impl BillingApi for LeasedBilling {
         }
         let outcome = {
             let mut state = shared.lock();
-            if let Some(&(charged, returned)) = state.settled.get(&request.hold_id) {
+            if let Some((charged, returned)) = state.settled.get(&request.hold_id) {
                 Outcome::Done(Settlement { hold_id: request.hold_id, charged, returned })
             } else if let Some(hold) = state.holds.remove(&request.hold_id) {
                 state.keys.remove(&(hold.slot.0, hold.idempotency_key.clone()));
@@ -719,7 +747,7 @@ impl BillingApi for LeasedBilling {
         let shared = &self.shared;
         {
             let mut state = shared.lock();
-            if state.settled.contains_key(&hold_id) {
+            if state.settled.get(&hold_id).is_some() {
                 shared.metrics.decision(BillingOp::Release, BillingPath::Leased, BillingOutcome::Ok);
                 return Ok(());
             }
@@ -841,5 +869,29 @@ impl BillingApi for LeasedBilling {
 
     async fn ready(&self) -> Result<(), BillingError> {
         self.shared.inner.ready().await
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_kept_one_window_at_least_and_two_at_most() {
+        let window = Duration::from_secs(10);
+        let mut replay = Replay::default();
+        let (a, b) = (HoldId::new(), HoldId::new());
+        replay.insert(a, (Money(3), Money(7)));
+        let start = replay.since.unwrap();
+        replay.expire(start + window - Duration::from_millis(1), window);
+        assert_eq!(replay.get(&a), Some((Money(3), Money(7))), "younger than the window");
+        replay.expire(start + window, window);
+        assert_eq!(replay.get(&a), Some((Money(3), Money(7))), "one window old: in the older generation");
+        replay.insert(b, (Money(1), Money(0)));
+        replay.expire(start + window * 2, window);
+        assert_eq!(replay.get(&a), None, "two windows old: forgotten");
+        assert_eq!(replay.get(&b), Some((Money(1), Money(0))), "the answer after the turn stays a window more");
+        replay.expire(start + window * 3, window);
+        assert_eq!(replay.get(&b), None);
     }
 }
