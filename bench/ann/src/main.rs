@@ -371,7 +371,7 @@ fn filters(idx: &mut HnswIndex, scope: &Scope, n: usize, data: &[f32], queries: 
             "even = true (50%)",
             "feven17",
             serde_json::json!({"type": "eq", "key": "even", "value": true}),
-            Box::new(|i: usize| i % 2 == 0) as Box<dyn Fn(usize) -> bool + Sync>,
+            Box::new(|i: usize| i.is_multiple_of(2)) as Box<dyn Fn(usize) -> bool + Sync>,
             &[10, 16, 32, 64, 128, 192][..],
         ),
         (
