@@ -20,7 +20,9 @@ pub use embed::LocalEmbedder;
 pub use engine::{IndexChunk, IndexOutcome, PreparedFile, SearchEngine, SearchMode, SearchRequest};
 pub use error::{Result, SearchError};
 pub use filter::{AttributeValue, Attributes, Filter};
-pub use hnsw::{HnswConfig, HnswIndex, Quantization};
+pub use hnsw::{
+    EXACT_FILTER_MAX, FILTERED_EXPANSION_MIN, FilterPlan, HnswConfig, HnswIndex, Quantization, filtered_expansion,
+};
 pub use hybrid::{FusedHit, HybridWeights};
 pub use keyword::{KeywordChunk, KeywordHit, KeywordIndex};
 pub use parse::{Block, BlockKind, Document, Format};

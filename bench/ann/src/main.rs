@@ -21,7 +21,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use search::{
-    AttributeValue, Attributes, Filter, HnswConfig, HnswIndex, Quantization, Scope, VectorIndex, VectorRecord,
+    AttributeValue, Attributes, Filter, FilterPlan, HnswConfig, HnswIndex, Quantization, Scope, VectorIndex,
+    VectorRecord,
 };
 use uuid::Uuid;
 
@@ -98,6 +99,13 @@ fn exact(data: &[f32], queries: &[f32], keep: &(dyn Fn(usize) -> bool + Sync)) -
     out
 }
 
+/// `$ANN_CACHE` (`target/ann-cache` by default), created if missing.
+fn cache_dir() -> PathBuf {
+    let dir = PathBuf::from(std::env::var("ANN_CACHE").unwrap_or_else(|_| "target/ann-cache".into()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn cached_truth(
     name: &str,
     n: usize,
@@ -105,8 +113,7 @@ fn cached_truth(
     queries: &[f32],
     keep: &(dyn Fn(usize) -> bool + Sync),
 ) -> Vec<Vec<usize>> {
-    let dir = PathBuf::from(std::env::var("ANN_CACHE").unwrap_or_else(|_| "target/ann-cache".into()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = cache_dir();
     let path = dir.join(format!("truth-{name}-{n}-{RECALL_QUERIES}.json"));
     if let Ok(raw) = std::fs::read(&path) {
         return serde_json::from_slice(&raw).unwrap();
@@ -262,35 +269,53 @@ fn index(n: usize) {
     };
     let mut idx = HnswIndex::new(HnswConfig { quantization: quant, ..HnswConfig::default() }).unwrap();
     let scope = Scope::new("org_bench", "vs_bench");
-    // Attributes: `bucket` 0..9 (a filter on one value keeps 10%), `even` (keeps 50%).
-    let attr_sets: Vec<Arc<Attributes>> = (0..20)
+    // Attributes: `bucket` 0..9 (a filter on one value keeps 10%), `even` (keeps 50%), `part`
+    // 0..99 (a filter on one value keeps 1%). Vector i has the set i % 100.
+    let attr_sets: Vec<Arc<Attributes>> = (0..100)
         .map(|b| {
             let mut a = Attributes::new();
             a.insert("bucket".into(), AttributeValue::Number((b % 10) as f64));
             a.insert("even".into(), AttributeValue::Bool(b % 2 == 0));
+            a.insert("part".into(), AttributeValue::Number(b as f64));
             Arc::new(a)
         })
         .collect();
-    let base = rss_mib();
-    let t = Instant::now();
-    let recs: Vec<VectorRecord> = data
-        .chunks_exact(DIM)
-        .enumerate()
-        .map(|(i, v)| VectorRecord {
-            id: Uuid::from_u128(i as u128),
-            vector: v.to_vec(),
-            attributes: attr_sets[i % 20].clone(),
-        })
-        .collect();
-    idx.add(&scope, recs).unwrap();
-    let build = t.elapsed().as_secs_f64();
     println!("## search::HnswIndex (usearch), {n} x {DIM}, {quant:?}, M=16, ef_construction=128");
-    println!(
-        "build: {build:.1} s ({:.0} vectors/s, 2 threads); index memory {:.0} MiB (usearch's count + id maps); RSS +{:.0} MiB over the raw data",
-        n as f64 / build,
-        idx.memory_bytes() as f64 / 1048576.0,
-        rss_mib() - base
-    );
+    // The built index is cached as a snapshot (HnswIndex::snapshot), so that a re-run after a
+    // change to the search logic restores it in seconds instead of rebuilding it.
+    let snapshot = cache_dir().join(format!("index-{n}-{quant:?}-attrs100"));
+    let t = Instant::now();
+    if idx.restore(&snapshot).unwrap().is_some() {
+        println!(
+            "restored from the snapshot {} in {:.1} s; index memory {:.0} MiB (usearch's count + id maps)",
+            snapshot.display(),
+            t.elapsed().as_secs_f64(),
+            idx.memory_bytes() as f64 / 1048576.0
+        );
+    } else {
+        let base = rss_mib();
+        let recs: Vec<VectorRecord> = data
+            .chunks_exact(DIM)
+            .enumerate()
+            .map(|(i, v)| VectorRecord {
+                id: Uuid::from_u128(i as u128),
+                vector: v.to_vec(),
+                attributes: attr_sets[i % 100].clone(),
+            })
+            .collect();
+        idx.add(&scope, recs).unwrap();
+        let build = t.elapsed().as_secs_f64();
+        println!(
+            "build: {build:.1} s ({:.0} vectors/s, 2 threads); index memory {:.0} MiB (usearch's count + id maps); RSS +{:.0} MiB over the raw data",
+            n as f64 / build,
+            idx.memory_bytes() as f64 / 1048576.0,
+            rss_mib() - base
+        );
+        let t = Instant::now();
+        idx.snapshot(&snapshot, 0).unwrap();
+        println!("snapshot written to {} in {:.1} s", snapshot.display(), t.elapsed().as_secs_f64());
+    }
+    assert_eq!(idx.len(&scope).unwrap(), n, "the cached snapshot holds another data set");
     let ids = |h: Vec<search::VectorHit>| -> Vec<usize> { h.iter().map(|h| h.id.as_u128() as usize).collect() };
     let mut chosen = None;
     for ef in [32, 64, 96, 128, 192, 256] {
@@ -305,6 +330,8 @@ fn index(n: usize) {
     // The smallest ef reaching recall@10 >= 0.95 (or ANN_EF) for the QPS and filter runs.
     let ef: usize = std::env::var("ANN_EF").ok().and_then(|s| s.parse().ok()).or(chosen).unwrap_or(256);
     idx.set_expansion_search(ef);
+    filters(&mut idx, &scope, n, &data, &queries, ef);
+
     let idx = Arc::new(idx);
     // QPS from two threads for 5 s.
     let stop = Instant::now() + Duration::from_secs(5);
@@ -328,34 +355,92 @@ fn index(n: usize) {
         hs.into_iter().map(|h| h.join().unwrap()).sum()
     });
     println!("ef={ef}: QPS from two threads {:.0}", total as f64 / 5.0);
+}
 
-    for (name, filter, keep) in [
+/// The filtered searches: for each filter, the planner's choice (1,000 queries), then, on 300
+/// queries, the exact scan forced (`exact_filter_max` = everything) and the filtered graph walk
+/// forced at fixed ef values (`ANN_SWEEP=0` skips those).
+fn filters(idx: &mut HnswIndex, scope: &Scope, n: usize, data: &[f32], queries: &[f32], ef: usize) {
+    let q = |i: usize| &queries[i * DIM..(i + 1) * DIM];
+    let ids = |h: Vec<search::VectorHit>| -> Vec<usize> { h.iter().map(|h| h.id.as_u128() as usize).collect() };
+    let sweep = std::env::var("ANN_SWEEP").as_deref() != Ok("0");
+    let default_exact_max = idx.config().exact_filter_max;
+    println!("filters: exact_filter_max {default_exact_max}, base ef {ef}");
+    for (name, truth_name, filter, keep, sweep_efs) in [
         (
             "even = true (50%)",
+            "feven17",
             serde_json::json!({"type": "eq", "key": "even", "value": true}),
-            Box::new(|i: usize| (i % 20) % 2 == 0) as Box<dyn Fn(usize) -> bool + Sync>,
+            Box::new(|i: usize| i.is_multiple_of(2)) as Box<dyn Fn(usize) -> bool + Sync>,
+            &[10, 16, 32, 64, 128, 192][..],
         ),
         (
             "bucket = 3 (10%)",
+            "fbucket16",
             serde_json::json!({"type": "eq", "key": "bucket", "value": 3}),
-            Box::new(|i: usize| (i % 20) % 10 == 3),
+            Box::new(|i: usize| i % 10 == 3),
+            &[10, 16, 24, 32, 48, 64, 96, 128, 192][..],
         ),
         (
             "bucket in [1,2] and even (10%)",
+            "fbucket30",
             serde_json::json!({"type": "and", "filters": [{"type": "in", "key": "bucket", "value": [1, 2]}, {"type": "eq", "key": "even", "value": true}]}),
-            Box::new(|i: usize| (i % 20) % 10 == 2),
+            Box::new(|i: usize| i % 10 == 2),
+            &[10, 16, 24, 32, 48, 64, 96, 128, 192][..],
+        ),
+        (
+            "part < 5 (5%)",
+            "fpart-lt5",
+            serde_json::json!({"type": "lt", "key": "part", "value": 5}),
+            Box::new(|i: usize| i % 100 < 5),
+            &[10, 16, 24, 32, 48, 64, 96, 192][..],
+        ),
+        (
+            "part = 7 (1%)",
+            "fpart-eq7",
+            serde_json::json!({"type": "eq", "key": "part", "value": 7}),
+            Box::new(|i: usize| i % 100 == 7),
+            &[10, 16, 24, 32, 48, 96, 192][..],
         ),
     ] {
         let filter: Filter = serde_json::from_value(filter).unwrap();
-        let tname = format!("f{}", name.split_whitespace().next().unwrap_or("x")) + &name.len().to_string();
-        let truth = cached_truth(&tname, n, &data, &queries, &*keep);
-        let (found, p50, p99, _) = latencies(QUERIES, |i| ids(idx.search(&scope, q(i), K, Some(&filter)).unwrap()));
+        let truth = cached_truth(truth_name, n, data, queries, &*keep);
+        let plan = idx.filter_plan(scope, K, &filter).unwrap();
+        let (found, p50, p99, mean) = latencies(QUERIES, |i| ids(idx.search(scope, q(i), K, Some(&filter)).unwrap()));
         println!(
-            "filter {name}, ef={ef}: recall@10 {:.4}, one thread p50 {p50:.3} ms, p99 {p99:.3} ms",
+            "filter {name}, ef={ef}, plan {plan:?}: recall@10 {:.4}, one thread p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms",
             recall(&found[..RECALL_QUERIES], &truth)
         );
+        if !sweep {
+            continue;
+        }
+        let matching = match plan {
+            FilterPlan::Exact { matching } | FilterPlan::Walk { matching, .. } => matching,
+            FilterPlan::Empty => 0,
+        };
+        if matching <= 200_000 {
+            idx.set_exact_filter_max(usize::MAX);
+            let (found, p50, p99, mean) =
+                latencies(RECALL_QUERIES, |i| ids(idx.search(scope, q(i), K, Some(&filter)).unwrap()));
+            println!(
+                "  forced exact scan of {matching}: recall@10 {:.4}, p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms ({:.0} ns per matching vector)",
+                recall(&found, &truth),
+                mean * 1e6 / matching as f64
+            );
+        }
+        idx.set_exact_filter_max(0);
+        for &walk_ef in sweep_efs {
+            idx.set_filtered_expansion_search(Some(walk_ef));
+            let (found, p50, p99, mean) =
+                latencies(RECALL_QUERIES, |i| ids(idx.search(scope, q(i), K, Some(&filter)).unwrap()));
+            println!(
+                "  forced walk, ef={walk_ef}: recall@10 {:.4}, p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms",
+                recall(&found, &truth)
+            );
+        }
+        idx.set_filtered_expansion_search(None);
+        idx.set_exact_filter_max(default_exact_max);
     }
-    let _ = idx.len(&scope);
 }
 
 fn words(rng: &mut StdRng, n: usize) -> String {
