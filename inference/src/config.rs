@@ -116,11 +116,26 @@ pub struct HnswSettings {
     pub expansion_search: usize,
     /// Vector storage: `f32`, `f16` (default) or `i8`.
     pub quantization: String,
+    /// A filtered search whose filter matches at most this many of the store's vectors scores
+    /// them exactly instead of walking the graph; 0 always walks.
+    pub exact_filter_max: usize,
+    /// `ef_search` of the filtered graph walk. Unset (the default): it shrinks with the share of
+    /// the store's vectors that the filter matches (`search::filtered_expansion`).
+    pub filtered_expansion_search: Option<usize>,
 }
 
 impl Default for HnswSettings {
     fn default() -> Self {
-        Self { dimensions: 384, connectivity: 16, expansion_add: 128, expansion_search: 64, quantization: "f16".into() }
+        Self {
+            dimensions: 384,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            quantization: "f16".into(),
+            // search::EXACT_FILTER_MAX (this module builds without the search crate too).
+            exact_filter_max: 10_000,
+            filtered_expansion_search: None,
+        }
     }
 }
 
@@ -432,6 +447,10 @@ impl InferenceConfig {
         check_range("inference.rag.hnsw.connectivity", h.connectivity as u64, 2, 128)?;
         check_range("inference.rag.hnsw.expansion_add", h.expansion_add as u64, 1, 4096)?;
         check_range("inference.rag.hnsw.expansion_search", h.expansion_search as u64, 1, 4096)?;
+        check_range("inference.rag.hnsw.exact_filter_max", h.exact_filter_max as u64, 0, 100_000_000)?;
+        if let Some(ef) = h.filtered_expansion_search {
+            check_range("inference.rag.hnsw.filtered_expansion_search", ef as u64, 1, 4096)?;
+        }
         if !["f32", "f16", "i8"].contains(&h.quantization.as_str()) {
             return Err("inference.rag.hnsw.quantization must be f32, f16 or i8".into());
         }

@@ -60,6 +60,8 @@ pub(crate) fn hnsw_config(config: &RagConfig, dimensions: Option<usize>) -> Hnsw
             "i8" => Quantization::I8,
             _ => Quantization::F16,
         },
+        exact_filter_max: h.exact_filter_max,
+        filtered_expansion_search: h.filtered_expansion_search,
         ..HnswConfig::default()
     }
 }
@@ -254,5 +256,22 @@ fn index_file(conn: &mut Conn, engine: &SearchEngine, row: &StoreFileRow) -> Res
             Ok(false)
         }
         Err(e) => Err(index_error(e).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_planner_settings_reach_the_index() {
+        let mut config = RagConfig::default();
+        assert_eq!(hnsw_config(&config, None).exact_filter_max, search::EXACT_FILTER_MAX, "the same default");
+        assert_eq!(hnsw_config(&config, None).filtered_expansion_search, None);
+        config.hnsw.exact_filter_max = 0;
+        config.hnsw.filtered_expansion_search = Some(40);
+        let hnsw = hnsw_config(&config, Some(8));
+        assert_eq!((hnsw.exact_filter_max, hnsw.filtered_expansion_search, hnsw.dimensions), (0, Some(40), 8));
+        hnsw.validate().unwrap();
     }
 }
