@@ -572,40 +572,31 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `(a·b, b·b)` in one pass, in 8 lanes.
 fn dot_norm(a: &[f32], b: &[f32]) -> (f32, f32) {
+    dot_norm_by(a, b, |y| y)
+}
+
+/// `(a·b, b·b)` with `b` in IEEE half precision (as usearch stores it), in 8 lanes.
+fn dot_norm_f16(a: &[f32], b: &[i16]) -> (f32, f32) {
+    dot_norm_by(a, b, f16_to_f32)
+}
+
+/// `(a·b, b·b)` with each element of `b` read through `to_f32`, in 8 lanes so that the
+/// compiler vectorizes it (`to_f32` is inlined into each instance).
+fn dot_norm_by<T: Copy>(a: &[f32], b: &[T], to_f32: impl Fn(T) -> f32) -> (f32, f32) {
     let (ac, ar) = a.as_chunks::<8>();
     let (bc, br) = b.as_chunks::<8>();
     let mut d = [0f32; 8];
     let mut n = [0f32; 8];
     for (x, y) in ac.iter().zip(bc) {
         for i in 0..8 {
-            d[i] += x[i] * y[i];
-            n[i] += y[i] * y[i];
-        }
-    }
-    let (mut dr, mut nr) = (0f32, 0f32);
-    for (x, y) in ar.iter().zip(br) {
-        dr += x * y;
-        nr += y * y;
-    }
-    (d.iter().sum::<f32>() + dr, n.iter().sum::<f32>() + nr)
-}
-
-/// `(a·b, b·b)` with `b` in IEEE half precision (as usearch stores it), in 8 lanes.
-fn dot_norm_f16(a: &[f32], b: &[i16]) -> (f32, f32) {
-    let (ac, ar) = a.as_chunks::<8>();
-    let (bc, br) = b.as_chunks::<8>();
-    let mut d = [0f32; 8];
-    let mut n = [0f32; 8];
-    for (x, h) in ac.iter().zip(bc) {
-        for i in 0..8 {
-            let y = f16_to_f32(h[i]);
+            let y = to_f32(y[i]);
             d[i] += x[i] * y;
             n[i] += y * y;
         }
     }
     let (mut dr, mut nr) = (0f32, 0f32);
-    for (x, &h) in ar.iter().zip(br) {
-        let y = f16_to_f32(h);
+    for (x, &y) in ar.iter().zip(br) {
+        let y = to_f32(y);
         dr += x * y;
         nr += y * y;
     }

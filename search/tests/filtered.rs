@@ -6,28 +6,20 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use search::{
     AttributeValue, Attributes, Filter, FilterPlan, HnswConfig, HnswIndex, Quantization, Scope, VectorIndex,
     VectorRecord, filtered_expansion,
 };
 use uuid::Uuid;
 
-const DIM: usize = 32;
+mod common;
+
+use common::{DIM, random_vectors};
 
 fn config() -> HnswConfig {
     HnswConfig { dimensions: DIM, quantization: Quantization::F32, ..HnswConfig::default() }
-}
-
-fn random_vectors(rng: &mut StdRng, n: usize) -> Vec<Vec<f32>> {
-    (0..n)
-        .map(|_| {
-            let v: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / norm).collect()
-        })
-        .collect()
 }
 
 /// `part` = i % 50 (a value keeps 2%), `even` = i is even (50%).
@@ -60,6 +52,13 @@ fn fill(index: &HnswIndex, scope: &Scope, data: &[Vec<f32>], sets: &[Arc<Attribu
             .collect();
         index.add(scope, recs).unwrap();
     }
+}
+
+/// A new index of `config` holding `data` as [`fill`] adds it.
+fn filled(config: HnswConfig, scope: &Scope, data: &[Vec<f32>]) -> HnswIndex {
+    let index = HnswIndex::new(config).unwrap();
+    fill(&index, scope, data, &attr_sets());
+    index
 }
 
 fn brute_force(data: &[Vec<f32>], q: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Uuid> {
@@ -95,16 +94,13 @@ fn matching(index: &HnswIndex, scope: &Scope, f: &Filter) -> usize {
 fn exact_plan_and_walk_plan_return_the_brute_force_ids() {
     let mut rng = StdRng::seed_from_u64(11);
     let data = random_vectors(&mut rng, 2_000);
-    let sets = attr_sets();
     let scope = Scope::new("org_a", "vs_1");
     // Every filtered search scans exactly.
-    let exact = HnswIndex::new(HnswConfig { exact_filter_max: 100_000_000, ..config() }).unwrap();
-    fill(&exact, &scope, &data, &sets);
+    let exact = filled(HnswConfig { exact_filter_max: 100_000_000, ..config() }, &scope, &data);
     // Every filtered search walks the graph, with an ef as large as the selective filter's
     // matches, so that the walk is exhaustive on this small graph.
     let walk =
-        HnswIndex::new(HnswConfig { exact_filter_max: 0, filtered_expansion_search: Some(600), ..config() }).unwrap();
-    fill(&walk, &scope, &data, &sets);
+        filled(HnswConfig { exact_filter_max: 0, filtered_expansion_search: Some(600), ..config() }, &scope, &data);
     let cases: Vec<(Filter, Keep)> = vec![
         // Selective: 40 vectors.
         (filter(serde_json::json!({"type": "eq", "key": "part", "value": 3})), Box::new(|i| i % 50 == 3)),
@@ -140,10 +136,8 @@ fn the_exact_scan_reads_half_precision_vectors_right() {
     // The default storage is f16, which the exact scan converts itself.
     let mut rng = StdRng::seed_from_u64(12);
     let data = random_vectors(&mut rng, 600);
-    let sets = attr_sets();
     let scope = Scope::new("org_a", "vs_1");
-    let index = HnswIndex::new(HnswConfig { dimensions: DIM, ..HnswConfig::default() }).unwrap();
-    fill(&index, &scope, &data, &sets);
+    let index = filled(HnswConfig { dimensions: DIM, ..HnswConfig::default() }, &scope, &data);
     let f = filter(serde_json::json!({"type": "lt", "key": "part", "value": 10}));
     assert!(matches!(index.filter_plan(&scope, 10, &f).unwrap(), FilterPlan::Exact { matching: 120 }));
     let mut total = 0;
@@ -168,8 +162,7 @@ fn a_filter_that_matches_nothing_returns_nothing() {
     let data = random_vectors(&mut rng, 300);
     let scope = Scope::new("org_a", "vs_1");
     for exact_filter_max in [0, 1000] {
-        let index = HnswIndex::new(HnswConfig { exact_filter_max, ..config() }).unwrap();
-        fill(&index, &scope, &data, &attr_sets());
+        let index = filled(HnswConfig { exact_filter_max, ..config() }, &scope, &data);
         for f in [
             filter(serde_json::json!({"type": "eq", "key": "part", "value": 99})),
             filter(serde_json::json!({"type": "eq", "key": "missing", "value": "x"})),
@@ -190,8 +183,7 @@ fn the_plan_follows_the_exact_match_count() {
     let mut rng = StdRng::seed_from_u64(14);
     let data = random_vectors(&mut rng, 1_000);
     let scope = Scope::new("org_a", "vs_1");
-    let index = HnswIndex::new(HnswConfig { exact_filter_max: 100, expansion_search: 128, ..config() }).unwrap();
-    fill(&index, &scope, &data, &attr_sets());
+    let index = filled(HnswConfig { exact_filter_max: 100, expansion_search: 128, ..config() }, &scope, &data);
     let part3 = filter(serde_json::json!({"type": "eq", "key": "part", "value": 3}));
     assert_eq!(index.filter_plan(&scope, 10, &part3).unwrap(), FilterPlan::Exact { matching: 20 });
     let lt5 = filter(serde_json::json!({"type": "lt", "key": "part", "value": 5}));
@@ -271,8 +263,7 @@ fn the_filtered_walk_keeps_its_recall() {
     let mut rng = StdRng::seed_from_u64(16);
     let data = random_vectors(&mut rng, 8_000);
     let scope = Scope::new("org_a", "vs_1");
-    let index = HnswIndex::new(HnswConfig { exact_filter_max: 0, expansion_search: 128, ..config() }).unwrap();
-    fill(&index, &scope, &data, &attr_sets());
+    let index = filled(HnswConfig { exact_filter_max: 0, expansion_search: 128, ..config() }, &scope, &data);
     let cases: Vec<(Filter, Keep)> = vec![
         (filter(serde_json::json!({"type": "lt", "key": "part", "value": 5})), Box::new(|i| i % 50 < 5)),
         (filter(serde_json::json!({"type": "eq", "key": "even", "value": false})), Box::new(|i| i % 2 == 1)),

@@ -5,27 +5,19 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use search::{
     AttributeValue, Attributes, Filter, HnswConfig, HnswIndex, Scope, SearchError, VectorIndex, VectorRecord,
 };
 use uuid::Uuid;
 
-const DIM: usize = 32;
+mod common;
+
+use common::{DIM, random_vectors};
 
 fn config() -> HnswConfig {
     HnswConfig { dimensions: DIM, ..HnswConfig::default() }
-}
-
-fn random_vectors(rng: &mut StdRng, n: usize) -> Vec<Vec<f32>> {
-    (0..n)
-        .map(|_| {
-            let v: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / norm).collect()
-        })
-        .collect()
 }
 
 fn attrs(pairs: &[(&str, AttributeValue)]) -> Arc<Attributes> {

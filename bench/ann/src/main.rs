@@ -128,6 +128,14 @@ fn cached_truth(
     truth
 }
 
+/// The rows of `data` as records with ids 0.., each with the attributes `attrs(row)`.
+fn records(data: &[f32], attrs: impl Fn(usize) -> Arc<Attributes>) -> Vec<VectorRecord> {
+    data.chunks_exact(DIM)
+        .enumerate()
+        .map(|(i, v)| VectorRecord { id: Uuid::from_u128(i as u128), vector: v.to_vec(), attributes: attrs(i) })
+        .collect()
+}
+
 fn recall(found: &[Vec<usize>], truth: &[Vec<usize>]) -> f64 {
     let mut hit = 0usize;
     let mut total = 0usize;
@@ -184,15 +192,7 @@ fn compare(lib: &str, n: usize) {
             let scope = Scope::new("org", "store");
             let attrs = Arc::new(Attributes::new());
             let t = Instant::now();
-            let recs: Vec<VectorRecord> = data
-                .chunks_exact(DIM)
-                .enumerate()
-                .map(|(i, v)| VectorRecord {
-                    id: Uuid::from_u128(i as u128),
-                    vector: v.to_vec(),
-                    attributes: attrs.clone(),
-                })
-                .collect();
+            let recs = records(&data, |_| attrs.clone());
             idx.add(&scope, recs).unwrap();
             println!("build: {:.1} s, RSS +{:.0} MiB", t.elapsed().as_secs_f64(), rss_mib() - base);
             let mut idx = idx;
@@ -294,15 +294,7 @@ fn index(n: usize) {
         );
     } else {
         let base = rss_mib();
-        let recs: Vec<VectorRecord> = data
-            .chunks_exact(DIM)
-            .enumerate()
-            .map(|(i, v)| VectorRecord {
-                id: Uuid::from_u128(i as u128),
-                vector: v.to_vec(),
-                attributes: attr_sets[i % 100].clone(),
-            })
-            .collect();
+        let recs = records(&data, |i| attr_sets[i % 100].clone());
         idx.add(&scope, recs).unwrap();
         let build = t.elapsed().as_secs_f64();
         println!(
