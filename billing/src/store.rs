@@ -12,6 +12,8 @@ use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::db::Conn;
 
+mod cached;
+
 pub(crate) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 pub(crate) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -404,9 +406,7 @@ pub(crate) fn post(
             }
             continue;
         }
-        let updated = diesel::update(accounts::table.find(&id))
-            .set(accounts::balance.eq(accounts::balance + leg.amount))
-            .execute(conn)?;
+        let updated = cached::execute(conn, cached::AddToBalance { id: &id, amount: leg.amount })?;
         if updated == 0 {
             return Err(BillingError::Internal(format!("ledger account {id} does not exist")));
         }
@@ -494,12 +494,14 @@ pub(crate) fn ledger_page(
 /// cannot change under it. The first statement of every transaction that closes or draws from
 /// a hold.
 pub(crate) fn lock_hold(conn: &mut Conn, id: &str) -> QueryResult<Option<HoldRow>> {
-    diesel::update(holds::table.find(id)).set(holds::state.eq(holds::state)).execute(conn)?;
+    cached::execute(conn, cached::LockHold { id })?;
     find_hold(conn, id)
 }
 
+/// By primary key, so at most one row: `get_result`, not `first`, whose `LIMIT ?` SQLite
+/// re-prepares at every execution (its plan depends on the bound limit).
 pub(crate) fn find_hold(conn: &mut Conn, id: &str) -> QueryResult<Option<HoldRow>> {
-    holds::table.find(id).select(HoldRow::as_select()).first(conn).optional()
+    holds::table.find(id).select(HoldRow::as_select()).get_result(conn).optional()
 }
 
 pub(crate) fn find_hold_by_key(conn: &mut Conn, organization_id: &str, key: &str) -> QueryResult<Option<HoldRow>> {
@@ -549,10 +551,7 @@ pub(crate) fn close_hold(
 /// Draws `amount` from an open lease (what it charged so far grows) and moves its expiry;
 /// false when it is not open.
 pub(crate) fn draw_from_hold(conn: &mut Conn, id: &str, amount: i64, expires_at: NaiveDateTime) -> QueryResult<bool> {
-    diesel::update(holds::table.find(id).filter(holds::state.eq("open")))
-        .set((holds::charged.eq(holds::charged + amount), holds::expires_at.eq(expires_at)))
-        .execute(conn)
-        .map(|n| n == 1)
+    cached::execute(conn, cached::DrawFromHold { id, amount, expires_at }).map(|n| n == 1)
 }
 
 /// Adds `amount` to an open lease and moves its expiry; false when it is not open.
@@ -777,22 +776,17 @@ pub(crate) fn usage_exists(conn: &mut Conn, request_id: &str) -> QueryResult<boo
 /// Adds the event to its day's rollup (organization × day × model × key), in the event's
 /// transaction.
 pub(crate) fn add_to_rollup(conn: &mut Conn, row: &UsageDailyRow) -> QueryResult<()> {
-    use diesel::upsert::excluded;
-    let insert = diesel::insert_into(usage_daily::table)
-        .values(row)
-        .on_conflict((usage_daily::organization_id, usage_daily::day, usage_daily::model, usage_daily::api_key_id))
-        .do_update()
-        .set((
-            usage_daily::requests.eq(usage_daily::requests + excluded(usage_daily::requests)),
-            usage_daily::input_tokens.eq(usage_daily::input_tokens + excluded(usage_daily::input_tokens)),
-            usage_daily::output_tokens.eq(usage_daily::output_tokens + excluded(usage_daily::output_tokens)),
-            usage_daily::cost.eq(usage_daily::cost + excluded(usage_daily::cost)),
-        ));
-    match conn {
-        Conn::Pg(c) => insert.execute(c)?,
-        Conn::Sqlite(c) => insert.execute(c)?,
+    let statement = cached::AddToRollup {
+        organization_id: &row.organization_id,
+        day: row.day,
+        model: &row.model,
+        api_key_id: &row.api_key_id,
+        requests: row.requests,
+        input_tokens: row.input_tokens,
+        output_tokens: row.output_tokens,
+        cost: row.cost,
     };
-    Ok(())
+    cached::execute(conn, statement).map(drop)
 }
 
 /// The rollups of the days `from..=to`.
