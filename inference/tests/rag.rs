@@ -281,6 +281,48 @@ backend_tests! {
         assert!(rag.list_files(&other, ListQuery::default()).await.unwrap().data.is_empty());
     }
 
+    async fn a_stores_files_are_listed_by_attachment_time(backend) {
+        let clock = ManualClock::default();
+        let f = fixture_on(&backend, InferenceConfig::default(), Arc::new(clock.clone())).await;
+        let rag = f.service().await;
+        let key = api_key(OrganizationId::new());
+        let mut files = Vec::new();
+        for n in 0..4 {
+            files.push(rag.create_file(&key, upload(&format!("f{n}.txt"), b"some text")).await.unwrap().id);
+        }
+        let vs = store(&rag, &key, "ordered").await;
+        // Attached in the order 2, 0 (the same second: the file id breaks the tie), 3, 1.
+        for (n, step) in [(2, 0), (0, 0), (3, 1), (1, 1)] {
+            clock.advance(chrono::Duration::seconds(step));
+            attach(&rag, &key, &vs, &files[n], json!({})).await;
+        }
+        let ids = |page: &ObjectList<VectorStoreFile>| page.data.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+        let want = |ns: &[usize]| ns.iter().map(|&n| files[n].clone()).collect::<Vec<_>>();
+        let list = |limit, order: &str, after: Option<&String>, before: Option<&String>| ListQuery {
+            limit: Some(limit),
+            order: Some(order.into()),
+            after: after.cloned(),
+            before: before.cloned(),
+            ..ListQuery::default()
+        };
+        let first = rag.list_vector_store_files(&key, &vs, list(2, "desc", None, None)).await.unwrap();
+        assert_eq!((ids(&first), first.has_more), (want(&[1, 3]), true));
+        let next = rag.list_vector_store_files(&key, &vs, list(2, "desc", first.last_id.as_ref(), None)).await.unwrap();
+        assert_eq!((ids(&next), next.has_more), (want(&[2, 0]), false));
+        let back = rag.list_vector_store_files(&key, &vs, list(2, "desc", None, next.first_id.as_ref())).await.unwrap();
+        assert_eq!(ids(&back), want(&[1, 3]));
+        let asc = rag.list_vector_store_files(&key, &vs, list(10, "asc", Some(&files[2]), None)).await.unwrap();
+        assert_eq!(ids(&asc), want(&[3, 1]));
+        let in_progress = ListQuery { filter: Some("in_progress".into()), ..list(10, "asc", None, None) };
+        assert_eq!(ids(&rag.list_vector_store_files(&key, &vs, in_progress).await.unwrap()), want(&[0, 2, 3, 1]));
+        // A cursor no longer attached stood for a position nobody knows: a clear 400.
+        rag.detach_file(&key, &vs, &files[3]).await.unwrap();
+        for (after, before, param) in [(Some(&files[3]), None, "after"), (None, Some(&files[3]), "before")] {
+            let err = rag.list_vector_store_files(&key, &vs, list(2, "desc", after, before)).await.unwrap_err();
+            assert!(matches!(&err, InferenceError::Validation { field, .. } if field == param), "{err:?}");
+        }
+    }
+
     async fn uploads_and_requests_are_validated(backend) {
         let mut config = InferenceConfig::default();
         config.rag.max_file_bytes = 1024;

@@ -616,6 +616,10 @@ impl RagApi for RagService {
             store::store_files_page(conn, &store_id, status.as_deref(), &keyset).map_err(Fail::from)
         })
         .await?;
+        let Some(rows) = rows else {
+            let param = if reverse { "before" } else { "after" };
+            return Err(validate::invalid(param, format!("`{param}` is not a file of this vector store.")));
+        };
         let rows: Vec<VectorStoreFile> = rows.iter().map(store_file_object).collect();
         Ok(page(rows, reverse, limit, |f| f.id.clone()))
     }

@@ -468,17 +468,37 @@ pub(crate) fn find_store_file(conn: &mut Conn, store: &str, file: &str) -> Query
     rag_store_files::table.find((store, file)).select(StoreFileRow::as_select()).first(conn).optional()
 }
 
+/// A page of a store's files by attachment time, the file id breaking ties (OpenAI lists them
+/// by `created_at`). None when the cursor is not a file of this store (any more): the position
+/// it stood for is unknown.
 pub(crate) fn store_files_page(
     conn: &mut Conn,
     store: &str,
     status: Option<&str>,
     keyset: &Keyset,
-) -> QueryResult<Vec<StoreFileRow>> {
+) -> QueryResult<Option<Vec<StoreFileRow>>> {
+    use rag_store_files::{created_at, file_id};
     let mut query = rag_store_files::table.filter(rag_store_files::vector_store_id.eq(store.to_owned())).into_boxed();
     if let Some(status) = status {
         query = query.filter(rag_store_files::status.eq(status.to_owned()));
     }
-    keyset!(query, rag_store_files::file_id, keyset).select(StoreFileRow::as_select()).load(conn)
+    if let Some(from) = &keyset.from {
+        let Some(cursor) = find_store_file(conn, store, from)? else {
+            return Ok(None);
+        };
+        let (at, id) = (cursor.created_at, from.clone());
+        query = if keyset.ascending {
+            query.filter(created_at.gt(at).or(created_at.eq(at).and(file_id.gt(id))))
+        } else {
+            query.filter(created_at.lt(at).or(created_at.eq(at).and(file_id.lt(id))))
+        };
+    }
+    query = if keyset.ascending {
+        query.order((created_at.asc(), file_id.asc()))
+    } else {
+        query.order((created_at.desc(), file_id.desc()))
+    };
+    query.limit(keyset.limit).select(StoreFileRow::as_select()).load(conn).map(Some)
 }
 
 /// Detaches a file from a store and deletes its chunks there, with a `file_removed` change.

@@ -16,7 +16,7 @@ const MAX_FILENAME_CHARS: usize = 512;
 const MAX_EXPIRY_DAYS: u32 = 365;
 const MAX_QUERIES: usize = 10;
 
-fn invalid(param: &str, message: impl Into<String>) -> InferenceError {
+pub(crate) fn invalid(param: &str, message: impl Into<String>) -> InferenceError {
     InferenceError::validation(param, message)
 }
 
