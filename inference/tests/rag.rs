@@ -159,6 +159,17 @@ async fn settled(rag: &RagService, key: &Principal, store: &str, file: &str) -> 
     }
 }
 
+/// A list query: `limit` items in `order` (`asc`/`desc`), after or before a cursor.
+fn list(limit: u32, order: &str, after: Option<&String>, before: Option<&String>) -> ListQuery {
+    ListQuery {
+        limit: Some(limit),
+        order: Some(order.into()),
+        after: after.cloned(),
+        before: before.cloned(),
+        ..ListQuery::default()
+    }
+}
+
 async fn search(rag: &RagService, key: &Principal, store: &str, body: serde_json::Value) -> SearchResultsPage {
     rag.search(key, store, serde_json::from_value(body).unwrap()).await.unwrap()
 }
@@ -258,13 +269,6 @@ backend_tests! {
         for n in 0..5 {
             ids.push(rag.create_file(&key, upload(&format!("f{n}.txt"), b"some text")).await.unwrap().id);
         }
-        let list = |limit, order: &str, after: Option<&String>, before: Option<&String>| ListQuery {
-            limit: Some(limit),
-            order: Some(order.into()),
-            after: after.cloned(),
-            before: before.cloned(),
-            ..ListQuery::default()
-        };
         let first = rag.list_files(&key, list(2, "desc", None, None)).await.unwrap();
         assert_eq!(first.data.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[4], &ids[3]]);
         assert!(first.has_more);
@@ -298,13 +302,6 @@ backend_tests! {
         }
         let ids = |page: &ObjectList<VectorStoreFile>| page.data.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
         let want = |ns: &[usize]| ns.iter().map(|&n| files[n].clone()).collect::<Vec<_>>();
-        let list = |limit, order: &str, after: Option<&String>, before: Option<&String>| ListQuery {
-            limit: Some(limit),
-            order: Some(order.into()),
-            after: after.cloned(),
-            before: before.cloned(),
-            ..ListQuery::default()
-        };
         let first = rag.list_vector_store_files(&key, &vs, list(2, "desc", None, None)).await.unwrap();
         assert_eq!((ids(&first), first.has_more), (want(&[1, 3]), true));
         let next = rag.list_vector_store_files(&key, &vs, list(2, "desc", first.last_id.as_ref(), None)).await.unwrap();

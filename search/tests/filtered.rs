@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{DIM, random_vectors};
+use common::{DIM, brute_force, id, random_vectors};
 
 fn config() -> HnswConfig {
     HnswConfig { dimensions: DIM, quantization: Quantization::F32, ..HnswConfig::default() }
@@ -34,24 +34,25 @@ fn attr_sets() -> Vec<Arc<Attributes>> {
         .collect()
 }
 
-fn id(i: usize) -> Uuid {
-    Uuid::from_u128(i as u128 + 1)
-}
-
-/// Adds `data` with the attribute set `i % 50`, in batches under 1,024 (one insert thread, so the
-/// graph is the same on every run).
-fn fill(index: &HnswIndex, scope: &Scope, data: &[Vec<f32>], sets: &[Arc<Attributes>]) {
+/// Adds `data`, the `i`-th vector with the attributes `attributes(i)`, in batches under 1,024
+/// (one insert thread, so the graph is the same on every run).
+fn fill_with(index: &HnswIndex, scope: &Scope, data: &[Vec<f32>], attributes: impl Fn(usize) -> Arc<Attributes>) {
     for (b, part) in data.chunks(500).enumerate() {
         let recs = part
             .iter()
             .enumerate()
             .map(|(j, v)| {
                 let i = b * 500 + j;
-                VectorRecord { id: id(i), vector: v.clone(), attributes: sets[i % 50].clone() }
+                VectorRecord { id: id(i), vector: v.clone(), attributes: attributes(i) }
             })
             .collect();
         index.add(scope, recs).unwrap();
     }
+}
+
+/// Adds `data` with the attribute set `i % 50`.
+fn fill(index: &HnswIndex, scope: &Scope, data: &[Vec<f32>], sets: &[Arc<Attributes>]) {
+    fill_with(index, scope, data, |i| sets[i % 50].clone());
 }
 
 /// A new index of `config` holding `data` as [`fill`] adds it.
@@ -59,17 +60,6 @@ fn filled(config: HnswConfig, scope: &Scope, data: &[Vec<f32>]) -> HnswIndex {
     let index = HnswIndex::new(config).unwrap();
     fill(&index, scope, data, &attr_sets());
     index
-}
-
-fn brute_force(data: &[Vec<f32>], q: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Uuid> {
-    let mut scored: Vec<(f32, usize)> = data
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| keep(*i))
-        .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), i))
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored.into_iter().take(k).map(|(_, i)| id(i)).collect()
 }
 
 /// Which vectors (by index) pass a filter, for brute force.
@@ -236,18 +226,7 @@ fn the_walk_falls_back_to_the_exact_scan_when_it_finds_fewer_than_k() {
     rare.insert("rare".into(), AttributeValue::Bool(true));
     let rare = Arc::new(rare);
     let common = Arc::new(Attributes::new());
-    for (b, part) in data.chunks(500).enumerate() {
-        let recs = part
-            .iter()
-            .enumerate()
-            .map(|(j, v)| {
-                let i = b * 500 + j;
-                let attributes = if i % 500 == 17 { rare.clone() } else { common.clone() };
-                VectorRecord { id: id(i), vector: v.clone(), attributes }
-            })
-            .collect();
-        index.add(&scope, recs).unwrap();
-    }
+    fill_with(&index, &scope, &data, |i| if i % 500 == 17 { rare.clone() } else { common.clone() });
     let f = filter(serde_json::json!({"type": "eq", "key": "rare", "value": true}));
     assert!(matches!(index.filter_plan(&scope, 10, &f).unwrap(), FilterPlan::Walk { matching: 6, .. }));
     for q in random_vectors(&mut rng, 10) {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{DIM, random_vectors};
+use common::{DIM, brute_force, id, random_vectors};
 
 fn config() -> HnswConfig {
     HnswConfig { dimensions: DIM, ..HnswConfig::default() }
@@ -28,19 +28,8 @@ fn records(vectors: &[Vec<f32>], attr: impl Fn(usize) -> Arc<Attributes>) -> Vec
     vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| VectorRecord { id: Uuid::from_u128(i as u128 + 1), vector: v.clone(), attributes: attr(i) })
+        .map(|(i, v)| VectorRecord { id: id(i), vector: v.clone(), attributes: attr(i) })
         .collect()
-}
-
-fn exact(vectors: &[Vec<f32>], q: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Uuid> {
-    let mut scored: Vec<(f32, usize)> = vectors
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| keep(*i))
-        .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), i))
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored.into_iter().take(k).map(|(_, i)| Uuid::from_u128(i as u128 + 1)).collect()
 }
 
 fn recall(found: &[Uuid], truth: &[Uuid]) -> f64 {
@@ -63,7 +52,7 @@ fn recall_against_exact_search_on_random_vectors() {
         assert_eq!(hits.len(), 10);
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "not sorted");
         let ids: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
-        total += recall(&ids, &exact(&data, q, 10, |_| true));
+        total += recall(&ids, &brute_force(&data, q, 10, |_| true));
     }
     let r = total / queries.len() as f64;
     assert!(r >= 0.95, "recall@10 {r}");
@@ -112,7 +101,7 @@ fn filters_keep_only_matching_vectors_and_stay_accurate() {
                 let i = h.id.as_u128() as usize - 1;
                 assert!(keep(i), "{json}: vector {i} does not match");
             }
-            total += recall(&hits.iter().map(|h| h.id).collect::<Vec<_>>(), &exact(&data, &q, 10, &keep));
+            total += recall(&hits.iter().map(|h| h.id).collect::<Vec<_>>(), &brute_force(&data, &q, 10, &keep));
         }
         assert!(total / 30.0 >= 0.9, "{json}: recall {}", total / 30.0);
     }
