@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::error::{Result, SearchError};
 use crate::filter::{AttributeValue, Attributes, Filter};
+use crate::scan::{self, Codes};
 use crate::vector::{Scope, SnapshotInfo, VectorHit, VectorIndex, VectorRecord};
 
 /// How vectors are stored in the graph (queries are always f32).
@@ -162,12 +163,14 @@ struct Entry {
 }
 
 /// One distinct attribute set of a scope (the chunks of a file share one) and the slots of its
-/// live vectors: `slots.len()` is the number of vectors that carry it.
+/// live vectors: `slots.len()` is the number of vectors that carry it. `codes` holds the same
+/// vectors, quantized, in the same order: the rows a filtered exact scan streams.
 #[derive(Debug)]
 struct AttrSet {
     attrs: Arc<Attributes>,
     hash: u64,
     slots: Vec<u64>,
+    codes: Codes,
 }
 
 /// `Meta::set_of` of a free slot.
@@ -223,7 +226,7 @@ impl Meta {
                 }
             }
         }
-        let set = AttrSet { attrs: attrs.clone(), hash, slots: Vec::new() };
+        let set = AttrSet { attrs: attrs.clone(), hash, slots: Vec::new(), codes: Codes::default() };
         let id = match self.free_sets.pop() {
             Some(id) => {
                 self.sets[id as usize] = Some(set);
@@ -255,11 +258,13 @@ impl Meta {
         self.free_sets.push(id);
     }
 
-    /// Records `id` at the free `slot` (already in `entries`) with the interned set `set`.
-    fn occupy(&mut self, slot: u64, id: Uuid, set: u32) {
+    /// Records `id` with `vector` at the free `slot` (already in `entries`) with the interned set
+    /// `set`.
+    fn occupy(&mut self, slot: u64, id: Uuid, set: u32, vector: &[f32]) {
         let Some(s) = self.sets[set as usize].as_mut() else { return };
         let pos = s.slots.len();
         s.slots.push(slot);
+        s.codes.push(vector);
         self.entries[slot as usize] = Some(Entry { id, pos });
         self.set_of[slot as usize] = set;
         self.slots.insert(id, slot);
@@ -272,6 +277,7 @@ impl Meta {
         let set = std::mem::replace(&mut self.set_of[slot as usize], NO_SET);
         if let Some(s) = self.sets[set as usize].as_mut() {
             s.slots.swap_remove(entry.pos);
+            s.codes.swap_remove(entry.pos);
             if let Some(&moved) = s.slots.get(entry.pos)
                 && let Some(e) = self.entries[moved as usize].as_mut()
             {
@@ -399,7 +405,12 @@ impl HnswIndex {
                     + meta.entries.capacity() * 40
                     + meta.set_of.capacity() * 4
                     + meta.slots.capacity() * 32
-                    + meta.sets.iter().flatten().map(|s| s.slots.capacity() * 8 + 64).sum::<usize>()
+                    + meta
+                        .sets
+                        .iter()
+                        .flatten()
+                        .map(|s| s.slots.capacity() * 8 + s.codes.capacity_bytes() + 64)
+                        .sum::<usize>()
             })
             .sum()
     }
@@ -480,9 +491,13 @@ impl HnswIndex {
         }
     }
 
-    /// Exact search over the vectors that pass the filter (their slots are listed per attribute
-    /// set): the plan for selective filters, and the answer when the filtered graph walk found
-    /// fewer than `k` although more vectors pass.
+    /// Exact search over the vectors that pass the filter: the plan for selective filters, and
+    /// the answer when the filtered graph walk found fewer than `k` although more vectors pass.
+    ///
+    /// Two passes: every matching vector is ranked by its quantized codes (streamed per attribute
+    /// set, see [`scan`]), then the best [`rescored`] of them are scored again from the graph's
+    /// own vectors, so the scores are those of an unfiltered search and the quantization can only
+    /// change which vectors tie at the margin.
     fn exact_filtered(
         &self,
         index: &Index,
@@ -491,44 +506,58 @@ impl HnswIndex {
         query: &[f32],
         k: usize,
     ) -> Result<Vec<VectorHit>> {
+        let by_score = |a: &(f32, u64), b: &(f32, u64)| b.0.total_cmp(&a.0);
+        let q = scan::Query::new(query);
+        let mut ranked: Vec<(f32, u64)> = Vec::with_capacity(sel.count);
+        for set in meta.sets.iter().zip(&sel.pass).filter(|&(_, &pass)| pass).filter_map(|(s, _)| s.as_ref()) {
+            ranked.extend(set.codes.cosines(&q).zip(set.slots.iter().copied()));
+        }
+        keep_best(&mut ranked, rescored(k), by_score);
+
         let qn = dot(query, query).sqrt();
-        let mut scored: Vec<(f32, u64)> = Vec::with_capacity(sel.count);
-        let matching = meta
-            .sets
-            .iter()
-            .zip(&sel.pass)
-            .filter(|&(_, &pass)| pass)
-            .filter_map(|(s, _)| s.as_ref())
-            .flat_map(|s| s.slots.iter().copied());
+        let mut scored: Vec<(f32, u64)> = Vec::with_capacity(ranked.len());
         let mut score = |slot: u64, (d, n): (f32, f32)| {
             scored.push((d / (qn * n.sqrt()).max(f32::MIN_POSITIVE), slot));
         };
         if self.config.quantization == Quantization::F16 {
             // The stored halves, converted here: usearch's own conversion to f32 is slower.
             let mut buf = vec![0i16; self.config.dimensions];
-            for slot in matching {
+            for &(_, slot) in &ranked {
                 if index.get(slot, usearch::f16::from_mut_i16s(&mut buf)).map_err(SearchError::index)? > 0 {
                     score(slot, dot_norm_f16(query, &buf));
                 }
             }
         } else {
             let mut buf = vec![0f32; self.config.dimensions];
-            for slot in matching {
+            for &(_, slot) in &ranked {
                 if index.get(slot, &mut buf).map_err(SearchError::index)? > 0 {
                     score(slot, dot_norm(query, &buf));
                 }
             }
         }
-        let by_score = |a: &(f32, u64), b: &(f32, u64)| b.0.total_cmp(&a.0);
-        if scored.len() > k {
-            scored.select_nth_unstable_by(k - 1, by_score);
-            scored.truncate(k);
-        }
+        keep_best(&mut scored, k, by_score);
         scored.sort_unstable_by(by_score);
         Ok(scored
             .into_iter()
             .filter_map(|(score, slot)| meta.entry(slot).map(|e| VectorHit { id: e.id, score }))
             .collect())
+    }
+}
+
+/// How many of the vectors ranked by their codes the exact scan scores again for `k` results.
+/// The margin covers the quantization's error (about 0.0005 in cosine at 384 dimensions) many
+/// times over: bench/RESULTS.md measures recall@10 of the scan against exact f32 search.
+fn rescored(k: usize) -> usize {
+    k.saturating_mul(4).saturating_add(32)
+}
+
+/// Keeps the `n` first of `v` in `order` (unsorted).
+fn keep_best<T>(v: &mut Vec<T>, n: usize, order: impl FnMut(&T, &T) -> std::cmp::Ordering) {
+    if n == 0 {
+        v.clear();
+    } else if v.len() > n {
+        v.select_nth_unstable_by(n - 1, order);
+        v.truncate(n);
     }
 }
 
@@ -652,7 +681,7 @@ impl VectorIndex for HnswIndex {
                     None => meta.take_free_slot(),
                 };
                 let set = meta.intern(&r.attributes);
-                meta.occupy(slot, r.id, set);
+                meta.occupy(slot, r.id, set, &r.vector);
                 slots.push(slot);
             }
         }
@@ -834,7 +863,15 @@ impl VectorIndex for HnswIndex {
             }
             let raw = fs::read(dir.join(&m.entries)).map_err(|e| bad(e.to_string()))?;
             let entries: SnapshotEntries = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
-            *s.meta.write() = entries.into_meta().map_err(bad)?;
+            let meta = {
+                let index = s.index.read();
+                entries.into_meta(self.config.dimensions, |slot, vector| match index.get(slot, vector) {
+                    Ok(n) if n > 0 => Ok(()),
+                    Ok(_) => Err(format!("the graph has no vector for slot {slot}")),
+                    Err(e) => Err(e.to_string()),
+                })
+            };
+            *s.meta.write() = meta.map_err(bad)?;
             scopes.insert(m.scope.clone(), Arc::new(s));
         }
         *self.scopes.write() = scopes;
@@ -903,7 +940,12 @@ impl SnapshotEntries {
         Self { slots: meta.entries.len(), attributes, entries }
     }
 
-    fn into_meta(self) -> Result<Meta, String> {
+    /// The id map back, each live vector read by `read` (the graph's copy) for its codes.
+    fn into_meta(
+        self,
+        dims: usize,
+        mut read: impl FnMut(u64, &mut [f32]) -> Result<(), String>,
+    ) -> Result<Meta, String> {
         let mut meta = Meta {
             slots: HashMap::with_capacity(self.entries.len()),
             entries: vec![None; self.slots],
@@ -912,6 +954,7 @@ impl SnapshotEntries {
         };
         // Interned once per attribute set of the file (equal sets merge).
         let sets: Vec<u32> = self.attributes.into_iter().map(|a| meta.intern(&Arc::new(a))).collect();
+        let mut vector = vec![0f32; dims];
         for (slot, id, at) in self.entries {
             let set = *sets.get(at).ok_or("attribute index out of range")?;
             if slot as usize >= meta.entries.len() {
@@ -920,7 +963,8 @@ impl SnapshotEntries {
             if meta.entries[slot as usize].is_some() || meta.slots.contains_key(&id) {
                 return Err("a slot or an id appears twice".into());
             }
-            meta.occupy(slot, id, set);
+            read(slot, &mut vector)?;
+            meta.occupy(slot, id, set, &vector);
         }
         // Sets that no entry carries (none in a snapshot this code wrote) are freed.
         for id in 0..meta.sets.len() as u32 {
@@ -941,9 +985,10 @@ mod tests {
     use super::*;
 
     /// Every invariant of the interned sets: each live slot is in its set's list at its `pos`,
-    /// each set's list holds exactly its slots, no two live sets are equal, the content index
-    /// lists exactly the live sets, freed ids are free.
-    fn check(meta: &Meta) {
+    /// with the codes of its vector (`vectors` by id) at the same position, each set's list holds
+    /// exactly its slots, no two live sets are equal, the content index lists exactly the live
+    /// sets, freed ids are free.
+    fn check(meta: &Meta, vectors: &HashMap<Uuid, Vec<f32>>) {
         let live = meta.entries.iter().flatten().count();
         assert_eq!(live, meta.slots.len());
         assert_eq!(meta.entries.len(), meta.set_of.len());
@@ -953,8 +998,12 @@ mod tests {
                 Some(e) => {
                     let set = meta.set_of[slot];
                     per_set[set as usize] += 1;
-                    assert_eq!(meta.sets[set as usize].as_ref().unwrap().slots[e.pos], slot as u64);
+                    let s = meta.sets[set as usize].as_ref().unwrap();
+                    assert_eq!(s.slots[e.pos], slot as u64);
                     assert_eq!(meta.slots[&e.id], slot as u64);
+                    let mut expected = Codes::default();
+                    expected.push(&vectors[&e.id]);
+                    assert_eq!(s.codes.row(e.pos, 4), expected.row(0, 4));
                 }
                 None => {
                     assert_eq!(meta.set_of[slot], NO_SET);
@@ -968,6 +1017,7 @@ mod tests {
                 Some(s) => {
                     assert!(!s.slots.is_empty(), "set {id} has no live vector");
                     assert_eq!(s.slots.len(), per_set[id]);
+                    assert_eq!(s.codes.len(), per_set[id]);
                     assert_eq!(s.hash, content_hash(&s.attrs));
                     assert!(meta.by_content[&s.hash].contains(&(id as u32)));
                     let equal = meta.sets.iter().flatten().filter(|o| o.attrs == s.attrs).count();
@@ -995,6 +1045,7 @@ mod tests {
             }
             Arc::new(a)
         };
+        let mut vectors = HashMap::new();
         for _ in 0..300 {
             let n = rng.random_range(1..20);
             if rng.random_bool(0.6) {
@@ -1008,20 +1059,31 @@ mod tests {
                 // One id twice in a batch is not this test's subject.
                 let mut seen = std::collections::HashSet::new();
                 let records: Vec<_> = records.into_iter().filter(|r| seen.insert(r.id)).collect();
+                for r in &records {
+                    vectors.insert(r.id, r.vector.clone());
+                }
                 index.add(&scope, records).unwrap();
             } else {
                 let ids: Vec<Uuid> = (0..n).map(|_| Uuid::from_u128(rng.random_range(0..60))).collect();
+                for id in &ids {
+                    vectors.remove(id);
+                }
                 index.delete(&scope, &ids).unwrap();
             }
             // A delete before the first add leaves no scope.
             let Some(s) = index.scope(&scope) else { continue };
             let meta = s.meta.read();
-            check(&meta);
+            check(&meta, &vectors);
             // -0.0 and 0.0 are one set.
             assert!(meta.sets.iter().flatten().count() <= 5);
             // The restored copy has the same counts per content.
-            let restored = SnapshotEntries::from_meta(&meta).into_meta().unwrap();
-            check(&restored);
+            let restored = SnapshotEntries::from_meta(&meta)
+                .into_meta(4, |slot, v| {
+                    v.copy_from_slice(&vectors[&meta.entry(slot).unwrap().id]);
+                    Ok(())
+                })
+                .unwrap();
+            check(&restored, &vectors);
             let counts = |m: &Meta| {
                 let mut c: Vec<(String, usize)> = m
                     .sets

@@ -11,6 +11,7 @@ pub mod hnsw;
 pub mod hybrid;
 pub mod keyword;
 pub mod parse;
+mod scan;
 pub mod vector;
 
 pub use chunk::{Chunk, Chunker, ChunkingStrategy, ContentHash, StaticChunking};

@@ -121,6 +121,47 @@ fn exact_plan_and_walk_plan_return_the_brute_force_ids() {
     }
 }
 
+/// The exact scan streams its own copy of the vectors (per attribute set): that copy must follow
+/// every replacement, move between sets and delete.
+#[test]
+fn the_exact_scan_follows_replacements_and_deletes() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut data = random_vectors(&mut rng, 1_500);
+    let fresh = random_vectors(&mut rng, 1_500);
+    let scope = Scope::new("org_a", "vs_1");
+    let sets = attr_sets();
+    let index = filled(HnswConfig { exact_filter_max: 100_000_000, ..config() }, &scope, &data);
+    // A third replaced by new vectors in another attribute set, a third deleted.
+    let set_of = |i: usize| if i % 3 == 1 { (i + 7) % 50 } else { i % 50 };
+    let replaced: Vec<VectorRecord> = (0..data.len())
+        .filter(|i| i % 3 == 1)
+        .map(|i| VectorRecord { id: id(i), vector: fresh[i].clone(), attributes: sets[set_of(i)].clone() })
+        .collect();
+    index.add(&scope, replaced).unwrap();
+    for i in (0..data.len()).filter(|i| i % 3 == 1) {
+        data[i] = fresh[i].clone();
+    }
+    let deleted: Vec<Uuid> = (0..data.len()).filter(|i| i % 3 == 2).map(id).collect();
+    assert_eq!(index.delete(&scope, &deleted).unwrap(), deleted.len());
+
+    // Which attribute sets (by `part`) pass each filter.
+    let cases: Vec<(Filter, Keep)> = vec![
+        (filter(serde_json::json!({"type": "eq", "key": "part", "value": 3})), Box::new(|p| p == 3)),
+        (
+            filter(serde_json::json!({"type": "in", "key": "part", "value": [7, 8, 9]})),
+            Box::new(|p| (7..=9).contains(&p)),
+        ),
+        (filter(serde_json::json!({"type": "eq", "key": "even", "value": true})), Box::new(|p| p % 2 == 0)),
+    ];
+    for (f, part_passes) in &cases {
+        let keep = |i: usize| i % 3 != 2 && part_passes(set_of(i));
+        assert_eq!(matching(&index, &scope, f), (0..data.len()).filter(|&i| keep(i)).count());
+        for q in random_vectors(&mut rng, 20) {
+            assert_eq!(ids(&index, &scope, &q, 10, f), brute_force(&data, &q, 10, keep), "{f:?}");
+        }
+    }
+}
+
 #[test]
 fn the_exact_scan_reads_half_precision_vectors_right() {
     // The default storage is f16, which the exact scan converts itself.

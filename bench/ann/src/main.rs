@@ -388,6 +388,13 @@ fn filters(idx: &mut HnswIndex, scope: &Scope, n: usize, data: &[f32], queries: 
             &[10, 16, 24, 32, 48, 64, 96, 192][..],
         ),
         (
+            "part < 2 (2%)",
+            "fpart-lt2",
+            serde_json::json!({"type": "lt", "key": "part", "value": 2}),
+            Box::new(|i: usize| i % 100 < 2),
+            &[16, 24, 32, 48][..],
+        ),
+        (
             "part = 7 (1%)",
             "fpart-eq7",
             serde_json::json!({"type": "eq", "key": "part", "value": 7}),
