@@ -133,7 +133,7 @@ impl Default for HnswSettings {
             expansion_search: 64,
             quantization: "f16".into(),
             // search::EXACT_FILTER_MAX (this module builds without the search crate too).
-            exact_filter_max: 10_000,
+            exact_filter_max: 50_000,
             filtered_expansion_search: None,
         }
     }
