@@ -115,7 +115,7 @@ impl Module for InferenceModule {
         let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
         // A process that only runs jobs ingests but never searches: no index to hold there.
         if platform.serving {
-            rag.start().await?;
+            rag.start().await;
         }
         let shared: Arc<dyn RagApi> = Arc::new(rag.clone());
         let service = service.with_retrieval(shared.clone());

@@ -55,7 +55,7 @@ impl Fixture {
     /// The retrieval service, started, and the inference service whose grounded chat searches it.
     async fn services(&self) -> (RagService, InferenceService) {
         let (rag, inference) = self.built().await;
-        rag.start().await.unwrap();
+        rag.start().await;
         let grounded = inference.with_retrieval(Arc::new(rag.clone()));
         (rag, grounded)
     }
@@ -85,6 +85,12 @@ impl Fixture {
     /// Counts rows of the inference database (chunks of a file, here).
     async fn chunk_rows(&self, file_id: &str) -> i64 {
         self.rows("rag_chunks", file_id).await
+    }
+
+    /// Runs one statement on the inference database.
+    async fn execute(&self, sql: &'static str) {
+        let db = self.database.open(inference::DOMAIN).await;
+        db.run(move |conn| diesel::sql_query(sql).execute(conn).map_err(shared::db::DbError::from)).await.unwrap();
     }
 
     /// Counts the rows of `table` (a table with a `file_id`) of a file.
@@ -514,6 +520,43 @@ backend_tests! {
         second.catch_up().await.unwrap();
         assert!(search(&second, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
         assert!(search(&third, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
+    }
+
+    async fn a_process_that_cannot_load_its_index_answers_503_to_searches_until_it_has(backend) {
+        let mut config = InferenceConfig::default();
+        config.rag.sync_interval_ms = 3_600_000;
+        let f = fixture(&backend, config).await;
+        let first = f.service().await;
+        let _worker = worker(&first);
+        let key = api_key(OrganizationId::new());
+        let file = first.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+        let vs = store(&first, &key, "docs").await;
+        attach(&first, &key, &vs, &file.id, json!({})).await;
+        assert_eq!(settled(&first, &key, &vs, &file.id).await.status, "completed");
+
+        // With the change log unreadable, a new process cannot load its index: it starts anyway.
+        f.execute("ALTER TABLE rag_changes RENAME TO rag_changes_hidden").await;
+        let second = f.service().await;
+        let zebra = || serde_json::from_value::<VectorStoreSearchRequest>(json!({"query": "zebra"})).unwrap();
+        assert!(matches!(second.search(&key, &vs, zebra()).await, Err(InferenceError::Unavailable(_))));
+        assert!(matches!(second.ready().await, Err(InferenceError::Unavailable(_))));
+        // Everything but search answers.
+        assert_eq!(second.vector_store_file(&key, &vs, &file.id).await.unwrap().status, "completed");
+
+        // Once the database lets it, it loads by itself (backing off meanwhile).
+        f.execute("ALTER TABLE rag_changes_hidden RENAME TO rag_changes").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let found = loop {
+            match second.search(&key, &vs, zebra()).await {
+                Ok(page) => break page,
+                Err(InferenceError::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(found.data.iter().any(|r| r.file_id == file.id), "{found:?}");
+        second.ready().await.unwrap();
     }
 
     async fn a_job_only_process_ingests_without_keeping_an_index(backend) {

@@ -1,6 +1,6 @@
 //! The process's index: a `search::SearchEngine` (BM25, and HNSW behind the `VectorIndex`
-//! trait when an embedder is configured) rebuilt from the database at start and kept current by
-//! reading the change log (`rag_changes`) in sequence order. Several processes each follow the
+//! trait when an embedder is configured) loaded from the database at start, in the background,
+//! and kept current by reading the change log (`rag_changes`) in sequence order. Several processes each follow the
 //! log, so a file ingested by any worker becomes searchable in every gateway.
 //!
 //! A change names a file (or a store), not its chunks: applying it reloads the file's current
@@ -17,7 +17,9 @@ use search::{
 };
 use shared::db::{Conn, Db};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+use tokio::sync::watch;
 
 /// Changes read per query while catching up.
 const CHANGES_PER_READ: i64 = 500;
@@ -32,9 +34,21 @@ pub(crate) struct RagIndex {
     watermark: Arc<AtomicI64>,
     /// One catch-up at a time; a search waits for the one running.
     syncing: tokio::sync::Mutex<()>,
-    /// Set by the first rebuild. Until then (for ever in a process that only runs jobs) the index
-    /// stays empty and catching up does nothing, so a worker never holds the collection.
-    live: AtomicBool,
+    /// Until the first rebuild succeeds the index is not live: catching up does nothing, and
+    /// searches answer 503. A process that only runs jobs never loads: it never holds the
+    /// collection.
+    load: watch::Sender<Load>,
+}
+
+/// How far the index is in loading the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Never asked to (a process that only runs jobs).
+    Idle,
+    /// Loading; `failures` attempts have failed so far.
+    Loading { failures: u32 },
+    /// Loaded, and following the change log.
+    Live,
 }
 
 impl std::fmt::Debug for RagIndex {
@@ -84,7 +98,7 @@ impl RagIndex {
             engine: Arc::new(SearchEngine::new(chunker, keyword, vectors)),
             watermark: Arc::new(AtomicI64::new(0)),
             syncing: tokio::sync::Mutex::new(()),
-            live: AtomicBool::new(false),
+            load: watch::Sender::new(Load::Idle),
         })
     }
 
@@ -103,8 +117,17 @@ impl RagIndex {
 
     /// Loads every completed file from the database. The log position is read first, so a
     /// change committed during the rebuild is applied again by the next catch-up (harmless).
+    /// The index is live once this has succeeded; a failure is counted in [`Load::Loading`].
     pub(crate) async fn rebuild(&self) -> Result<usize, InferenceError> {
         let _guard = self.syncing.lock().await;
+        self.load.send_if_modified(|load| {
+            let idle = *load == Load::Idle;
+            if idle {
+                *load = Load::Loading { failures: 0 };
+            }
+            idle
+        });
+        let started = Instant::now();
         let engine = self.engine.clone();
         let watermark = self.watermark.clone();
         let indexed = store::run(&self.db, move |conn| {
@@ -124,17 +147,56 @@ impl RagIndex {
                 }
             }
             watermark.store(start, Ordering::Release);
-            tracing::info!(rag.files = indexed, rag.watermark = start, "retrieval index rebuilt");
             Ok(indexed)
         })
-        .await?;
-        self.live.store(true, Ordering::Release);
-        Ok(indexed)
+        .await;
+        match indexed {
+            Ok(indexed) => {
+                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(
+                    rag.files = indexed,
+                    rag.watermark = self.watermark(),
+                    duration_ms,
+                    "retrieval index loaded"
+                );
+                self.load.send_replace(Load::Live);
+                Ok(indexed)
+            }
+            Err(e) => {
+                self.load.send_modify(|load| {
+                    if let Load::Loading { failures } = load {
+                        *failures = failures.saturating_add(1);
+                    }
+                });
+                Err(e)
+            }
+        }
     }
 
-    /// Whether the index is kept (rebuilt once, then following the change log).
+    /// Whether the index is kept (loaded once, then following the change log).
     pub(crate) fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        *self.load.borrow() == Load::Live
+    }
+
+    /// How far loading is.
+    pub(crate) fn load(&self) -> Load {
+        *self.load.borrow()
+    }
+
+    /// Tells of every change of [`Load`].
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Load> {
+        self.load.subscribe()
+    }
+
+    /// Ok when the index can answer a search; a 503 while it is loading.
+    pub(crate) fn ensure_live(&self) -> Result<(), InferenceError> {
+        match self.load() {
+            Load::Live => Ok(()),
+            Load::Loading { .. } => {
+                Err(InferenceError::Unavailable("the retrieval index is still loading from the database".into()))
+            }
+            Load::Idle => Err(InferenceError::Unavailable("this process keeps no retrieval index".into())),
+        }
     }
 
     /// Applies the changes written since the watermark; returns how many.

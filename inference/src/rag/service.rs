@@ -4,7 +4,7 @@
 
 use super::embedder::Embedder;
 use super::expiry;
-use super::index::{Query, RagIndex, hnsw_config};
+use super::index::{Load, Query, RagIndex, hnsw_config};
 use super::ingest::IngestFile;
 use super::store::{self, Fail, FileMeta, NewFileRow, StoreFileRow, StoreRow};
 use super::validate;
@@ -72,16 +72,21 @@ impl RagService {
         Ok(Self { inner: Arc::new(Inner { db, jobs, index, embedder, config: rag, clock }) })
     }
 
-    /// Rebuilds the index from the database and, in a tokio runtime, starts following the
-    /// change log every `inference.rag.sync_interval_ms`.
-    pub async fn start(&self) -> Result<(), InferenceError> {
-        self.inner.index.rebuild().await?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let weak = Arc::downgrade(&self.inner);
-            let every = Duration::from_millis(self.inner.config.sync_interval_ms);
-            tokio::spawn(follow(weak, every));
+    /// Starts loading the index from the database in the background (tried again with backoff
+    /// while that fails), then following the change log every `inference.rag.sync_interval_ms`.
+    ///
+    /// Returns once the first load has succeeded or failed, or after [`START_WAIT`]: a small
+    /// collection is searchable as soon as the gateway serves, and a large one (1M chunks take
+    /// minutes) loads while every other route serves. Until it is loaded, searches answer 503
+    /// and readiness reports it.
+    pub async fn start(&self) {
+        let mut load = self.inner.index.subscribe();
+        let every = Duration::from_millis(self.inner.config.sync_interval_ms);
+        tokio::spawn(load_then_follow(Arc::downgrade(&self.inner), every));
+        let tried = load.wait_for(|l| *l == Load::Live || matches!(l, Load::Loading { failures } if *failures > 0));
+        if tokio::time::timeout(START_WAIT, tried).await.is_err() {
+            tracing::info!(wait_ms = START_WAIT.as_millis() as u64, "retrieval index still loading; serving meanwhile");
         }
-        Ok(())
     }
 
     /// Applies the changes other processes (and this one's jobs) wrote since the last catch-up;
@@ -126,9 +131,14 @@ impl RagService {
         super::ingest::run(&self.inner, vector_store_id, file_id, true).await
     }
 
-    /// Whether the domain's database answers.
+    /// Whether the domain's database answers and the retrieval index is loaded (a process that
+    /// keeps none is ready without it).
     pub async fn ready(&self) -> Result<(), InferenceError> {
-        self.inner.db.ping().await.map_err(shared::db::DbError::into_error)
+        self.inner.db.ping().await.map_err(shared::db::DbError::into_error)?;
+        match self.inner.index.load() {
+            Load::Loading { .. } => Err(InferenceError::Unavailable("the retrieval index is still loading".into())),
+            Load::Live | Load::Idle => Ok(()),
+        }
     }
 
     /// `hybrid` with an embedder, else `keyword`.
@@ -157,6 +167,31 @@ fn local_embedder(dir: &std::path::Path, _batch: u32, _billing: Arc<dyn BillingA
 }
 
 /// Follows the change log until the service is dropped.
+/// How long [`RagService::start`] waits for the first load.
+const START_WAIT: Duration = Duration::from_secs(10);
+/// The longest pause between two attempts to load the index.
+const LOAD_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Loads the index, retrying with doubling pauses until it succeeds, then follows the log.
+async fn load_then_follow(inner: Weak<Inner>, every: Duration) {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        match strong.index.rebuild().await {
+            Ok(_) => break,
+            Err(e) => tracing::warn!(
+                error = %e,
+                retry_in_ms = pause.as_millis() as u64,
+                "retrieval index could not be loaded; searches answer 503 until it is"
+            ),
+        }
+        drop(strong);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LOAD_BACKOFF_MAX);
+    }
+    follow(inner, every).await;
+}
+
 async fn follow(inner: Weak<Inner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -711,6 +746,7 @@ impl RagApi for RagService {
         let filter = validate::filter(request.filters.as_ref())?;
         let (weights, threshold) = validate::ranking(request.ranking_options.as_ref())?;
         let ranking = async {
+            self.inner.index.ensure_live()?;
             self.inner.index.catch_up().await?;
             let vectors = self.query_vectors(caller, org, &queries).await?;
             let scope = search::Scope::new(org.to_string(), store_id);
