@@ -176,6 +176,22 @@ fn list(limit: u32, order: &str, after: Option<&String>, before: Option<&String>
     }
 }
 
+/// The default configuration without the background catch-up: the test drives it.
+fn driven() -> InferenceConfig {
+    let mut config = InferenceConfig::default();
+    config.rag.sync_interval_ms = 3_600_000;
+    config
+}
+
+/// The guide uploaded and ingested into a new store named `name`: (file id, store id).
+async fn guide_ingested(rag: &RagService, key: &Principal, name: &str) -> (String, String) {
+    let file = rag.create_file(key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
+    let vs = store(rag, key, name).await;
+    attach(rag, key, &vs, &file.id, json!({})).await;
+    assert_eq!(settled(rag, key, &vs, &file.id).await.status, "completed");
+    (file.id, vs)
+}
+
 async fn search(rag: &RagService, key: &Principal, store: &str, body: serde_json::Value) -> SearchResultsPage {
     rag.search(key, store, serde_json::from_value(body).unwrap()).await.unwrap()
 }
@@ -493,17 +509,12 @@ backend_tests! {
 
     async fn a_second_process_follows_the_change_log(backend) {
         // No background catch-up: the test drives it.
-        let mut config = InferenceConfig::default();
-        config.rag.sync_interval_ms = 3_600_000;
-        let f = fixture(&backend, config).await;
+        let f = fixture(&backend, driven()).await;
         let first = f.service().await;
         let second = f.service().await;
         let _worker = worker(&first);
         let key = api_key(OrganizationId::new());
-        let file = first.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
-        let vs = store(&first, &key, "shared").await;
-        attach(&first, &key, &vs, &file.id, json!({})).await;
-        assert_eq!(settled(&first, &key, &vs, &file.id).await.status, "completed");
+        let (file, vs) = guide_ingested(&first, &key, "shared").await;
 
         let before = second.watermark();
         assert!(second.catch_up().await.unwrap() > 0);
@@ -516,23 +527,18 @@ backend_tests! {
         assert!(!search(&third, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
 
         // A detach in one process reaches the others.
-        first.detach_file(&key, &vs, &file.id).await.unwrap();
+        first.detach_file(&key, &vs, &file).await.unwrap();
         second.catch_up().await.unwrap();
         assert!(search(&second, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
         assert!(search(&third, &key, &vs, json!({"query": "zebra"})).await.data.is_empty());
     }
 
     async fn a_process_that_cannot_load_its_index_answers_503_to_searches_until_it_has(backend) {
-        let mut config = InferenceConfig::default();
-        config.rag.sync_interval_ms = 3_600_000;
-        let f = fixture(&backend, config).await;
+        let f = fixture(&backend, driven()).await;
         let first = f.service().await;
         let _worker = worker(&first);
         let key = api_key(OrganizationId::new());
-        let file = first.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
-        let vs = store(&first, &key, "docs").await;
-        attach(&first, &key, &vs, &file.id, json!({})).await;
-        assert_eq!(settled(&first, &key, &vs, &file.id).await.status, "completed");
+        let (file, vs) = guide_ingested(&first, &key, "docs").await;
 
         // With the change log unreadable, a new process cannot load its index: it starts anyway.
         f.execute("ALTER TABLE rag_changes RENAME TO rag_changes_hidden").await;
@@ -541,7 +547,7 @@ backend_tests! {
         assert!(matches!(second.search(&key, &vs, zebra()).await, Err(InferenceError::Unavailable(_))));
         assert!(matches!(second.ready().await, Err(InferenceError::Unavailable(_))));
         // Everything but search answers.
-        assert_eq!(second.vector_store_file(&key, &vs, &file.id).await.unwrap().status, "completed");
+        assert_eq!(second.vector_store_file(&key, &vs, &file).await.unwrap().status, "completed");
 
         // Once the database lets it, it loads by itself (backing off meanwhile).
         f.execute("ALTER TABLE rag_changes_hidden RENAME TO rag_changes").await;
@@ -555,22 +561,17 @@ backend_tests! {
                 Err(e) => panic!("{e}"),
             }
         };
-        assert!(found.data.iter().any(|r| r.file_id == file.id), "{found:?}");
+        assert!(found.data.iter().any(|r| r.file_id == file), "{found:?}");
         second.ready().await.unwrap();
     }
 
     async fn a_job_only_process_ingests_without_keeping_an_index(backend) {
-        let mut config = InferenceConfig::default();
-        config.rag.sync_interval_ms = 3_600_000;
-        let f = fixture(&backend, config).await;
+        let f = fixture(&backend, driven()).await;
         let jobs_only = f.unstarted().await;
         let _worker = worker(&jobs_only);
         let key = api_key(OrganizationId::new());
-        let file = jobs_only.create_file(&key, upload("guide.md", GUIDE.as_bytes())).await.unwrap();
-        let vs = store(&jobs_only, &key, "docs").await;
-        attach(&jobs_only, &key, &vs, &file.id, json!({})).await;
-        assert_eq!(settled(&jobs_only, &key, &vs, &file.id).await.status, "completed");
-        assert!(f.chunk_rows(&file.id).await > 0);
+        let (file, vs) = guide_ingested(&jobs_only, &key, "docs").await;
+        assert!(f.chunk_rows(&file).await > 0);
         // It wrote the chunks and the change, but applies nothing to an index of its own.
         assert_eq!(jobs_only.catch_up().await.unwrap(), 0);
         assert_eq!(jobs_only.watermark(), 0);
@@ -712,8 +713,7 @@ backend_tests! {
 backend_tests! {
     async fn an_expired_store_is_refused_then_purged(backend) {
         // No background catch-up: the test counts the changes a second process reads.
-        let mut config = InferenceConfig::default();
-        config.rag.sync_interval_ms = 3_600_000;
+        let config = driven();
         let clock = ManualClock::default();
         let f = fixture_on(&backend, config, Arc::new(clock.clone())).await;
         let (rag, chat) = f.services().await;
