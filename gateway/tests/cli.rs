@@ -166,6 +166,28 @@ fn serve_turns_transparent_huge_pages_off_unless_allowed() {
     }
 }
 
+/// The environment the serving process runs with: mimalloc told to give freed pages back at
+/// once (`MIMALLOC_PURGE_DELAY=0`, set by the process replacing itself), unless the variable
+/// was set already.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_runs_with_the_allocator_giving_memory_back_at_once_unless_told_otherwise() {
+    for (given, expected) in [(None, "MIMALLOC_PURGE_DELAY=0"), (Some("250"), "MIMALLOC_PURGE_DELAY=250")] {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(&str, &str)> = given.map(|v| ("MIMALLOC_PURGE_DELAY", v)).into_iter().collect();
+        let (mut child, _lines, addr) = serve_auth(dir.path(), &env);
+        // The spawned pid is the serving process: it replaced itself, it did not fork.
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let vars: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        let purge: Vec<&String> = vars.iter().filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY=")).collect();
+        assert_eq!(purge, [expected], "given: {given:?}");
+        assert!(vars.iter().any(|v| v == "KEEL_TELEMETRY__FORMAT=json"), "the rest of the environment is kept");
+    }
+}
+
 #[test]
 fn worker_serves_no_domain_route_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
