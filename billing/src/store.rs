@@ -730,9 +730,20 @@ pub(crate) fn insert_usage_if_new(conn: &mut Conn, row: &UsageEventRow) -> Query
     Ok(inserted == 1)
 }
 
-/// Which of these request ids were recorded already.
+/// Which of these request ids were recorded already. Asked 1,000 at a time: on SQLite each id is
+/// a bound value and one statement binds at most 32,766, while a lease's backlog can hold more
+/// records than that (`billing.lease.max_unflushed` goes to 10M). PostgreSQL gets one array per
+/// statement either way.
 pub(crate) fn existing_usage(conn: &mut Conn, request_ids: &[String]) -> QueryResult<Vec<String>> {
-    usage_events::table.filter(usage_events::request_id.eq_any(request_ids)).select(usage_events::request_id).load(conn)
+    let mut existing = Vec::new();
+    for chunk in request_ids.chunks(1_000) {
+        let found: Vec<String> = usage_events::table
+            .filter(usage_events::request_id.eq_any(chunk))
+            .select(usage_events::request_id)
+            .load(conn)?;
+        existing.extend(found);
+    }
+    Ok(existing)
 }
 
 /// Inserts usage events none of which was recorded before (the caller checked, under the

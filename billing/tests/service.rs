@@ -131,6 +131,29 @@ fn usage(request_id: &str, cost: Money) -> UsageRecord {
 }
 
 backend_tests! {
+    async fn a_lease_commit_of_more_records_than_one_statement_binds_is_charged_once(backend) {
+        let f = fixture(&backend).await;
+        let admin = f.platform_admin().await;
+        let (_owner, org) = f.owner("owner@example.com").await;
+        f.grant(&admin, org, Money::units(100)).await;
+        let lease = f.billing.reserve(reserve_request(org, Money::units(50), "lease")).await.unwrap();
+        // More request ids than one SQLite statement binds (32,766): the commit used to fail
+        // there, and its retries with it, for ever.
+        let records: Vec<UsageRecord> = (0..70_000).map(|i| usage(&format!("req-{i}"), Money(1_000))).collect();
+        let commit = |usage: Vec<UsageRecord>| CommitLeaseRequest {
+            hold_id: lease.id,
+            usage,
+            close: false,
+            ttl: Duration::from_secs(60),
+        };
+        let committed = f.billing.commit_lease(commit(records.clone())).await.unwrap();
+        assert_eq!(committed.charged, Money(70_000_000));
+        assert_eq!(committed.remaining, Money(Money::units(50).0 - 70_000_000));
+        // A retry of the same batch charges nothing.
+        let again = f.billing.commit_lease(commit(records)).await.unwrap();
+        assert_eq!((again.charged, again.remaining), (Money(0), committed.remaining));
+    }
+
     async fn reserve_settle_and_release_move_money_through_the_ledger(backend) {
         let f = fixture(&backend).await;
         let admin = f.platform_admin().await;
