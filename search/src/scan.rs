@@ -3,7 +3,7 @@
 //! from memory instead of looking each one up in the graph.
 //!
 //! Reading a vector back from usearch costs a hash lookup and a copy from a scattered address:
-//! about 2 µs per vector at 1M (bench/RESULTS.md). A row here costs one i8 dot product over
+//! 0.5–2 µs per vector at 1M (bench/RESULTS.md). A row here costs one i8 dot product over
 //! contiguous memory (SimSIMD picks the widest instructions the CPU has at run time). The scan
 //! ranks by these codes, then rescores its best candidates from the graph's own vectors, so the
 //! scores it returns are those an unfiltered search returns.

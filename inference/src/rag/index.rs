@@ -1,7 +1,8 @@
 //! The process's index: a `search::SearchEngine` (BM25, and HNSW behind the `VectorIndex`
 //! trait when an embedder is configured) loaded from the database at start, in the background,
-//! and kept current by reading the change log (`rag_changes`) in sequence order. Several processes each follow the
-//! log, so a file ingested by any worker becomes searchable in every gateway.
+//! and kept current by reading the change log (`rag_changes`) in sequence order. Several
+//! processes each follow the log, so a file ingested by any worker becomes searchable in every
+//! gateway.
 //!
 //! A change names a file (or a store), not its chunks: applying it reloads the file's current
 //! state from the database, so changes are idempotent and applying one twice, or late, is
