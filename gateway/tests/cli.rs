@@ -149,18 +149,28 @@ fn serve_listens_on_the_given_address_and_stops_cleanly_on_sigterm() {
     assert!(!rest.iter().any(|line| line.contains("sekrit")), "a secret reached the log: {rest:#?}");
 }
 
+/// `/proc/PID/FILE` of `gateway serve --only auth` run with `setting` (a variable and its value)
+/// if given, once it listens; the process is stopped after.
+#[cfg(target_os = "linux")]
+fn proc_file_of_serve(setting: Option<(&str, &str)>, file: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &str)> = setting.into_iter().collect();
+    let (mut child, _lines, _addr) = serve_auth(dir.path(), &env);
+    // The spawned pid is the serving process (a process that replaces itself keeps its pid).
+    let contents = std::fs::read(format!("/proc/{}/{file}", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    contents
+}
+
 /// The kernel's view of the process: `THP_enabled: 0` once it asked for no transparent huge
 /// pages (the default), 1 when `http.transparent_huge_pages` lets it use them.
 #[cfg(target_os = "linux")]
 #[test]
 fn serve_turns_transparent_huge_pages_off_unless_allowed() {
     for (allowed, expected) in [(None, "0"), (Some("true"), "1")] {
-        let dir = tempfile::tempdir().unwrap();
-        let env: Vec<(&str, &str)> = allowed.map(|v| ("KEEL_HTTP__TRANSPARENT_HUGE_PAGES", v)).into_iter().collect();
-        let (mut child, _lines, _addr) = serve_auth(dir.path(), &env);
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let setting = allowed.map(|v| ("KEEL_HTTP__TRANSPARENT_HUGE_PAGES", v));
+        let status = String::from_utf8(proc_file_of_serve(setting, "status")).unwrap();
         let flag = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(str::trim);
         assert_eq!(flag, Some(expected), "allowed: {allowed:?}");
     }
@@ -173,14 +183,7 @@ fn serve_turns_transparent_huge_pages_off_unless_allowed() {
 #[test]
 fn serve_runs_with_the_allocator_giving_memory_back_at_once_unless_told_otherwise() {
     for (given, expected) in [(None, "MIMALLOC_PURGE_DELAY=0"), (Some("250"), "MIMALLOC_PURGE_DELAY=250")] {
-        let dir = tempfile::tempdir().unwrap();
-        let env: Vec<(&str, &str)> = given.map(|v| ("MIMALLOC_PURGE_DELAY", v)).into_iter().collect();
-        let (mut child, _lines, addr) = serve_auth(dir.path(), &env);
-        // The spawned pid is the serving process: it replaced itself, it did not fork.
-        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
-        assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let environ = proc_file_of_serve(given.map(|v| ("MIMALLOC_PURGE_DELAY", v)), "environ");
         let vars: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
         let purge: Vec<&String> = vars.iter().filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY=")).collect();
         assert_eq!(purge, [expected], "given: {given:?}");
