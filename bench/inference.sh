@@ -4,6 +4,7 @@
 #   bash bench/inference.sh            # builds the release gateway first
 #   SKIP_BUILD=1 DURATION=10 bash bench/inference.sh
 #   LITELLM=/path/to/venv/bin/litellm bash bench/inference.sh   # and LiteLLM beside it
+#   HALT_POLL_NS=500000 bash bench/inference.sh   # the guest's halt polling on (root, VMs)
 #
 # - Upstream: nginx with fixed bodies (a chat completion, an SSE stream of 3 chunks + [DONE],
 #   an embedding), on 127.0.0.1:9101 (JSON) and :9102 (SSE).
@@ -24,6 +25,10 @@
 # Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS,
 # and the in-gateway overhead histogram's p50/p90/p99 bucket bounds per route, for the open-loop
 # runs and for the whole run.
+# - HALT_POLL_NS (on a VM whose kernel has cpuidle-haltpoll, as root): how long an idle vCPU
+#   polls before it halts, for the whole run; the previous value is put back at the end. A
+#   halted vCPU wakes in tens of microseconds (an exit to the hypervisor), and a call through a
+#   gateway wakes the other core twice more than a direct call does; docs/OPERATIONS.md.
 # Needs: wrk, nginx, curl, jq, taskset, cargo. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,7 +39,10 @@ WORK=$(mktemp -d)
 NGINX_PID=""
 KEEL_PID=""
 LITELLM_PID=""
+HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_BEFORE=""
 cleanup() {
+    [ -n "$HALT_POLL_BEFORE" ] && echo "$HALT_POLL_BEFORE" >"$HALT_POLL" 2>/dev/null || true
     [ -n "$KEEL_PID" ] && kill "$KEEL_PID" 2>/dev/null || true
     [ -n "$LITELLM_PID" ] && kill "$LITELLM_PID" 2>/dev/null || true
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
@@ -45,6 +53,11 @@ trap cleanup EXIT
 for tool in wrk nginx curl jq taskset; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
+if [ -n "${HALT_POLL_NS:-}" ]; then
+    [ -w "$HALT_POLL" ] || { echo "bench: HALT_POLL_NS needs root and a kernel with cpuidle-haltpoll ($HALT_POLL)" >&2; exit 1; }
+    HALT_POLL_BEFORE=$(cat "$HALT_POLL")
+    echo "$HALT_POLL_NS" >"$HALT_POLL"
+fi
 if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release -p gateway
 fi
@@ -178,7 +191,7 @@ cpu_secs() { # cpu_secs PID: user + system CPU of the process and of its childre
 script "$(body chat)" "$KEY"
 taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$API/v1/chat/completions" >/dev/null
 
-echo "upstream: nginx on CPU 1; Keel: 1 worker on CPU 0; wrk on CPU 1; ${DURATION}s per run"
+echo "upstream: nginx on CPU 1; Keel: 1 worker on CPU 0; wrk on CPU 1; ${DURATION}s per run; guest halt polling: $(cat "$HALT_POLL" 2>/dev/null || echo n/a) ns"
 CPU0=$(cpu_secs "$KEEL_PID")
 for c in 1 10 64; do
     run "chat direct" "http://127.0.0.1:9101/v1/chat/completions" "$(body chat)" none "$c"
