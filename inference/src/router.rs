@@ -196,6 +196,16 @@ pub(crate) struct Circuit {
     state: Mutex<CircuitState>,
 }
 
+/// What [`Circuit::allow`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Open, or half-open with its probe already out.
+    Refused,
+    Closed,
+    /// The one call let through a half-open circuit.
+    Probe,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CircuitState {
     Closed,
@@ -226,16 +236,17 @@ impl Circuit {
         matches!(*self.lock(), CircuitState::Open { until } if Instant::now() < until)
     }
 
-    /// Whether a call may go through now (taking the probe slot of a half-open circuit).
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether a call may go through now; `Pass::Probe` when it took the probe slot of a
+    /// half-open circuit (the state, and so the gauge, changed).
+    pub(crate) fn allow(&self) -> Pass {
         let mut state = self.lock();
         let now = Instant::now();
         match *state {
-            CircuitState::Closed => true,
-            CircuitState::Open { until } | CircuitState::HalfOpen { since: until } if now < until => false,
+            CircuitState::Closed => Pass::Closed,
+            CircuitState::Open { until } | CircuitState::HalfOpen { since: until } if now < until => Pass::Refused,
             CircuitState::Open { .. } | CircuitState::HalfOpen { .. } => {
                 *state = CircuitState::HalfOpen { since: now + self.open_for };
-                true
+                Pass::Probe
             }
         }
     }
@@ -281,17 +292,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_circuit_opens_after_the_threshold_and_probes_once() {
         let circuit = Circuit::new(&CircuitConfig { failure_threshold: 2, open_ms: 1_000 });
-        assert!(circuit.allow());
+        assert_eq!(circuit.allow(), Pass::Closed);
         assert!(!circuit.failure());
         assert!(circuit.failure(), "the second consecutive failure opens it");
-        assert!(!circuit.allow());
+        assert_eq!((circuit.allow(), circuit.gauge()), (Pass::Refused, 1));
         tokio::time::advance(Duration::from_millis(1_001)).await;
-        assert!(circuit.allow(), "one probe after the open period");
-        assert!(!circuit.allow(), "only one");
+        assert_eq!(circuit.gauge(), 1, "open until a call probes");
+        assert_eq!(circuit.allow(), Pass::Probe, "one probe after the open period");
+        assert_eq!(circuit.gauge(), 2, "half-open while the probe is out");
+        assert_eq!(circuit.allow(), Pass::Refused, "only one");
         assert!(circuit.failure(), "a failed probe opens it again");
+        assert_eq!(circuit.gauge(), 1);
         tokio::time::advance(Duration::from_millis(1_001)).await;
-        assert!(circuit.allow());
+        assert_eq!(circuit.allow(), Pass::Probe);
         assert!(circuit.success());
-        assert!(circuit.allow() && circuit.allow());
+        assert_eq!(circuit.gauge(), 0);
+        assert_eq!((circuit.allow(), circuit.allow()), (Pass::Closed, Pass::Closed));
     }
 }

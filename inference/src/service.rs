@@ -22,7 +22,7 @@ use crate::inflight::{InFlight, InFlightSlot};
 use crate::metrics::InferenceMetrics;
 use crate::provider::{BodyReader, Echo, Endpoint, Failure, SseEvent, SseReader};
 use crate::rag_api::{Citation, RagApi};
-use crate::router::{Deployment, ModelEntry, Router, Upstream};
+use crate::router::{Deployment, ModelEntry, Pass, Router, Upstream};
 use crate::tokens;
 use async_trait::async_trait;
 use auth::{Principal, PrincipalKind};
@@ -465,12 +465,14 @@ impl InferenceService {
             for _ in 0..plan.len() {
                 let deployment = &plan[next % plan.len()];
                 next += 1;
-                if let Some(permit) = deployment.try_acquire()
-                    && deployment.circuit.allow()
-                {
-                    picked = Some((deployment.clone(), permit));
-                    break;
+                let Some(permit) = deployment.try_acquire() else { continue };
+                match deployment.circuit.allow() {
+                    Pass::Refused => continue,
+                    Pass::Probe => deployment.metrics.circuit(deployment.circuit.gauge()),
+                    Pass::Closed => {}
                 }
+                picked = Some((deployment.clone(), permit));
+                break;
             }
             let Some((deployment, permit)) = picked else { break };
             if n > 0 {

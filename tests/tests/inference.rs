@@ -527,6 +527,54 @@ async fn a_failing_deployment_falls_back_then_its_circuit_opens() {
     gateway.stop().await;
 }
 
+/// The value of `keel_inference_circuit_state` for the `flaky` deployment of gpt-4o-mini.
+async fn circuit_gauge(api: &Client) -> String {
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap().to_owned();
+    let prefix = "keel_inference_circuit_state{model=\"gpt-4o-mini\",deployment=\"flaky/gpt-4o-mini\"} ";
+    text.lines().find_map(|l| l.strip_prefix(prefix)).map(str::to_owned).unwrap_or_else(|| panic!("{text}"))
+}
+
+#[tokio::test]
+async fn the_circuit_gauge_shows_a_half_open_circuit_while_its_probe_is_out() {
+    let flaky = FakeOpenAi::start(Behavior::Status { status: 500, retry_after: None }).await;
+    let healthy = FakeOpenAi::start(Behavior::answer(1)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &healthy);
+    let mut flaky_provider = provider(&flaky);
+    flaky_provider.first_token_timeout_ms = 5_000;
+    config.inference.providers.insert("flaky".into(), flaky_provider);
+    let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
+    model.deployments = vec![deployment("flaky", "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
+    model.deployments[0].weight = 100;
+    config.inference.circuit.failure_threshold = 1;
+    config.inference.circuit.open_ms = 300;
+    let (gateway, api, _, key) = start(config).await;
+
+    // One failure opens the circuit; the call falls back to the healthy deployment.
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(flaky.requests(), 1);
+    assert_eq!(circuit_gauge(&api).await, "1");
+
+    // After the open period the next call is the probe: half-open while it is out, closed once
+    // it succeeds.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    flaky.script([Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }]);
+    let probe = {
+        let (api, key) = (api.clone(), key.clone());
+        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
+    };
+    while flaky.requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(circuit_gauge(&api).await, "2");
+    let reply = probe.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(circuit_gauge(&api).await, "0");
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
     let fake = FakeOpenAi::start(Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }).await;
