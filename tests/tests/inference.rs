@@ -498,18 +498,32 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_pays_exactly_for_what_
     gateway.stop().await;
 }
 
+/// gpt-4o-mini on two deployments: `first` (provider `name`, weight 100) before `fallback`'s,
+/// each circuit opening after `failure_threshold` consecutive failures for `open_ms`.
+fn first_then_fallback(
+    database: &TestDatabase,
+    fallback: &FakeOpenAi,
+    name: &str,
+    first: ProviderConfig,
+    failure_threshold: u32,
+    open_ms: u64,
+) -> GatewayConfig {
+    let mut config = config(database, fallback);
+    config.inference.providers.insert(name.into(), first);
+    let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
+    model.deployments = vec![deployment(name, "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
+    model.deployments[0].weight = 100;
+    config.inference.circuit.failure_threshold = failure_threshold;
+    config.inference.circuit.open_ms = open_ms;
+    config
+}
+
 #[tokio::test]
 async fn a_failing_deployment_falls_back_then_its_circuit_opens() {
     let broken = FakeOpenAi::start(Behavior::Status { status: 500, retry_after: None }).await;
     let healthy = FakeOpenAi::start(Behavior::answer(1)).await;
     let database = database(&backend());
-    let mut config = config(&database, &healthy);
-    config.inference.providers.insert("broken".into(), provider(&broken));
-    let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
-    model.deployments = vec![deployment("broken", "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
-    model.deployments[0].weight = 100;
-    config.inference.circuit.failure_threshold = 3;
-    config.inference.circuit.open_ms = 60_000;
+    let config = first_then_fallback(&database, &healthy, "broken", provider(&broken), 3, 60_000);
     let (gateway, api, _, key) = start(config).await;
 
     for _ in 0..20 {
@@ -540,15 +554,9 @@ async fn the_circuit_gauge_shows_a_half_open_circuit_while_its_probe_is_out() {
     let flaky = FakeOpenAi::start(Behavior::Status { status: 500, retry_after: None }).await;
     let healthy = FakeOpenAi::start(Behavior::answer(1)).await;
     let database = database(&backend());
-    let mut config = config(&database, &healthy);
     let mut flaky_provider = provider(&flaky);
     flaky_provider.first_token_timeout_ms = 5_000;
-    config.inference.providers.insert("flaky".into(), flaky_provider);
-    let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
-    model.deployments = vec![deployment("flaky", "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
-    model.deployments[0].weight = 100;
-    config.inference.circuit.failure_threshold = 1;
-    config.inference.circuit.open_ms = 300;
+    let config = first_then_fallback(&database, &healthy, "flaky", flaky_provider, 1, 300);
     let (gateway, api, _, key) = start(config).await;
 
     // One failure opens the circuit; the call falls back to the healthy deployment.
