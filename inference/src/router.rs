@@ -136,18 +136,22 @@ impl Router {
                         .cloned()
                         .ok_or_else(|| format!("inference.models.{name}: no provider `{}`", d.provider))?;
                     let label = format!("{}/{}", d.provider, d.model);
-                    Ok(Arc::new(Deployment {
-                        metrics: metrics.deployment(name, &label),
-                        label,
-                        upstream: Upstream::OpenAi(provider),
-                        upstream_model: d.model.clone(),
-                        weight: d.weight,
-                        input_nanos_per_million: d.input_nanos_per_million,
-                        output_nanos_per_million: d.output_nanos_per_million,
-                        max_concurrency,
-                        permits: Arc::new(Semaphore::new(max_concurrency as usize)),
-                        circuit: Circuit::new(&config.circuit),
-                    }))
+                    Ok(watched(
+                        metrics,
+                        name,
+                        Deployment {
+                            metrics: metrics.deployment(name, &label),
+                            label,
+                            upstream: Upstream::OpenAi(provider),
+                            upstream_model: d.model.clone(),
+                            weight: d.weight,
+                            input_nanos_per_million: d.input_nanos_per_million,
+                            output_nanos_per_million: d.output_nanos_per_million,
+                            max_concurrency,
+                            permits: Arc::new(Semaphore::new(max_concurrency as usize)),
+                            circuit: Circuit::new(&config.circuit),
+                        },
+                    ))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             models.insert(name.clone(), Arc::new(model(name, m, deployments)));
@@ -155,23 +159,41 @@ impl Router {
         if config.echo.enabled {
             let echo = &config.echo;
             let label = "echo/echo".to_owned();
-            let deployment = Arc::new(Deployment {
-                metrics: metrics.deployment(&echo.model, &label),
-                label,
-                upstream: Upstream::Echo(Echo { config: echo.clone() }),
-                upstream_model: echo.model.clone(),
-                weight: 1,
-                input_nanos_per_million: echo.input_nanos_per_million,
-                output_nanos_per_million: echo.output_nanos_per_million,
-                max_concurrency: 100_000,
-                permits: Arc::new(Semaphore::new(100_000)),
-                circuit: Circuit::new(&config.circuit),
-            });
+            let deployment = watched(
+                metrics,
+                &echo.model,
+                Deployment {
+                    metrics: metrics.deployment(&echo.model, &label),
+                    label,
+                    upstream: Upstream::Echo(Echo { config: echo.clone() }),
+                    upstream_model: echo.model.clone(),
+                    weight: 1,
+                    input_nanos_per_million: echo.input_nanos_per_million,
+                    output_nanos_per_million: echo.output_nanos_per_million,
+                    max_concurrency: 100_000,
+                    permits: Arc::new(Semaphore::new(100_000)),
+                    circuit: Circuit::new(&config.circuit),
+                },
+            );
             let config = ModelConfig { owned_by: "keel".into(), max_output_tokens: Some(4096), ..Default::default() };
             models.insert(echo.model.clone(), Arc::new(model(&echo.model, &config, vec![deployment])));
         }
         Ok(Self { models })
     }
+}
+
+impl shared::metrics::Bulkhead for Deployment {
+    fn slots(&self) -> (u32, u32) {
+        (self.in_flight(), self.max_concurrency)
+    }
+}
+
+/// The deployment, its bulkhead sampled by the metrics at each scrape.
+fn watched(metrics: &crate::metrics::InferenceMetrics, model: &str, deployment: Deployment) -> Arc<Deployment> {
+    let deployment = Arc::new(deployment);
+    let weak: std::sync::Weak<Deployment> = Arc::downgrade(&deployment);
+    metrics.watch_bulkhead(model, &deployment.label, weak);
+    deployment
 }
 
 fn model(name: &str, m: &ModelConfig, deployments: Vec<Arc<Deployment>>) -> ModelEntry {

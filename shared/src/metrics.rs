@@ -26,7 +26,7 @@ pub use billing::{
 pub use cache::{CacheHandle, CacheLayer, CacheMetrics, CacheResult};
 pub use db::{DbMetrics, PoolHandle, PoolRole, PoolSample, PoolSource};
 pub use http::{HttpMetrics, RecordHttpMetrics, metrics_endpoint};
-pub use inference::{InferenceHandle, InferenceMetrics};
+pub use inference::{Bulkhead, InferenceHandle, InferenceMetrics};
 pub use jobs::{JobMetrics, JobOutcome, JobState, QueueHandle};
 pub use ratelimit::{RateLimitHandle, RateLimitMetrics, RedisMetrics};
 
@@ -308,6 +308,38 @@ mod tests {
         ] {
             assert!(text.contains(&format!("# TYPE {family} {kind}\n")), "no TYPE line for {family} in\n{text}");
         }
+    }
+
+    struct Slots(std::sync::atomic::AtomicU32, u32);
+
+    impl Bulkhead for Slots {
+        fn slots(&self) -> (u32, u32) {
+            (self.0.load(std::sync::atomic::Ordering::Relaxed), self.1)
+        }
+    }
+
+    /// A watched bulkhead is sampled at each scrape, and forgotten once dropped.
+    #[test]
+    fn bulkheads_are_sampled_at_scrape_time_while_they_live() {
+        let metrics = Metrics::new(&build());
+        let text = metrics.encode(Format::Prometheus).unwrap();
+        assert!(!text.contains("keel_inference_bulkhead"), "no bulkhead yet, no family:\n{text}");
+
+        let slots = Arc::new(Slots(std::sync::atomic::AtomicU32::new(3), 8));
+        let weak: std::sync::Weak<Slots> = Arc::downgrade(&slots);
+        metrics.inference().watch_bulkhead("gpt-4o", "openai/gpt-4o", weak);
+        let labels = [("model", "gpt-4o"), ("deployment", "openai/gpt-4o")];
+        let s = samples(&metrics.encode(Format::Prometheus).unwrap());
+        assert_eq!(value(&s, "keel_inference_bulkhead_in_flight", &labels), Some(3.0));
+        assert_eq!(value(&s, "keel_inference_bulkhead_capacity", &labels), Some(8.0));
+
+        slots.0.store(5, std::sync::atomic::Ordering::Relaxed);
+        let s = samples(&metrics.encode(Format::Prometheus).unwrap());
+        assert_eq!(value(&s, "keel_inference_bulkhead_in_flight", &labels), Some(5.0));
+
+        drop(slots);
+        let text = metrics.encode(Format::Prometheus).unwrap();
+        assert!(!text.contains("keel_inference_bulkhead"), "a dropped bulkhead is not reported:\n{text}");
     }
 
     /// Every `keel_billing_*` series exists at 0 before anything is recorded, and each record

@@ -611,6 +611,14 @@ async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
     let metrics = api.get("/metrics", None).await;
     let text = metrics.body.as_str().unwrap();
     assert!(text.contains("keel_inference_refused_total{model=\"gpt-4o-mini\",reason=\"overloaded\"} 1\n"), "{text}");
+    let slots = |text: &str, family: &str| {
+        let series =
+            format!("keel_inference_bulkhead_{family}{{model=\"gpt-4o-mini\",deployment=\"fake/gpt-4o-mini\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("{series} in {text}"));
+        line[series.len()..].to_owned()
+    };
+    assert_eq!(slots(text, "in_flight"), "4", "the bulkhead's four slots are taken");
+    assert_eq!(slots(text, "capacity"), "4");
 
     // The other routes answer as fast as ever while the provider is slow.
     let mut slowest = Duration::ZERO;
@@ -624,6 +632,8 @@ async fn a_full_bulkhead_refuses_at_once_and_other_routes_keep_their_latency() {
     for call in slow {
         assert_eq!(call.await.unwrap().status, 200);
     }
+    let metrics = api.get("/metrics", None).await;
+    assert_eq!(slots(metrics.body.as_str().unwrap(), "in_flight"), "0", "the slots are given back");
     gateway.stop().await;
 }
 

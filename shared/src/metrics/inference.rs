@@ -2,12 +2,15 @@
 //! values come from the configuration, so they stay bounded.
 
 use super::{HistogramFamily, histogram_family};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 /// Every `kind` of `keel_inference_upstream_errors_total`: each deployment's series exist from
@@ -77,7 +80,16 @@ pub struct InferenceMetrics {
     circuit: Family<DeploymentLabels, Gauge>,
     overhead: HistogramFamily<RouteLabels>,
     refused: Family<RefusedLabels, Counter>,
+    bulkheads: Bulkheads,
 }
+
+/// A deployment's concurrency limit, read at scrape time (nothing on the call's path).
+pub trait Bulkhead: Send + Sync {
+    /// The calls in flight and the most the bulkhead admits.
+    fn slots(&self) -> (u32, u32);
+}
+
+type Bulkheads = Arc<Mutex<Vec<(DeploymentLabels, Weak<dyn Bulkhead>)>>>;
 
 impl InferenceMetrics {
     pub(super) fn register(registry: &mut Registry) -> Self {
@@ -92,6 +104,7 @@ impl InferenceMetrics {
             circuit: Family::default(),
             overhead: histogram_family(|| Histogram::new(OVERHEAD_BUCKETS.iter().copied())),
             refused: Family::default(),
+            bulkheads: Bulkheads::default(),
         };
         registry.register(
             "keel_inference_requests",
@@ -139,12 +152,20 @@ impl InferenceMetrics {
             "Model calls refused before any provider attempt, by model and reason: organization_concurrency (the organization's calls in flight in this process are at inference.max_concurrency_per_organization; 429) or overloaded (every deployment's bulkhead full or circuit open; 503)",
             metrics.refused.clone(),
         );
+        registry.register_collector(Box::new(BulkheadCollector { bulkheads: metrics.bulkheads.clone() }));
         metrics
     }
 
     /// A model call refused for `reason` (one of [`REFUSED_REASONS`]) before any attempt.
     pub fn refused(&self, model: &str, reason: &'static str) {
         self.refused.get_or_create(&RefusedLabels { model: model.to_owned(), reason }).inc();
+    }
+
+    /// Samples `bulkhead`, the limit of `deployment` of `model`, at every scrape until it is
+    /// dropped (`keel_inference_bulkhead_in_flight` and `keel_inference_bulkhead_capacity`).
+    pub fn watch_bulkhead(&self, model: &str, deployment: &str, bulkhead: Weak<dyn Bulkhead>) {
+        let labels = DeploymentLabels { model: model.to_owned(), deployment: deployment.to_owned() };
+        self.bulkheads.lock().unwrap_or_else(PoisonError::into_inner).push((labels, bulkhead));
     }
 
     /// The handles of one deployment of one model (labels from the configuration only).
@@ -245,5 +266,52 @@ impl InferenceHandle {
 
     pub fn circuit(&self, state: i64) {
         self.circuit.set(state);
+    }
+}
+
+/// Encodes the bulkheads' slots at scrape time.
+struct BulkheadCollector {
+    bulkheads: Bulkheads,
+}
+
+impl std::fmt::Debug for BulkheadCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkheadCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for BulkheadCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let in_flight = Family::<DeploymentLabels, Gauge>::default();
+        let capacity = Family::<DeploymentLabels, Gauge>::default();
+        {
+            let mut bulkheads = self.bulkheads.lock().unwrap_or_else(PoisonError::into_inner);
+            bulkheads.retain(|(labels, bulkhead)| match bulkhead.upgrade() {
+                Some(bulkhead) => {
+                    let (used, max) = bulkhead.slots();
+                    in_flight.get_or_create(labels).set(i64::from(used));
+                    capacity.get_or_create(labels).set(i64::from(max));
+                    true
+                }
+                None => false,
+            });
+            if bulkheads.is_empty() {
+                return Ok(());
+            }
+        }
+        let metric = encoder.encode_descriptor(
+            "keel_inference_bulkhead_in_flight",
+            "Calls holding a slot of the deployment's bulkhead, sampled at scrape time",
+            None,
+            MetricType::Gauge,
+        )?;
+        in_flight.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "keel_inference_bulkhead_capacity",
+            "The most calls the deployment's bulkhead admits at once (its provider's max_concurrency)",
+            None,
+            MetricType::Gauge,
+        )?;
+        capacity.encode(metric)
     }
 }
