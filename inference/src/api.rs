@@ -6,7 +6,7 @@
 
 use crate::error::InferenceError;
 use async_trait::async_trait;
-use auth::Principal;
+use auth::{OrganizationId, Principal};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -357,8 +357,11 @@ impl<T> Served<T> {
 /// provider failed after the answer had begun.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, InferenceError>> + Send>>;
 
-/// The inference domain. Every method acts for `caller`, an API key (a session is refused with
-/// `permission_denied`: model calls are billed to an organization's key).
+/// The inference domain. Every model call acts for `caller`, an API key (a session is refused
+/// with `permission_denied`: model calls are billed to an organization's key). The
+/// organization's administration ([`purge_response_cache`](Self::purge_response_cache)) takes a
+/// session or an API key, as auth's and billing's organization routes do, and answers
+/// `organization_not_found` for an organization the caller cannot see.
 #[async_trait]
 pub trait InferenceApi: Send + Sync {
     /// A chat completion in one answer (`stream` must not be true). With Keel's `file_search`
@@ -396,6 +399,19 @@ pub trait InferenceApi: Send + Sync {
     /// One model the caller's plan allows. Errors: `model_not_found` (unknown or not allowed),
     /// `permission_denied`, `service_unavailable`.
     async fn model(&self, caller: &Principal, id: &str) -> Result<Model, InferenceError>;
+
+    /// Drops every answer the response cache holds for the organization, before its TTL, in
+    /// every process (a namespace version bump, shared through Redis when configured): the
+    /// next identical request is a miss that calls a provider. Succeeds with nothing cached.
+    /// Owners and admins only: a session's role, or an API key with the `admin` scope.
+    ///
+    /// Errors: `organization_not_found` (not a member, or another organization's key),
+    /// `permission_denied` (a member, or a key without the `admin` scope), `service_unavailable`.
+    async fn purge_response_cache(
+        &self,
+        caller: &Principal,
+        organization_id: OrganizationId,
+    ) -> Result<(), InferenceError>;
 
     /// Whether the domain can serve (for `/readyz`).
     async fn ready(&self) -> Result<(), InferenceError>;

@@ -7,7 +7,9 @@
 //! model has no TTL of its own) or out with `x-keel-cache: off`. The key is the organization
 //! (a namespace of its own: no entry is ever served to another organization) and a SHA-256 of
 //! the request body in canonical form (keys sorted), without `stream` and `stream_options`,
-//! so that a streamed request hits a non-streamed answer and the other way round.
+//! so that a streamed request hits a non-streamed answer and the other way round. An
+//! organization's answers can be dropped together before their TTL ([`ResponseCache::purge`],
+//! `DELETE /v1/organizations/{org_id}/inference/cache`).
 
 use crate::api::*;
 use crate::config::{CacheHitBilling, InferenceConfig};
@@ -15,7 +17,7 @@ use crate::router::ModelEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use shared::cache::{Cache, CacheBackplane, CacheConfig, CacheKey};
+use shared::cache::{Cache, CacheBackplane, CacheConfig, CacheKey, Namespace};
 use shared::clock::Clock;
 use shared::metrics::CacheMetrics;
 use std::collections::BTreeMap;
@@ -24,6 +26,10 @@ use std::time::Duration;
 
 /// The name of the platform cache (its `cache` label in `keel_cache_*`, and in its Redis keys).
 const NAME: &str = "inference_responses";
+
+/// The namespace of an organization's answers (`Namespace::organization(org, NAMESPACE)`):
+/// every entry of one organization is in it, so that [`ResponseCache::purge`] drops them all.
+const NAMESPACE: &str = "chat";
 
 /// One cached answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,7 +101,14 @@ impl ResponseCache {
         if !deterministic(request) {
             return None;
         }
-        Some(Slot { key: CacheKey::organization(organization, "chat", request_hash(request)?), ttl })
+        Some(Slot { key: Namespace::organization(organization, NAMESPACE).key(request_hash(request)?), ttl })
+    }
+
+    /// Drops every answer of `organization`, here and in every other process: a version bump
+    /// of its namespace (never fails; with Redis unreachable, the bump is sent when it is back,
+    /// and this process's answers are dropped at once).
+    pub async fn purge(&self, organization: &str) {
+        self.cache.invalidate_namespace(&Namespace::organization(organization, NAMESPACE)).await;
     }
 
     /// The unexpired answer stored under `slot`, if any.

@@ -4,7 +4,7 @@
 use crate::api::*;
 use crate::error::InferenceError;
 use async_trait::async_trait;
-use auth::Principal;
+use auth::{OrganizationId, Principal};
 use futures_util::StreamExt;
 use shared::Secret;
 use shared::client::{RemoteClient, RemoteConfig};
@@ -111,6 +111,15 @@ impl InferenceApi for HttpInferenceClient {
             return Err(InferenceError::ModelNotFound(id.to_owned()));
         }
         self.remote.get(&format!("/v1/models/{id}")).bearer(&caller.credential).fetch().await
+    }
+
+    async fn purge_response_cache(
+        &self,
+        caller: &Principal,
+        organization_id: OrganizationId,
+    ) -> Result<(), InferenceError> {
+        let path = format!("/v1/organizations/{organization_id}/inference/cache");
+        self.remote.delete(&path).bearer(&caller.credential).execute().await
     }
 
     async fn ready(&self) -> Result<(), InferenceError> {

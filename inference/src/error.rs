@@ -34,10 +34,24 @@ pub enum InferenceError {
     #[error("Your plan does not allow the model `{0}`.")]
     #[api(kind = PermissionDenied, code = "model_not_allowed", param = "model")]
     ModelNotAllowed(String),
-    /// Model calls need an organization's API key, not a user session.
+    /// The caller may not do this: a session where an API key is needed, or a role that does not allow it.
+    ///
+    /// This variant is the first case: model and retrieval calls need an organization's API key,
+    /// not a user session. [`PermissionDenied`](Self::PermissionDenied) is the second, under the
+    /// same code; the line above, the first variant's, describes the code in the OpenAPI document.
     #[error("Model calls need an API key (Authorization: Bearer keel_sk_…), not a session.")]
     #[api(kind = PermissionDenied, code = "permission_denied")]
     ApiKeyRequired,
+    /// The caller is a member of the organization, not an owner or admin (a session's role, or
+    /// an API key without the `admin` scope, which acts as a member).
+    #[error("Only the organization's owners and admins manage its response cache.")]
+    #[api(kind = PermissionDenied, code = "permission_denied")]
+    PermissionDenied,
+    /// No such organization, or the caller is not a member of it (another organization's id
+    /// answers exactly as one that does not exist).
+    #[error("No such organization.")]
+    #[api(kind = NotFound, code = "organization_not_found")]
+    OrganizationNotFound,
     /// The plan's requests or tokens per minute are used up.
     #[error("Rate limit reached for {limit}; retry in {retry_after_secs} seconds.")]
     #[api(kind = RateLimited, code = "rate_limit_exceeded")]
@@ -133,6 +147,8 @@ mod tests {
             InferenceError::ModelNotFound("gpt-9".into()),
             InferenceError::ModelNotAllowed("gpt-9".into()),
             InferenceError::ApiKeyRequired,
+            InferenceError::PermissionDenied,
+            InferenceError::OrganizationNotFound,
             InferenceError::RateLimited { limit: "requests per minute".into(), retry_after_secs: 7 },
             InferenceError::InsufficientQuota,
             InferenceError::UpstreamRejected("bad tools".into()),

@@ -12,6 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpResponse, ResponseError};
+use auth::OrganizationId;
 use auth::web::Caller;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -37,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     Resource::new("/v1/embeddings").post(embeddings).register(cfg);
     Resource::new("/v1/models").get(list_models).register(cfg);
     Resource::new("/v1/models/{model}").get(get_model).register(cfg);
+    Resource::new("/v1/organizations/{org_id}/inference/cache").delete(purge_response_cache).register(cfg);
 }
 
 /// The codes of `InferenceError` each operation can answer with, beyond the platform's.
@@ -79,6 +81,7 @@ pub const ROUTE_ERRORS: &[(&str, &[&str])] = &[
     ),
     ("list_models", &["permission_denied"]),
     ("retrieve_model", &["permission_denied", "model_not_found"]),
+    ("purge_response_cache", &["organization_not_found", "permission_denied"]),
 ];
 
 /// The OpenAPI description of the routes, with their error codes.
@@ -91,7 +94,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(chat_completions, embeddings, list_models, get_model),
+    paths(chat_completions, embeddings, list_models, get_model, purge_response_cache),
     components(schemas(
         ChatCompletionRequest, ChatMessage, StreamOptions, ChatCompletionResponse, Choice, Usage,
         ChatCompletionChunk, ChunkChoice, Delta, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, Model, ModelList,
@@ -332,6 +335,22 @@ async fn list_models(api: Api, caller: Caller) -> Result<HttpResponse, Inference
 ))]
 async fn get_model(api: Api, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, InferenceError> {
     Ok(HttpResponse::Ok().json(api.model(&caller.0, &path.into_inner()).await?))
+}
+
+/// Drop every answer the response cache holds for the organization, before their TTL
+/// (owners and admins: a session, or an API key with the `admin` scope).
+#[utoipa::path(delete, path = "/v1/organizations/{org_id}/inference/cache", tag = "inference",
+    operation_id = "purge_response_cache", security(("bearer" = [])),
+    params(("org_id" = OrganizationId, Path, description = "The organization's id")), responses(
+    (status = 204, description = "Purged, in every process of the deployment: the next identical request is a miss. Also with nothing cached."),
+))]
+async fn purge_response_cache(
+    api: Api,
+    caller: Caller,
+    path: web::Path<OrganizationId>,
+) -> Result<HttpResponse, InferenceError> {
+    api.purge_response_cache(&caller.0, path.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[cfg(test)]

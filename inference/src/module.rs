@@ -8,6 +8,7 @@ use crate::rag_api::RagApi;
 use crate::service::InferenceService;
 use actix_web::web;
 use async_trait::async_trait;
+use auth::AuthApi;
 use billing::BillingApi;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::Secret;
@@ -102,6 +103,8 @@ impl Module for InferenceModule {
         contracts: &Contracts,
     ) -> Result<Arc<dyn Component>, BoxError> {
         let billing = contracts.require::<dyn BillingApi>(crate::DOMAIN)?;
+        // Auth says who administers an organization (`purge_response_cache`).
+        let auth = contracts.require::<dyn AuthApi>(crate::DOMAIN)?;
         let service = InferenceService::new(
             &self.config,
             platform.metrics.inference(),
@@ -110,7 +113,8 @@ impl Module for InferenceModule {
             platform.cache_backplane.clone(),
             platform.clock.clone(),
             platform.metrics.cache(),
-        )?;
+        )?
+        .with_auth(auth);
         // Retrieval embeds through the service's providers; grounded chat searches retrieval.
         let rag = RagService::new(db, &self.config, platform.clock.clone(), billing, &service)?;
         // A process that only runs jobs ingests but never searches: no index to hold there.

@@ -25,7 +25,7 @@ use crate::rag_api::{Citation, RagApi};
 use crate::router::{Deployment, ModelEntry, Pass, Router, Upstream};
 use crate::tokens;
 use async_trait::async_trait;
-use auth::{Principal, PrincipalKind};
+use auth::{AuthApi, AuthError, Principal, PrincipalKind};
 use billing::{BillingApi, BillingError, HoldId, Money, ReserveRequest, SettleRequest, UsageRecord};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
@@ -48,6 +48,9 @@ pub struct InferenceService {
     inner: Arc<Inner>,
     /// The retrieval of grounded chat (`file_search`); None: such requests are refused.
     retrieval: Option<Arc<dyn RagApi>>,
+    /// Who may administer an organization (`organization_role`); None: such calls are refused
+    /// as `internal_error` (a service built without it is a wiring bug, never a caller's).
+    auth: Option<Arc<dyn AuthApi>>,
 }
 
 impl std::fmt::Debug for InferenceService {
@@ -83,6 +86,19 @@ fn billing_error(error: BillingError) -> InferenceError {
         BillingError::BudgetExceeded { .. } => InferenceError::InsufficientQuota,
         BillingError::Unavailable(cause) => InferenceError::Unavailable(format!("billing: {cause}")),
         other => InferenceError::Internal(format!("billing: {other}")),
+    }
+}
+
+/// Auth's answers about an organization as inference's: what a caller may see of an
+/// organization is auth's to say.
+fn auth_error(error: AuthError) -> InferenceError {
+    match error {
+        AuthError::OrganizationNotFound => InferenceError::OrganizationNotFound,
+        AuthError::PermissionDenied | AuthError::InsufficientScope(_) | AuthError::SessionRequired => {
+            InferenceError::PermissionDenied
+        }
+        AuthError::Unavailable(cause) => InferenceError::Unavailable(format!("auth: {cause}")),
+        other => InferenceError::Internal(format!("auth: {other}")),
     }
 }
 
@@ -211,7 +227,30 @@ impl InferenceService {
                 metrics: metrics.clone(),
             }),
             retrieval: None,
+            auth: None,
         })
+    }
+
+    /// Enables the organization's administration ([`InferenceApi::purge_response_cache`]):
+    /// `auth` says the caller's role in an organization, as it does for billing.
+    pub fn with_auth(mut self, auth: Arc<dyn AuthApi>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Owners and admins of the organization (a session's role; an API key with the `admin`
+    /// scope acts as an admin, without it as a member): `organization_not_found` for a caller
+    /// who is not a member, `permission_denied` for a member.
+    async fn require_manager(
+        &self,
+        caller: &Principal,
+        organization_id: auth::OrganizationId,
+    ) -> Result<(), InferenceError> {
+        let Some(auth) = &self.auth else {
+            return Err(InferenceError::Internal("the inference service was built without auth".into()));
+        };
+        let role = auth.organization_role(caller, organization_id).await.map_err(auth_error)?;
+        if role.can_manage() { Ok(()) } else { Err(InferenceError::PermissionDenied) }
     }
 
     /// Enables grounded chat: a chat request's `file_search` is answered by searching `rag`
@@ -1170,6 +1209,18 @@ impl InferenceApi for InferenceService {
             .filter(|m| limits.allows_model(&m.name))
             .ok_or_else(|| InferenceError::ModelNotFound(id.to_owned()))?;
         Ok(self.describe(model))
+    }
+
+    #[tracing::instrument(skip_all, fields(organization.id = %organization_id))]
+    async fn purge_response_cache(
+        &self,
+        caller: &Principal,
+        organization_id: auth::OrganizationId,
+    ) -> Result<(), InferenceError> {
+        self.require_manager(caller, organization_id).await?;
+        self.inner.cache.purge(&organization_id.to_string()).await;
+        tracing::info!("response cache purged");
+        Ok(())
     }
 
     async fn ready(&self) -> Result<(), InferenceError> {

@@ -520,6 +520,7 @@ async fn request_ids_health_readiness_and_the_openapi_document() {
         ("post", "/v1/embeddings"),
         ("get", "/v1/models"),
         ("get", "/v1/models/{model}"),
+        ("delete", "/v1/organizations/{org_id}/inference/cache"),
         // retrieval
         ("post", "/v1/files"),
         ("get", "/v1/files"),

@@ -950,3 +950,127 @@ async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when
     assert_eq!(spent, 4 * cost(7, 3));
     gateway.stop().await;
 }
+
+/// Asks `body` once more with `key`: its `x-keel-cache` answer, and whether it reached the
+/// provider.
+async fn ask(api: &Client, key: &str, body: &Value, fake: &FakeOpenAi) -> (String, bool) {
+    let before = fake.requests();
+    let reply = chat_with(api, key, body, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    (reply.header("x-keel-cache").unwrap_or("absent").to_owned(), fake.requests() > before)
+}
+
+/// A new account, not subscribed to anything: (email, session token).
+async fn account(api: &Client) -> (String, String) {
+    let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
+    let reply = api.post("/v1/auth/signup", None, &json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    (email, reply.body["token"].as_str().unwrap().to_owned())
+}
+
+/// The purge of an organization's cached answers, over HTTP through `api` (a gateway whose
+/// `gpt-4o-mini` caches them, in process or remote): who may purge, what it drops, what not.
+async fn purge_story(api: &Client, fake: &FakeOpenAi) {
+    let (session, key, org) = credentials(api).await;
+    let purge = |org: &str| format!("/v1/organizations/{org}/inference/cache");
+
+    // Nothing cached yet: nothing to purge, and it succeeds.
+    let reply = api.delete(&purge(&org), Some(&session)).await;
+    assert_eq!((reply.status, &reply.body), (204, &Value::Null));
+
+    let body = deterministic("Purge me", false);
+    assert_eq!(ask(api, &key, &body, fake).await, ("miss".into(), true));
+    assert_eq!(ask(api, &key, &body, fake).await, ("hit".into(), false));
+
+    // Another organization purges its own answers: they go, this one's stay. (Without Redis,
+    // L1 tracks namespace versions in 1,024 stripes: when the two organizations share one, one
+    // time in 1,024, the other's purge costs this one a miss, never a stale answer. With Redis,
+    // as in CI, the L2 read settles it exactly.)
+    let (other_session, other_key, other_org) = credentials(api).await;
+    assert_eq!(ask(api, &other_key, &body, fake).await, ("miss".into(), true));
+    assert_eq!(ask(api, &other_key, &body, fake).await, ("hit".into(), false));
+    assert_eq!(api.delete(&purge(&other_org), Some(&other_session)).await.status, 204);
+    assert_eq!(ask(api, &other_key, &body, fake).await, ("miss".into(), true));
+    match ask(api, &key, &body, fake).await {
+        (status, false) if status == "hit" => {}
+        (status, true) if status == "miss" && shared::testing::redis_url().is_none() => {}
+        other => panic!("another organization's purge changed this one's cache: {other:?}"),
+    }
+
+    // Another organization's owner, on this organization: 404 as for one that does not exist.
+    let not_found = json!({"error": {"message": "No such organization.", "type": "not_found_error",
+        "code": "organization_not_found", "param": null}});
+    let reply = api.delete(&purge(&org), Some(&other_session)).await;
+    assert_eq!((reply.status, &reply.body), (404, &not_found));
+    let reply = api.delete(&purge(&auth::OrganizationId::new().to_string()), Some(&session)).await;
+    assert_eq!((reply.status, &reply.body), (404, &not_found));
+    // Another organization's key too.
+    let reply = api.delete(&purge(&org), Some(&other_key)).await;
+    assert_eq!((reply.status, &reply.body), (404, &not_found));
+
+    // A member who is not an owner or admin, and a key without the `admin` scope (it acts as
+    // a member): 403.
+    let (member_email, member) = account(api).await;
+    let members = format!("/v1/organizations/{org}/members");
+    let reply = api.post(&members, Some(&session), &json!({"email": member_email, "role": "member"})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let forbidden = json!({"error": {"message": "Only the organization's owners and admins manage its response cache.",
+        "type": "permission_error", "code": "permission_denied", "param": null}});
+    let reply = api.delete(&purge(&org), Some(&member)).await;
+    assert_eq!((reply.status, &reply.body), (403, &forbidden));
+    let reply = api.delete(&purge(&org), Some(&key)).await;
+    assert_eq!((reply.status, &reply.body), (403, &forbidden));
+    assert_eq!(ask(api, &key, &body, fake).await, ("hit".into(), false), "refused purges drop nothing");
+
+    // The owner purges: the next identical request is a miss that reaches the provider, and
+    // its answer is cached again.
+    let reply = api.delete(&purge(&org), Some(&session)).await;
+    assert_eq!((reply.status, &reply.body), (204, &Value::Null));
+    assert_eq!(ask(api, &key, &body, fake).await, ("miss".into(), true));
+    assert_eq!(ask(api, &key, &body, fake).await, ("hit".into(), false));
+
+    // An admin (a session) and a key with the `admin` scope purge as well.
+    let (admin_email, admin) = account(api).await;
+    let reply = api.post(&members, Some(&session), &json!({"email": admin_email, "role": "admin"})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(api.delete(&purge(&org), Some(&admin)).await.status, 204);
+    assert_eq!(ask(api, &key, &body, fake).await, ("miss".into(), true));
+    let keys = format!("/v1/organizations/{org}/api-keys");
+    let reply = api.post(&keys, Some(&session), &json!({"name": "ops", "scopes": ["admin"]})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let admin_key = reply.body["key"].as_str().unwrap().to_owned();
+    assert_eq!(api.delete(&purge(&org), Some(&admin_key)).await.status, 204);
+    assert_eq!(ask(api, &key, &body, fake).await, ("miss".into(), true));
+    assert_eq!(ask(api, &key, &body, fake).await, ("hit".into(), false));
+}
+
+/// On SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set.
+#[tokio::test]
+async fn an_owner_or_admin_purges_the_organizations_cached_answers() {
+    for backend in shared::testing::backends() {
+        let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+        let database = database(&backend);
+        let gateway = TestGateway::start(caching_config(&database, &fake), None).await;
+        purge_story(&gateway.client(), &fake).await;
+        gateway.stop().await;
+    }
+}
+
+/// The same story through a front gateway whose inference domain is remote
+/// (`HttpInferenceClient`): the purge reaches the service that holds the cache, and its
+/// refusals come back as the same envelopes. On every test backend.
+#[tokio::test]
+async fn an_owner_or_admin_purges_the_organizations_cached_answers_through_a_remote_inference_service() {
+    for backend in shared::testing::backends() {
+        let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+        let database = database(&backend);
+        let service = TestGateway::start(caching_config(&database, &fake), None).await;
+        // The front's own cache settings play no part: the cache is the service's.
+        let mut front = config(&database, &fake);
+        front.inference.url = Some(shared::Secret::new(service.url()));
+        let front = TestGateway::start(front, None).await;
+        purge_story(&front.client(), &fake).await;
+        front.stop().await;
+        service.stop().await;
+    }
+}
