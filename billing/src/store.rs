@@ -490,11 +490,14 @@ pub(crate) fn ledger_page(
 // --- holds ---
 
 /// Reads a hold under its row lock (PostgreSQL: a no-op update locks the row until commit;
-/// SQLite's write transactions are serialised already), so the amounts the caller computes from
-/// cannot change under it. The first statement of every transaction that closes or draws from
-/// a hold.
+/// SQLite's write transactions are serialised already: they begin with `BEGIN IMMEDIATE`, so
+/// the update would only cost a statement per lease commit), so the amounts the caller computes
+/// from cannot change under it. The first statement of every transaction that closes or draws
+/// from a hold.
 pub(crate) fn lock_hold(conn: &mut Conn, id: &str) -> QueryResult<Option<HoldRow>> {
-    cached::execute(conn, cached::LockHold { id })?;
+    if matches!(conn, Conn::Pg(_)) {
+        cached::execute(conn, cached::LockHold { id })?;
+    }
     find_hold(conn, id)
 }
 
