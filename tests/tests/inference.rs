@@ -1007,6 +1007,9 @@ async fn purge_story(api: &Client, fake: &FakeOpenAi) {
     // Another organization's key too.
     let reply = api.delete(&purge(&org), Some(&other_key)).await;
     assert_eq!((reply.status, &reply.body), (404, &not_found));
+    // An id of the wrong shape names nothing; no credential at all is refused first.
+    api.delete(&purge("not-an-id"), Some(&session)).await.assert_error(404, "not_found");
+    api.delete(&purge(&org), None).await.assert_error(401, "unauthenticated");
 
     // A member who is not an owner or admin, and a key without the `admin` scope (it acts as
     // a member): 403.
