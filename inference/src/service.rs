@@ -505,10 +505,8 @@ impl InferenceService {
                 let deployment = &plan[next % plan.len()];
                 next += 1;
                 let Some(permit) = deployment.try_acquire() else { continue };
-                match deployment.circuit.allow() {
-                    Pass::Refused => continue,
-                    Pass::Probe => deployment.metrics.circuit(deployment.circuit.gauge()),
-                    Pass::Closed => {}
+                if deployment.circuit.allow() == Pass::Refused {
+                    continue;
                 }
                 picked = Some((deployment.clone(), permit));
                 break;
@@ -524,7 +522,11 @@ impl InferenceService {
             let failure = match result {
                 Ok(value) => {
                     if deployment.circuit.success() {
-                        deployment.metrics.circuit(deployment.circuit.gauge());
+                        tracing::info!(
+                            inference.model = %model.name,
+                            inference.deployment = %deployment.label,
+                            "circuit closed: the probe succeeded"
+                        );
                     }
                     return Ok((value, deployment, permit, waited));
                 }
@@ -542,7 +544,11 @@ impl InferenceService {
             );
             let counts_for_circuit = !matches!(failure, Failure::Status { status, .. } if status < 500);
             if counts_for_circuit && deployment.circuit.failure() {
-                deployment.metrics.circuit(deployment.circuit.gauge());
+                tracing::warn!(
+                    inference.model = %model.name,
+                    inference.deployment = %deployment.label,
+                    "circuit opened: calls skip this deployment until the open period is over"
+                );
             }
             if !failure.retryable() || n + 1 >= retry.max_attempts {
                 last = Some(failure);

@@ -565,9 +565,10 @@ async fn the_circuit_gauge_shows_a_half_open_circuit_while_its_probe_is_out() {
     assert_eq!(flaky.requests(), 1);
     assert_eq!(circuit_gauge(&api).await, "1");
 
-    // After the open period the next call is the probe: half-open while it is out, closed once
-    // it succeeds.
+    // After the open period the circuit is half-open before any call (the next one is the
+    // probe), still half-open while the probe is out, and closed once it succeeds.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(circuit_gauge(&api).await, "2");
     flaky.script([Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }]);
     let probe = {
         let (api, key) = (api.clone(), key.clone());
@@ -884,6 +885,16 @@ async fn the_response_cache_replays_deterministic_answers_within_an_organization
     assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("hit"));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("miss"));
+
+    // Each model's lookups, as the headers said: only cacheable calls look up.
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    for (model, hits, misses) in [("gpt-4o-mini", 3, 5), ("echo", 1, 1), ("short", 1, 2)] {
+        for (result, n) in [("hit", hits), ("miss", misses)] {
+            let line = format!("keel_inference_cache_lookups_total{{model=\"{model}\",result=\"{result}\"}} {n}\n");
+            assert!(text.contains(&line), "no `{}` in\n{text}", line.trim_end());
+        }
+    }
 
     // Hits are free by default: the organization paid for its misses only: 9 of 7 + 3 tokens
     // (2 misses, 4 uncached calls and the bypass on gpt-4o-mini, 2 misses on short) and the 2
