@@ -19,7 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shared::cache::{Cache, CacheBackplane, CacheConfig, CacheKey, Namespace};
 use shared::clock::Clock;
-use shared::metrics::CacheMetrics;
+use shared::metrics::{CacheLookups, CacheMetrics};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,8 @@ pub(crate) struct ResponseCache {
 pub(crate) struct Slot {
     pub key: CacheKey,
     pub ttl: Duration,
+    /// The model's hit and miss counters.
+    lookups: Option<CacheLookups>,
 }
 
 impl ResponseCache {
@@ -101,7 +103,11 @@ impl ResponseCache {
         if !deterministic(request) {
             return None;
         }
-        Some(Slot { key: Namespace::organization(organization, NAMESPACE).key(request_hash(request)?), ttl })
+        Some(Slot {
+            key: Namespace::organization(organization, NAMESPACE).key(request_hash(request)?),
+            ttl,
+            lookups: model.cache_lookups.clone(),
+        })
     }
 
     /// Drops every answer of `organization`, here and in every other process: a version bump
@@ -111,10 +117,14 @@ impl ResponseCache {
         self.cache.invalidate_namespace(&Namespace::organization(organization, NAMESPACE)).await;
     }
 
-    /// The unexpired answer stored under `slot`, if any.
+    /// The unexpired answer stored under `slot`, if any (a hit or a miss of its model).
     pub async fn get(&self, slot: &Slot) -> Option<CachedAnswer> {
-        let answer = self.cache.get(&slot.key).await?;
-        (answer.expires_at_ms > self.clock.now().timestamp_millis()).then_some(answer)
+        let now = self.clock.now().timestamp_millis();
+        let answer = self.cache.get(&slot.key).await.filter(|answer| answer.expires_at_ms > now);
+        if let Some(lookups) = &slot.lookups {
+            lookups.record(answer.is_some());
+        }
+        answer
     }
 
     /// Stores `response` under `slot`, unless it is larger than `max_entry_bytes`. Awaited

@@ -69,6 +69,8 @@ pub(crate) struct ModelEntry {
     pub deployments: Vec<Arc<Deployment>>,
     /// The response cache's TTL for this model's deterministic answers, if it caches them.
     pub cache_ttl_secs: Option<u64>,
+    /// The response cache's hits and misses (chat models only: embeddings are not cached).
+    pub cache_lookups: Option<shared::metrics::CacheLookups>,
 }
 
 impl ModelEntry {
@@ -154,7 +156,7 @@ impl Router {
                     ))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            models.insert(name.clone(), Arc::new(model(name, m, deployments)));
+            models.insert(name.clone(), Arc::new(model(metrics, name, m, deployments)));
         }
         if config.echo.enabled {
             let echo = &config.echo;
@@ -176,27 +178,36 @@ impl Router {
                 },
             );
             let config = ModelConfig { owned_by: "keel".into(), max_output_tokens: Some(4096), ..Default::default() };
-            models.insert(echo.model.clone(), Arc::new(model(&echo.model, &config, vec![deployment])));
+            models.insert(echo.model.clone(), Arc::new(model(metrics, &echo.model, &config, vec![deployment])));
         }
         Ok(Self { models })
     }
 }
 
-impl shared::metrics::Bulkhead for Deployment {
+impl shared::metrics::DeploymentState for Deployment {
     fn slots(&self) -> (u32, u32) {
         (self.in_flight(), self.max_concurrency)
     }
+
+    fn circuit(&self) -> i64 {
+        self.circuit.gauge()
+    }
 }
 
-/// The deployment, its bulkhead sampled by the metrics at each scrape.
+/// The deployment, its bulkhead and circuit sampled by the metrics at each scrape.
 fn watched(metrics: &crate::metrics::InferenceMetrics, model: &str, deployment: Deployment) -> Arc<Deployment> {
     let deployment = Arc::new(deployment);
     let weak: std::sync::Weak<Deployment> = Arc::downgrade(&deployment);
-    metrics.watch_bulkhead(model, &deployment.label, weak);
+    metrics.watch_deployment(model, &deployment.label, weak);
     deployment
 }
 
-fn model(name: &str, m: &ModelConfig, deployments: Vec<Arc<Deployment>>) -> ModelEntry {
+fn model(
+    metrics: &crate::metrics::InferenceMetrics,
+    name: &str,
+    m: &ModelConfig,
+    deployments: Vec<Arc<Deployment>>,
+) -> ModelEntry {
     ModelEntry {
         name: name.to_owned(),
         kind: m.kind,
@@ -205,6 +216,7 @@ fn model(name: &str, m: &ModelConfig, deployments: Vec<Arc<Deployment>>) -> Mode
         owned_by: m.owned_by.clone(),
         deployments,
         cache_ttl_secs: m.cache_ttl_secs,
+        cache_lookups: (m.kind == ModelKind::Chat).then(|| metrics.cache_lookups(name)),
     }
 }
 
@@ -297,12 +309,14 @@ impl Circuit {
         open
     }
 
-    /// 0 closed, 1 open, 2 half-open (the `keel_inference_circuit_state` gauge).
+    /// 0 closed, 1 open, 2 half-open (the `keel_inference_circuit_state` gauge, read at each
+    /// scrape): an open circuit whose open period is over counts as half-open, since the next
+    /// call will be its probe.
     pub(crate) fn gauge(&self) -> i64 {
         match *self.lock() {
             CircuitState::Closed => 0,
-            CircuitState::Open { .. } => 1,
-            CircuitState::HalfOpen { .. } => 2,
+            CircuitState::Open { until } if Instant::now() < until => 1,
+            CircuitState::Open { .. } | CircuitState::HalfOpen { .. } => 2,
         }
     }
 }
@@ -319,7 +333,7 @@ mod tests {
         assert!(circuit.failure(), "the second consecutive failure opens it");
         assert_eq!((circuit.allow(), circuit.gauge()), (Pass::Refused, 1));
         tokio::time::advance(Duration::from_millis(1_001)).await;
-        assert_eq!(circuit.gauge(), 1, "open until a call probes");
+        assert_eq!(circuit.gauge(), 2, "half-open once the open period is over, before any call");
         assert_eq!(circuit.allow(), Pass::Probe, "one probe after the open period");
         assert_eq!(circuit.gauge(), 2, "half-open while the probe is out");
         assert_eq!(circuit.allow(), Pass::Refused, "only one");

@@ -117,15 +117,43 @@ struct Admission {
     /// The organization's in-flight slot, given back when the call's admission is dropped (none
     /// for the embeddings of background work, which the job queue already bounds).
     _slot: Option<InFlightSlot>,
+    /// The tokens per minute the call was admitted with (none: not counted, as for a cache hit
+    /// or background work).
+    tokens: Option<TokenGrant>,
+}
+
+/// The tokens a call took from its key's and its organization's tokens per minute at admission
+/// (its prompt's estimate plus its output cap), so that what it did not use goes back.
+struct TokenGrant {
+    limiter: Arc<dyn RateLimiter>,
+    quota: Quota,
+    keys: Vec<RateKey>,
+    admitted: u32,
+}
+
+impl TokenGrant {
+    /// Gives back what the call did not use of its grant, having used `used` tokens.
+    async fn give_back(self, used: u64) {
+        let unused = u64::from(self.admitted).saturating_sub(used);
+        let unused = u32::try_from(unused).unwrap_or(u32::MAX);
+        if unused == 0 {
+            return;
+        }
+        for key in &self.keys {
+            self.limiter.refund(key, self.quota, unused).await;
+        }
+    }
 }
 
 impl Admission {
     /// Settles the hold with `usage` (or, with no hold, records the usage), in the background
-    /// with retries: idempotent by the request id, so a retry never charges twice.
+    /// with retries: idempotent by the request id, so a retry never charges twice. The tokens
+    /// per minute the call did not use go back to its limits.
     fn settle(&mut self, input_tokens: u64, output_tokens: u64, cost: Money) {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
+        let unused = self.tokens.take().map(|grant| (grant, input_tokens.saturating_add(output_tokens)));
         let usage = UsageRecord {
             request_id: self.request_id.clone(),
             model: self.model.clone(),
@@ -137,7 +165,7 @@ impl Admission {
         let billing = self.billing.clone();
         let hold = self.hold;
         let organization_id = self.organization_id;
-        spawn_with_retries("settle", move || {
+        spawn_with_retries("settle", unused, move || {
             let billing = billing.clone();
             let usage = usage.clone();
             async move {
@@ -157,19 +185,28 @@ impl Drop for Admission {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        if let Some(hold) = self.hold {
-            let billing = self.billing.clone();
-            spawn_with_retries("release", move || {
-                let billing = billing.clone();
-                async move { billing.release(hold).await }
-            });
+        // Nothing was used: the whole grant goes back.
+        let unused = self.tokens.take().map(|grant| (grant, 0));
+        match self.hold {
+            Some(hold) => {
+                let billing = self.billing.clone();
+                spawn_with_retries("release", unused, move || {
+                    let billing = billing.clone();
+                    async move { billing.release(hold).await }
+                });
+            }
+            None => {
+                if let (Some((grant, used)), Ok(runtime)) = (unused, tokio::runtime::Handle::try_current()) {
+                    runtime.spawn(grant.give_back(used));
+                }
+            }
         }
     }
 }
 
 /// Runs a billing call in the background, retrying while billing is unavailable (5 attempts,
 /// backoff from 100 ms); other errors are logged.
-fn spawn_with_retries<F, Fut>(what: &'static str, call: F)
+fn spawn_with_retries<F, Fut>(what: &'static str, unused: Option<(TokenGrant, u64)>, call: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), BillingError>> + Send,
@@ -179,6 +216,10 @@ where
         return;
     };
     runtime.spawn(async move {
+        // In the same task as the billing call: no task of its own on the call's path.
+        if let Some((grant, used)) = unused {
+            grant.give_back(used).await;
+        }
         for attempt in 0..5u32 {
             match call().await {
                 Ok(()) => return,
@@ -381,15 +422,29 @@ impl InferenceService {
             let limit = u32::try_from(limits.tokens_per_minute).unwrap_or(u32::MAX);
             checks.push(("inference_tokens", "tokens per minute", limit, tokens));
         }
+        let limiter = &self.inner.limiter;
+        // What the checks so far took, given back if a later one refuses: a refused call
+        // counts against none of the limits.
+        let mut taken: Vec<(RateKey, Quota, u32)> = Vec::with_capacity(4);
+        let mut grant = None;
         for (class, what, limit, cost) in checks {
             let quota = Quota { limit, period_secs: 60 };
             let cost = u32::try_from(cost).unwrap_or(u32::MAX);
             for subject in [Subject::ApiKey(key.clone()), Subject::Organization(org.to_string())] {
-                let decision = self.inner.limiter.check(&RateKey::new(class, subject), quota, cost).await;
+                let rate_key = RateKey::new(class, subject);
+                let decision = limiter.check(&rate_key, quota, cost).await;
                 if !decision.allowed {
+                    for (key, quota, units) in &taken {
+                        limiter.refund(key, *quota, *units).await;
+                    }
                     let retry_after_secs = decision.retry_after.map_or(60, |d| d.as_secs_f64().ceil() as u64).max(1);
                     return Err(InferenceError::RateLimited { limit: what.into(), retry_after_secs });
                 }
+                taken.push((rate_key, quota, cost));
+            }
+            if class == "inference_tokens" {
+                let keys = taken.iter().filter(|(k, ..)| k.class == class).map(|(k, ..)| k.clone()).collect();
+                grant = Some(TokenGrant { limiter: limiter.clone(), quota, keys, admitted: cost });
             }
         }
         // The billing key of this call (the hold's idempotency key and the usage's request id):
@@ -410,6 +465,7 @@ impl InferenceService {
             hold: None,
             closed: false,
             _slot: Some(slot),
+            tokens: grant,
         };
         if amount > Money::ZERO {
             let hold = billing
@@ -505,10 +561,8 @@ impl InferenceService {
                 let deployment = &plan[next % plan.len()];
                 next += 1;
                 let Some(permit) = deployment.try_acquire() else { continue };
-                match deployment.circuit.allow() {
-                    Pass::Refused => continue,
-                    Pass::Probe => deployment.metrics.circuit(deployment.circuit.gauge()),
-                    Pass::Closed => {}
+                if deployment.circuit.allow() == Pass::Refused {
+                    continue;
                 }
                 picked = Some((deployment.clone(), permit));
                 break;
@@ -524,7 +578,11 @@ impl InferenceService {
             let failure = match result {
                 Ok(value) => {
                     if deployment.circuit.success() {
-                        deployment.metrics.circuit(deployment.circuit.gauge());
+                        tracing::info!(
+                            inference.model = %model.name,
+                            inference.deployment = %deployment.label,
+                            "circuit closed: the probe succeeded"
+                        );
                     }
                     return Ok((value, deployment, permit, waited));
                 }
@@ -542,7 +600,11 @@ impl InferenceService {
             );
             let counts_for_circuit = !matches!(failure, Failure::Status { status, .. } if status < 500);
             if counts_for_circuit && deployment.circuit.failure() {
-                deployment.metrics.circuit(deployment.circuit.gauge());
+                tracing::warn!(
+                    inference.model = %model.name,
+                    inference.deployment = %deployment.label,
+                    "circuit opened: calls skip this deployment until the open period is over"
+                );
             }
             if !failure.retryable() || n + 1 >= retry.max_attempts {
                 last = Some(failure);

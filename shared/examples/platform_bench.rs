@@ -2,7 +2,7 @@
 //! `cargo run --release -p shared --features server --example platform_bench`).
 //!
 //! - cache L1 hit latency, and L1-miss/L2-hit latency over Redis;
-//! - rate-limit decisions per second, in process (governor) and on Redis (one Lua script each).
+//! - rate-limit decisions per second, in process (GCRA over a sharded map) and on Redis (one Lua script each).
 //!
 //! Redis figures need `KEEL_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`); keys use a
 //! throw-away prefix and expire. Every loop is bounded by a count and a time limit.

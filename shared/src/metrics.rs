@@ -26,7 +26,7 @@ pub use billing::{
 pub use cache::{CacheHandle, CacheLayer, CacheMetrics, CacheResult};
 pub use db::{DbMetrics, PoolHandle, PoolRole, PoolSample, PoolSource};
 pub use http::{HttpMetrics, RecordHttpMetrics, metrics_endpoint};
-pub use inference::{Bulkhead, InferenceHandle, InferenceMetrics};
+pub use inference::{CacheLookups, DeploymentState, InferenceHandle, InferenceMetrics};
 pub use jobs::{JobMetrics, JobOutcome, JobState, QueueHandle};
 pub use ratelimit::{RateLimitHandle, RateLimitMetrics, RedisMetrics};
 
@@ -310,36 +310,63 @@ mod tests {
         }
     }
 
-    struct Slots(std::sync::atomic::AtomicU32, u32);
+    struct State(std::sync::atomic::AtomicU32, u32, std::sync::atomic::AtomicI64);
 
-    impl Bulkhead for Slots {
+    impl DeploymentState for State {
         fn slots(&self) -> (u32, u32) {
             (self.0.load(std::sync::atomic::Ordering::Relaxed), self.1)
         }
+        fn circuit(&self) -> i64 {
+            self.2.load(std::sync::atomic::Ordering::Relaxed)
+        }
     }
 
-    /// A watched bulkhead is sampled at each scrape, and forgotten once dropped.
+    /// A watched deployment is sampled at each scrape, and forgotten once dropped.
     #[test]
-    fn bulkheads_are_sampled_at_scrape_time_while_they_live() {
+    fn deployments_are_sampled_at_scrape_time_while_they_live() {
+        use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::Relaxed};
         let metrics = Metrics::new(&build());
         let text = metrics.encode(Format::Prometheus).unwrap();
-        assert!(!text.contains("keel_inference_bulkhead"), "no bulkhead yet, no family:\n{text}");
+        assert!(!text.contains("keel_inference_bulkhead"), "no deployment yet, no family:\n{text}");
+        assert!(!text.contains("keel_inference_circuit_state"), "no deployment yet, no family:\n{text}");
 
-        let slots = Arc::new(Slots(std::sync::atomic::AtomicU32::new(3), 8));
-        let weak: std::sync::Weak<Slots> = Arc::downgrade(&slots);
-        metrics.inference().watch_bulkhead("gpt-4o", "openai/gpt-4o", weak);
+        let state = Arc::new(State(AtomicU32::new(3), 8, AtomicI64::new(0)));
+        let weak: std::sync::Weak<State> = Arc::downgrade(&state);
+        metrics.inference().watch_deployment("gpt-4o", "openai/gpt-4o", weak);
         let labels = [("model", "gpt-4o"), ("deployment", "openai/gpt-4o")];
         let s = samples(&metrics.encode(Format::Prometheus).unwrap());
         assert_eq!(value(&s, "keel_inference_bulkhead_in_flight", &labels), Some(3.0));
         assert_eq!(value(&s, "keel_inference_bulkhead_capacity", &labels), Some(8.0));
+        assert_eq!(value(&s, "keel_inference_circuit_state", &labels), Some(0.0));
 
-        slots.0.store(5, std::sync::atomic::Ordering::Relaxed);
+        state.0.store(5, Relaxed);
+        state.2.store(2, Relaxed);
         let s = samples(&metrics.encode(Format::Prometheus).unwrap());
         assert_eq!(value(&s, "keel_inference_bulkhead_in_flight", &labels), Some(5.0));
+        assert_eq!(value(&s, "keel_inference_circuit_state", &labels), Some(2.0));
 
-        drop(slots);
+        drop(state);
         let text = metrics.encode(Format::Prometheus).unwrap();
-        assert!(!text.contains("keel_inference_bulkhead"), "a dropped bulkhead is not reported:\n{text}");
+        assert!(!text.contains("keel_inference_bulkhead"), "a dropped deployment is not reported:\n{text}");
+        assert!(!text.contains("keel_inference_circuit_state"), "a dropped deployment is not reported:\n{text}");
+    }
+
+    /// A model's cache lookups exist at 0 once asked for, and each record moves its own series.
+    #[test]
+    fn cache_lookups_count_hits_and_misses_per_model() {
+        let metrics = Metrics::new(&build());
+        let lookups = metrics.inference().cache_lookups("gpt-4o");
+        let hit = [("model", "gpt-4o"), ("result", "hit")];
+        let miss = [("model", "gpt-4o"), ("result", "miss")];
+        let s = samples(&metrics.encode(Format::Prometheus).unwrap());
+        assert_eq!(value(&s, "keel_inference_cache_lookups_total", &hit), Some(0.0));
+        assert_eq!(value(&s, "keel_inference_cache_lookups_total", &miss), Some(0.0));
+        lookups.record(false);
+        lookups.record(true);
+        lookups.record(true);
+        let s = samples(&metrics.encode(Format::Prometheus).unwrap());
+        assert_eq!(value(&s, "keel_inference_cache_lookups_total", &hit), Some(2.0));
+        assert_eq!(value(&s, "keel_inference_cache_lookups_total", &miss), Some(1.0));
     }
 
     /// Every `keel_billing_*` series exists at 0 before anything is recorded, and each record

@@ -96,6 +96,34 @@ async fn units_come_back_at_the_emission_interval() {
     assert!(limiter.check(&key, quota, 1).await.allowed, "admitted once retry_after has passed");
 }
 
+#[tokio::test]
+async fn units_given_back_in_one_process_are_spendable_in_another_up_to_a_full_bucket() {
+    let Some(redis) = test_redis().await else { return };
+    let a = RedisRateLimiter::new(redis.clone(), Fallback::new());
+    let b = RedisRateLimiter::new(another(&redis).await, Fallback::new());
+    let quota = Quota::new(10, 3600); // nothing comes back by itself during the test
+    let key = RateKey::new("inference_tokens", Subject::Organization("org_refund".into()));
+    assert!(a.check(&key, quota, 10).await.allowed);
+    assert!(!a.check(&key, quota, 1).await.allowed);
+
+    b.refund(&key, quota, 4).await;
+    let d = a.check(&key, quota, 4).await;
+    assert!(d.allowed, "the 4 given back by the other process");
+    assert_eq!(d.remaining, 0);
+    assert!(!a.check(&key, quota, 1).await.allowed);
+
+    // Never more than a full bucket.
+    b.refund(&key, quota, 1_000).await;
+    assert!(a.check(&key, quota, 10).await.allowed);
+    assert!(!a.check(&key, quota, 1).await.allowed);
+
+    // A bucket never spent stays as it was: full.
+    let unused = RateKey::new("inference_tokens", Subject::Organization("org_untouched".into()));
+    b.refund(&unused, quota, 5).await;
+    assert_eq!(a.check(&unused, quota, 1).await.remaining, 9);
+    assert!(!a.fallback().is_active() && !b.fallback().is_active(), "decided in Redis, not in process");
+}
+
 const TEN: FailurePolicy = FailurePolicy { max_failures: 10, window: chrono::Duration::minutes(15) };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

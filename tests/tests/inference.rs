@@ -565,9 +565,10 @@ async fn the_circuit_gauge_shows_a_half_open_circuit_while_its_probe_is_out() {
     assert_eq!(flaky.requests(), 1);
     assert_eq!(circuit_gauge(&api).await, "1");
 
-    // After the open period the next call is the probe: half-open while it is out, closed once
-    // it succeeds.
+    // After the open period the circuit is half-open before any call (the next one is the
+    // probe), still half-open while the probe is out, and closed once it succeeds.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(circuit_gauge(&api).await, "2");
     flaky.script([Behavior::Answer { words: 1, delay: Duration::from_millis(1_500), usage: true }]);
     let probe = {
         let (api, key) = (api.clone(), key.clone());
@@ -885,6 +886,16 @@ async fn the_response_cache_replays_deterministic_answers_within_an_organization
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(chat_with(&api, &key, &short, None).await.header("x-keel-cache"), Some("miss"));
 
+    // Each model's lookups, as the headers said: only cacheable calls look up.
+    let metrics = api.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    for (model, hits, misses) in [("gpt-4o-mini", 3, 5), ("echo", 1, 1), ("short", 1, 2)] {
+        for (result, n) in [("hit", hits), ("miss", misses)] {
+            let line = format!("keel_inference_cache_lookups_total{{model=\"{model}\",result=\"{result}\"}} {n}\n");
+            assert!(text.contains(&line), "no `{}` in\n{text}", line.trim_end());
+        }
+    }
+
     // Hits are free by default: the organization paid for its misses only: 9 of 7 + 3 tokens
     // (2 misses, 4 uncached calls and the bypass on gpt-4o-mini, 2 misses on short) and the 2
     // answers too large to cache (the echo model is free).
@@ -912,11 +923,13 @@ async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when
 }
 
 async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when_configured_on(backend: TestBackend) {
-    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let fake = FakeOpenAi::start(Behavior::answer(1_000)).await;
     let database = database(&backend);
     let mut config = caching_config(&database, &fake);
     config.inference.cache.hit_billing = inference::config::CacheHitBilling::Full;
-    // Room for one call's estimated tokens a minute (prompt ~10 + max_tokens 1,000).
+    config.inference.cache.max_entry_bytes = 16_000;
+    // Room for one call's estimated tokens a minute (prompt ~10 + max_tokens 1,000), which the
+    // miss then uses (7 + 1,000): what is left does not cover another call's estimate.
     config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_500;
     let gateway = TestGateway::start(config, None).await;
     let api = gateway.client();
@@ -936,18 +949,106 @@ async fn cache_hits_count_as_requests_but_not_tokens_and_are_billed_in_full_when
     chat_with(&api, &key, &warm, None).await.assert_error(429, "rate_limit_exceeded");
     assert_eq!(fake.requests(), 1);
 
-    // Billed in full: the miss and the three hits, each 7 + 3 tokens.
+    // Billed in full: the miss and the three hits, each 7 + 1,000 tokens.
     let billed = billed_since(&api, &session, &org, 0).await;
     let settled = async {
         let mut spent = billed;
-        while spent < 4 * cost(7, 3) {
+        while spent < 4 * cost(7, 1_000) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             spent = balance(&api, &session, &org).await.2;
         }
         spent
     };
     let spent = tokio::time::timeout(Duration::from_secs(10), settled).await.expect("every hit billed");
-    assert_eq!(spent, 4 * cost(7, 3));
+    assert_eq!(spent, 4 * cost(7, 1_000));
+    gateway.stop().await;
+}
+
+/// Waits until the organization has spent `spent` and holds nothing: every call so far settled
+/// (and, in the same task, what it did not use of its tokens per minute given back).
+async fn settled(api: &Client, session: &str, org: &str, spent: i64) {
+    let wait = async {
+        loop {
+            let (_, held, so_far) = balance(api, session, org).await;
+            if (held, so_far) == (0, spent) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait).await.expect("every call settled");
+}
+
+/// Tokens per minute count a call's estimate (prompt ~10 + the output cap 1,000) while it is in
+/// flight; once it ends, what it did not use (it used 7 + 3) goes back to the key and the
+/// organization.
+#[tokio::test]
+async fn tokens_per_minute_get_back_what_a_call_did_not_use() {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_800;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key, org) = credentials(&api).await;
+
+    // One estimate at a time fits; without the give-back the second call would be refused.
+    for n in 1..=6 {
+        let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+        assert_eq!(reply.status, 200, "call {n}: {}", reply.body);
+        settled(&api, &session, &org, n * cost(7, 3)).await;
+    }
+
+    // While a call is in flight its whole estimate is taken: a second one is refused.
+    fake.script([Behavior::Answer { words: 3, delay: Duration::from_millis(500), usage: true }]);
+    let slow = {
+        let (api, key) = (api.clone(), key.clone());
+        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
+    };
+    while fake.requests() < 7 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    api.post("/v1/chat/completions", Some(&key), &chat(false)).await.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(slow.await.unwrap().status, 200);
+    settled(&api, &session, &org, 7 * cost(7, 3)).await;
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(fake.requests(), 8, "the refused call never reached the provider");
+    gateway.stop().await;
+}
+
+/// A call refused by its organization's tokens per minute gets back what its key's check took:
+/// it counts against none of the limits.
+#[tokio::test]
+async fn a_call_refused_by_the_organizations_limit_takes_nothing_from_its_keys() {
+    let fake = FakeOpenAi::start(Behavior::answer(3)).await;
+    let database = database(&backend());
+    let mut config = config(&database, &fake);
+    config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_800;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    let (session, key_a, org) = credentials(&api).await;
+    let reply = api.post(&format!("/v1/organizations/{org}/api-keys"), Some(&session), &json!({"name": "b"})).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let key_b = reply.body["key"].as_str().unwrap().to_owned();
+
+    // Key A's call in flight holds ~1,010 of the organization's 1,800.
+    fake.script([Behavior::Answer { words: 3, delay: Duration::from_millis(500), usage: true }]);
+    let slow = {
+        let (api, key) = (api.clone(), key_a.clone());
+        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
+    };
+    while fake.requests() < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Key B's own bucket is full; the organization's is not: refused, and key B keeps its 1,800.
+    api.post("/v1/chat/completions", Some(&key_b), &chat(false)).await.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(slow.await.unwrap().status, 200);
+    settled(&api, &session, &org, cost(7, 3)).await;
+    // Had key B's check kept its ~1,010, key B would hold ~800 (plus 30 a second) and refuse.
+    let reply = api.post("/v1/chat/completions", Some(&key_b), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(fake.requests(), 2);
     gateway.stop().await;
 }
 

@@ -425,6 +425,21 @@ def inference_board():
     b.add(timeseries("Circuit state", "0 closed, 1 open, 2 half-open (max over processes).", "short",
                      (f"max by (deployment) (keel_inference_circuit_state{{{sel}}})", "{{deployment}}"),
                      max_value=2), 8, 8)
+    b.row("Capacity and cache")
+    b.add(timeseries("Bulkhead slots in use", "Calls holding a slot of each deployment's bulkhead, as a share of "
+                     "its max_concurrency (max over processes).", "percentunit",
+                     (f"max by (deployment) (keel_inference_bulkhead_in_flight{{{sel}}} / "
+                      f"keel_inference_bulkhead_capacity{{{sel}}})", "{{deployment}}"),
+                     max_value=1), 8, 8)
+    b.add(timeseries("Refused/s by reason", "Calls refused before any provider attempt: organization_concurrency "
+                     "(429) or overloaded (every bulkhead full or circuit open; 503).", "ops",
+                     (f"sum by (model, reason) (rate(keel_inference_refused_total{{{sel}}}[$__rate_interval]))",
+                      "{{model}} {{reason}}"), stack=True), 8, 8)
+    b.add(timeseries("Response cache hit ratio", "Hits over lookups of cacheable chat calls, per model.",
+                     "percentunit",
+                     (f'sum by (model) (rate(keel_inference_cache_lookups_total{{{sel}, result="hit"}}[$__rate_interval])) / '
+                      f"sum by (model) (rate(keel_inference_cache_lookups_total{{{sel}}}[$__rate_interval]))",
+                      "{{model}}"), max_value=1), 8, 8)
     return b
 
 

@@ -55,6 +55,7 @@ impl InferenceService {
             hold: None,
             closed: false,
             _slot: None,
+            tokens: None,
         };
         if amount > Money::ZERO {
             let hold = billing

@@ -63,6 +63,12 @@ struct RefusedLabels {
 pub const REFUSED_REASONS: &[&str] = &["organization_concurrency", "overloaded"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLabels {
+    model: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -77,19 +83,22 @@ pub struct InferenceMetrics {
     duration: HistogramFamily<DeploymentLabels>,
     upstream_errors: Family<ErrorLabels, Counter>,
     retries: Family<DeploymentLabels, Counter>,
-    circuit: Family<DeploymentLabels, Gauge>,
     overhead: HistogramFamily<RouteLabels>,
     refused: Family<RefusedLabels, Counter>,
-    bulkheads: Bulkheads,
+    cache_lookups: Family<CacheLabels, Counter>,
+    deployments: Watched,
 }
 
-/// A deployment's concurrency limit, read at scrape time (nothing on the call's path).
-pub trait Bulkhead: Send + Sync {
+/// A deployment's state, read at scrape time (nothing on the call's path).
+pub trait DeploymentState: Send + Sync {
     /// The calls in flight and the most the bulkhead admits.
     fn slots(&self) -> (u32, u32);
+    /// The circuit breaker: 0 closed, 1 open, 2 half-open (a probe is out, or the open period
+    /// is over and the next call will be the probe).
+    fn circuit(&self) -> i64;
 }
 
-type Bulkheads = Arc<Mutex<Vec<(DeploymentLabels, Weak<dyn Bulkhead>)>>>;
+type Watched = Arc<Mutex<Vec<(DeploymentLabels, Weak<dyn DeploymentState>)>>>;
 
 impl InferenceMetrics {
     pub(super) fn register(registry: &mut Registry) -> Self {
@@ -101,10 +110,10 @@ impl InferenceMetrics {
             duration: histogram_family(|| Histogram::new(GENERATION_BUCKETS.iter().copied())),
             upstream_errors: Family::default(),
             retries: Family::default(),
-            circuit: Family::default(),
             overhead: histogram_family(|| Histogram::new(OVERHEAD_BUCKETS.iter().copied())),
             refused: Family::default(),
-            bulkheads: Bulkheads::default(),
+            cache_lookups: Family::default(),
+            deployments: Watched::default(),
         };
         registry.register(
             "keel_inference_requests",
@@ -138,11 +147,6 @@ impl InferenceMetrics {
         );
         registry.register("keel_inference_retries", "Provider attempts after the first", metrics.retries.clone());
         registry.register(
-            "keel_inference_circuit_state",
-            "The deployment's circuit breaker: 0 closed, 1 open, 2 half-open",
-            metrics.circuit.clone(),
-        );
-        registry.register(
             "keel_inference_overhead_seconds",
             "The gateway's own time per model call (the whole call minus the wait for the provider), by route",
             metrics.overhead.clone(),
@@ -152,7 +156,12 @@ impl InferenceMetrics {
             "Model calls refused before any provider attempt, by model and reason: organization_concurrency (the organization's calls in flight in this process are at inference.max_concurrency_per_organization; 429) or overloaded (every deployment's bulkhead full or circuit open; 503)",
             metrics.refused.clone(),
         );
-        registry.register_collector(Box::new(BulkheadCollector { bulkheads: metrics.bulkheads.clone() }));
+        registry.register(
+            "keel_inference_cache_lookups",
+            "Response-cache lookups of cacheable chat calls, by model and result (hit or miss)",
+            metrics.cache_lookups.clone(),
+        );
+        registry.register_collector(Box::new(DeploymentCollector { deployments: metrics.deployments.clone() }));
         metrics
     }
 
@@ -161,11 +170,18 @@ impl InferenceMetrics {
         self.refused.get_or_create(&RefusedLabels { model: model.to_owned(), reason }).inc();
     }
 
-    /// Samples `bulkhead`, the limit of `deployment` of `model`, at every scrape until it is
-    /// dropped (`keel_inference_bulkhead_in_flight` and `keel_inference_bulkhead_capacity`).
-    pub fn watch_bulkhead(&self, model: &str, deployment: &str, bulkhead: Weak<dyn Bulkhead>) {
+    /// Samples `state`, that of `deployment` of `model`, at every scrape until it is dropped
+    /// (`keel_inference_bulkhead_in_flight`, `keel_inference_bulkhead_capacity` and
+    /// `keel_inference_circuit_state`).
+    pub fn watch_deployment(&self, model: &str, deployment: &str, state: Weak<dyn DeploymentState>) {
         let labels = DeploymentLabels { model: model.to_owned(), deployment: deployment.to_owned() };
-        self.bulkheads.lock().unwrap_or_else(PoisonError::into_inner).push((labels, bulkhead));
+        self.deployments.lock().unwrap_or_else(PoisonError::into_inner).push((labels, state));
+    }
+
+    /// The response cache's hit and miss counters of `model` (both series exist from then on).
+    pub fn cache_lookups(&self, model: &str) -> CacheLookups {
+        let counter = |result| self.cache_lookups.get_or_create_owned(&CacheLabels { model: model.to_owned(), result });
+        CacheLookups { hit: counter("hit"), miss: counter("miss") }
     }
 
     /// The handles of one deployment of one model (labels from the configuration only).
@@ -185,8 +201,6 @@ impl InferenceMetrics {
                 direction,
             })
         };
-        let circuit = self.circuit.get_or_create_owned(&labels);
-        circuit.set(0);
         for kind in UPSTREAM_ERROR_KINDS {
             // Creating the series is the point; the guard it returns is not needed.
             drop(self.upstream_errors.get_or_create(&ErrorLabels {
@@ -207,7 +221,6 @@ impl InferenceMetrics {
             ttft: self.ttft.get_or_create_owned(&labels),
             duration: self.duration.get_or_create_owned(&labels),
             retries: self.retries.get_or_create_owned(&labels),
-            circuit,
             errors: self.upstream_errors.clone(),
             labels,
         }
@@ -230,7 +243,6 @@ pub struct InferenceHandle {
     ttft: Histogram,
     duration: Histogram,
     retries: Counter,
-    circuit: Gauge,
     errors: Family<ErrorLabels, Counter>,
     labels: DeploymentLabels,
 }
@@ -263,39 +275,50 @@ impl InferenceHandle {
             })
             .inc();
     }
+}
 
-    pub fn circuit(&self, state: i64) {
-        self.circuit.set(state);
+/// The response cache's lookups of one model.
+#[derive(Debug, Clone)]
+pub struct CacheLookups {
+    hit: Counter,
+    miss: Counter,
+}
+
+impl CacheLookups {
+    pub fn record(&self, hit: bool) {
+        if hit { &self.hit } else { &self.miss }.inc();
     }
 }
 
-/// Encodes the bulkheads' slots at scrape time.
-struct BulkheadCollector {
-    bulkheads: Bulkheads,
+/// Encodes the deployments' bulkheads and circuits at scrape time.
+struct DeploymentCollector {
+    deployments: Watched,
 }
 
-impl std::fmt::Debug for BulkheadCollector {
+impl std::fmt::Debug for DeploymentCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BulkheadCollector").finish_non_exhaustive()
+        f.debug_struct("DeploymentCollector").finish_non_exhaustive()
     }
 }
 
-impl Collector for BulkheadCollector {
+impl Collector for DeploymentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let in_flight = Family::<DeploymentLabels, Gauge>::default();
         let capacity = Family::<DeploymentLabels, Gauge>::default();
+        let circuit = Family::<DeploymentLabels, Gauge>::default();
         {
-            let mut bulkheads = self.bulkheads.lock().unwrap_or_else(PoisonError::into_inner);
-            bulkheads.retain(|(labels, bulkhead)| match bulkhead.upgrade() {
-                Some(bulkhead) => {
-                    let (used, max) = bulkhead.slots();
+            let mut deployments = self.deployments.lock().unwrap_or_else(PoisonError::into_inner);
+            deployments.retain(|(labels, state)| match state.upgrade() {
+                Some(state) => {
+                    let (used, max) = state.slots();
                     in_flight.get_or_create(labels).set(i64::from(used));
                     capacity.get_or_create(labels).set(i64::from(max));
+                    circuit.get_or_create(labels).set(state.circuit());
                     true
                 }
                 None => false,
             });
-            if bulkheads.is_empty() {
+            if deployments.is_empty() {
                 return Ok(());
             }
         }
@@ -312,6 +335,13 @@ impl Collector for BulkheadCollector {
             None,
             MetricType::Gauge,
         )?;
-        capacity.encode(metric)
+        capacity.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "keel_inference_circuit_state",
+            "The deployment's circuit breaker, sampled at scrape time: 0 closed, 1 open, 2 half-open (a probe is out, or the open period is over and the next call is the probe)",
+            None,
+            MetricType::Gauge,
+        )?;
+        circuit.encode(metric)
     }
 }

@@ -2,20 +2,15 @@
 //!
 //! A [`Quota`] of `limit` per `period_secs` admits a burst of `limit` requests and then one every
 //! `period / limit` (the GCRA emission interval), so a client that stays under the average rate is
-//! never refused. [`LocalRateLimiter`] decides in process with `governor`;
+//! never refused. [`LocalRateLimiter`] decides in process;
 //! [`super::redis::RedisRateLimiter`] decides across processes with one Lua script per decision.
 
 use async_trait::async_trait;
-use governor::clock::{Clock as GovernorClock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
+use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// `limit` requests per `period_secs`, in a burst or spread out.
@@ -119,112 +114,131 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// Spends `cost` units (0 counts as 1) of `key`'s bucket under `quota`, if it holds them.
     /// Never fails: a shared limiter whose store is unreachable decides in process instead.
     async fn check(&self, key: &RateKey, quota: Quota, cost: u32) -> Decision;
-}
 
-type Keyed<C> = governor::RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
+    /// Gives back `units` that a check of `key` under `quota` spent and the caller did not use
+    /// (a call admitted on an estimate that used less, or refused by a later check); the bucket
+    /// never holds more than its limit. Never fails: a shared limiter whose store is
+    /// unreachable gives them back in process.
+    async fn refund(&self, key: &RateKey, quota: Quota, units: u32);
+}
 
 /// Past this many decisions, buckets that are full again are dropped, so many distinct keys
 /// (a scan of addresses) cannot grow memory without bound.
 const SWEEP_EVERY: u64 = 8192;
 
-/// GCRA in process (governor), one bucket per key and quota; correct for one process.
-pub struct LocalRateLimiter<C: GovernorClock = DefaultClock> {
-    clock: C,
-    limiters: RwLock<HashMap<Quota, Arc<Keyed<C>>>>,
+/// GCRA in process, one bucket per key and quota; correct for one process.
+///
+/// Each bucket is its theoretical arrival time (TAT), in nanoseconds of a monotonic clock: the
+/// same arithmetic as the Redis script of [`super::redis::RedisRateLimiter`], so both decide
+/// alike, and a refund is the TAT moved back. (`governor`, used before, keeps its TAT private
+/// and cannot give units back.)
+pub struct LocalRateLimiter {
+    clock: quanta::Clock,
+    start: quanta::Instant,
+    buckets: DashMap<(Quota, String), u64>,
     decisions: AtomicU64,
 }
 
-impl<C: GovernorClock + Clone + Send + Sync + 'static> fmt::Debug for LocalRateLimiter<C> {
+impl fmt::Debug for LocalRateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalRateLimiter").field("decisions", &self.decisions.load(Ordering::Relaxed)).finish()
     }
 }
 
-impl LocalRateLimiter<DefaultClock> {
-    pub fn new() -> Self {
-        Self::with_clock(DefaultClock::default())
-    }
-}
-
-impl Default for LocalRateLimiter<DefaultClock> {
+impl Default for LocalRateLimiter {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<C: GovernorClock + Clone + Send + Sync + 'static> LocalRateLimiter<C> {
-    /// A limiter on `clock` (tests pass `governor::clock::FakeRelativeClock`).
-    pub fn with_clock(clock: C) -> Self {
-        Self { clock, limiters: RwLock::new(HashMap::new()), decisions: AtomicU64::new(0) }
+/// Nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl LocalRateLimiter {
+    pub fn new() -> Self {
+        Self::with_clock(quanta::Clock::new())
     }
 
-    fn limiter(&self, quota: Quota) -> Option<Arc<Keyed<C>>> {
-        if let Some(limiter) = self.limiters.read().unwrap_or_else(PoisonError::into_inner).get(&quota) {
-            return Some(limiter.clone());
-        }
-        let burst = NonZeroU32::new(quota.limit)?;
-        let governor_quota = governor::Quota::with_period(quota.emission_interval())?.allow_burst(burst);
-        let mut limiters = self.limiters.write().unwrap_or_else(PoisonError::into_inner);
-        let limiter = limiters.entry(quota).or_insert_with(|| {
-            Arc::new(governor::RateLimiter::dashmap_with_clock(governor_quota, self.clock.clone()).with_middleware())
-        });
-        Some(limiter.clone())
+    /// A limiter on `clock` (tests pass `quanta::Clock::mock()`).
+    pub fn with_clock(clock: quanta::Clock) -> Self {
+        let start = clock.now();
+        Self { clock, start, buckets: DashMap::new(), decisions: AtomicU64::new(0) }
     }
 
-    fn sweep(&self) {
-        let limiters = self.limiters.read().unwrap_or_else(PoisonError::into_inner);
-        for limiter in limiters.values() {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
+    fn now(&self) -> u64 {
+        nanos(self.clock.now().saturating_duration_since(self.start))
+    }
+
+    /// Drops the buckets that are full again (their TAT is past): they decide as a missing one.
+    fn sweep(&self, now: u64) {
+        self.buckets.retain(|_, tat| *tat > now);
+        self.buckets.shrink_to_fit();
     }
 
     /// The decision, synchronously (the trait method only wraps this).
     pub fn decide(&self, key: &RateKey, quota: Quota, cost: u32) -> Decision {
+        let now = self.now();
         if self.decisions.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.sweep();
+            self.sweep(now);
         }
-        let Some(limiter) = self.limiter(quota) else { return Decision::never(quota) };
-        let cost = NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN);
-        let interval = quota.emission_interval();
-        match limiter.check_key_n(&key.encoded(), cost) {
-            Ok(Ok(snapshot)) => {
-                let remaining = snapshot.remaining_burst_capacity().min(quota.limit);
-                Decision {
-                    allowed: true,
-                    limit: quota.limit,
-                    remaining,
-                    // Accurate to one emission interval (governor does not expose the bucket's time).
-                    reset: interval * (quota.limit - remaining),
-                    retry_after: None,
-                }
-            }
-            Ok(Err(not_until)) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                Decision {
-                    allowed: false,
-                    limit: quota.limit,
-                    remaining: 0,
-                    reset: wait + interval * quota.limit.saturating_sub(cost.get()),
-                    retry_after: Some(wait),
-                }
-            }
-            Err(_insufficient_capacity) => Decision::never(quota),
+        let cost = cost.max(1);
+        if quota.limit == 0 || cost > quota.limit {
+            return Decision::never(quota);
+        }
+        let interval = nanos(quota.emission_interval()).max(1);
+        let depth = interval.saturating_mul(u64::from(quota.limit));
+        let units = |room: u64| u32::try_from(room / interval).unwrap_or(u32::MAX).min(quota.limit);
+        let mut bucket = self.buckets.entry((quota, key.encoded())).or_insert(0);
+        let tat = (*bucket).max(now);
+        let new_tat = tat.saturating_add(interval.saturating_mul(u64::from(cost)));
+        if new_tat - now > depth {
+            return Decision {
+                allowed: false,
+                limit: quota.limit,
+                remaining: units(depth.saturating_sub(tat - now)),
+                reset: Duration::from_nanos(tat - now),
+                retry_after: Some(Duration::from_nanos(new_tat - now - depth)),
+            };
+        }
+        *bucket = new_tat;
+        Decision {
+            allowed: true,
+            limit: quota.limit,
+            remaining: units(depth - (new_tat - now)),
+            reset: Duration::from_nanos(new_tat - now),
+            retry_after: None,
+        }
+    }
+
+    /// Gives `units` back to `key`'s bucket under `quota`, at most up to a full bucket.
+    pub fn give_back(&self, key: &RateKey, quota: Quota, units: u32) {
+        if units == 0 || quota.limit == 0 {
+            return;
+        }
+        let now = self.now();
+        let back = nanos(quota.emission_interval()).max(1).saturating_mul(u64::from(units));
+        if let Some(mut bucket) = self.buckets.get_mut(&(quota, key.encoded())) {
+            *bucket = bucket.saturating_sub(back).max(now);
         }
     }
 }
 
 #[async_trait]
-impl<C: GovernorClock + Clone + Send + Sync + 'static> RateLimiter for LocalRateLimiter<C> {
+impl RateLimiter for LocalRateLimiter {
     async fn check(&self, key: &RateKey, quota: Quota, cost: u32) -> Decision {
         self.decide(key, quota, cost)
+    }
+
+    async fn refund(&self, key: &RateKey, quota: Quota, units: u32) {
+        self.give_back(key, quota, units);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::FakeRelativeClock;
 
     fn key(class: &str, org: &str) -> RateKey {
         RateKey::new(class, Subject::Organization(org.into()))
@@ -232,8 +246,8 @@ mod tests {
 
     #[test]
     fn a_burst_of_limit_then_one_per_emission_interval() {
-        let clock = FakeRelativeClock::default();
-        let limiter = LocalRateLimiter::with_clock(clock.clone());
+        let (clock, mock) = quanta::Clock::mock();
+        let limiter = LocalRateLimiter::with_clock(clock);
         let quota = Quota::new(10, 60); // one every 6 s
         let k = key("api", "org_a");
         for i in 0..10 {
@@ -248,22 +262,22 @@ mod tests {
         assert_eq!(refused.retry_after, Some(Duration::from_secs(6)));
         assert_eq!(refused.reset, Duration::from_secs(60));
 
-        clock.advance(Duration::from_millis(5_999));
+        mock.increment(Duration::from_millis(5_999));
         assert!(!limiter.decide(&k, quota, 1).allowed, "not before the interval");
-        clock.advance(Duration::from_millis(1));
+        mock.increment(Duration::from_millis(1));
         let d = limiter.decide(&k, quota, 1);
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
         assert!(!limiter.decide(&k, quota, 1).allowed);
 
         // A full period refills the whole burst.
-        clock.advance(Duration::from_secs(60));
+        mock.increment(Duration::from_secs(60));
         assert_eq!(limiter.decide(&k, quota, 1).remaining, 9);
     }
 
     #[test]
     fn keys_classes_and_quotas_have_separate_buckets() {
-        let limiter = LocalRateLimiter::with_clock(FakeRelativeClock::default());
+        let limiter = LocalRateLimiter::with_clock(quanta::Clock::mock().0);
         let quota = Quota::new(1, 60);
         assert!(limiter.decide(&key("api", "org_a"), quota, 1).allowed);
         assert!(!limiter.decide(&key("api", "org_a"), quota, 1).allowed);
@@ -276,8 +290,7 @@ mod tests {
 
     #[test]
     fn cost_spends_several_units_and_impossible_costs_are_refused() {
-        let clock = FakeRelativeClock::default();
-        let limiter = LocalRateLimiter::with_clock(clock.clone());
+        let limiter = LocalRateLimiter::with_clock(quanta::Clock::mock().0);
         let quota = Quota::new(10, 10);
         let k = key("api", "org_a");
         let d = limiter.decide(&k, quota, 7);
@@ -285,10 +298,53 @@ mod tests {
         assert_eq!(d.remaining, 3);
         let refused = limiter.decide(&k, quota, 5);
         assert!(!refused.allowed);
+        assert_eq!(refused.remaining, 3, "what is left is said, even when refused");
         assert_eq!(refused.retry_after, Some(Duration::from_secs(2)));
         assert!(!limiter.decide(&k, quota, 11).allowed, "more than the limit can never pass");
         assert!(!limiter.decide(&k, Quota::new(0, 10), 1).allowed, "a zero limit refuses");
         assert_eq!(limiter.decide(&k, Quota::new(0, 10), 1).retry_after, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn units_given_back_are_spendable_again_up_to_a_full_bucket() {
+        let (clock, mock) = quanta::Clock::mock();
+        let limiter = LocalRateLimiter::with_clock(clock);
+        let quota = Quota::new(100, 60);
+        let k = key("tokens", "org_a");
+        assert!(limiter.decide(&k, quota, 90).allowed);
+        assert!(!limiter.decide(&k, quota, 50).allowed);
+        limiter.give_back(&k, quota, 60);
+        let d = limiter.decide(&k, quota, 50);
+        assert!(d.allowed, "90 spent, 60 given back: 70 left");
+        assert_eq!(d.remaining, 20);
+
+        // Never more than a full bucket, however much is given back.
+        limiter.give_back(&k, quota, 1_000);
+        assert_eq!(limiter.decide(&k, quota, 1).remaining, 99);
+        assert!(!limiter.decide(&k, quota, 100).allowed, "99 left after that one");
+
+        // Another key, another quota, or a bucket never spent: nothing moves.
+        limiter.give_back(&key("tokens", "org_b"), quota, 10);
+        limiter.give_back(&k, Quota::new(10, 60), 10);
+        assert_eq!(limiter.decide(&key("tokens", "org_b"), quota, 1).remaining, 99);
+        mock.increment(Duration::from_secs(60));
+        limiter.give_back(&k, quota, 10);
+        assert_eq!(limiter.decide(&k, quota, 100).remaining, 0, "full again, and no more than full");
+    }
+
+    #[test]
+    fn full_buckets_are_swept_and_decide_as_new_ones() {
+        let (clock, mock) = quanta::Clock::mock();
+        let limiter = LocalRateLimiter::with_clock(clock);
+        let quota = Quota::new(5, 1);
+        for i in 0..100 {
+            assert!(limiter.decide(&key("api", &format!("org_{i}")), quota, 5).allowed);
+        }
+        assert_eq!(limiter.buckets.len(), 100);
+        mock.increment(Duration::from_secs(2));
+        limiter.sweep(limiter.now());
+        assert_eq!(limiter.buckets.len(), 0, "every bucket is full again");
+        assert!(limiter.decide(&key("api", "org_1"), quota, 5).allowed);
     }
 
     #[test]

@@ -36,6 +36,23 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return {1, math.floor((depth - (new_tat - now)) / interval), new_tat - now, 0}
 ";
 
+/// Gives units back: the TAT moved back by `units` emission intervals, never before now (a
+/// full bucket), the key dropped once full. KEYS[1] the bucket; ARGV: emission interval (µs),
+/// units. Returns 1 when the bucket moved.
+const REFUND: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat <= now then return 0 end
+local new_tat = tat - tonumber(ARGV[1]) * tonumber(ARGV[2])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+end
+return 1
+";
+
 /// Sliding-window failure reservations, all keys in one step.
 /// KEYS: the keys; ARGV[1] the attempt id, then per key i: ARGV[2i] max failures, ARGV[2i+1]
 /// window (ms). Returns -1 when reserved, else the longest wait (ms) until a key unlocks.
@@ -111,11 +128,22 @@ pub struct RedisRateLimiter {
     local: LocalRateLimiter,
     fallback: Arc<Fallback>,
     script: ::redis::Script,
+    refund: ::redis::Script,
 }
 
 impl RedisRateLimiter {
     pub fn new(redis: Redis, fallback: Arc<Fallback>) -> Self {
-        Self { redis, local: LocalRateLimiter::new(), fallback, script: ::redis::Script::new(GCRA) }
+        Self {
+            redis,
+            local: LocalRateLimiter::new(),
+            fallback,
+            script: ::redis::Script::new(GCRA),
+            refund: ::redis::Script::new(REFUND),
+        }
+    }
+
+    fn bucket(&self, key: &RateKey) -> String {
+        self.redis.key(&format!("rl:{}", key.encoded()))
     }
 
     pub fn fallback(&self) -> &Arc<Fallback> {
@@ -139,7 +167,7 @@ impl RateLimiter for RedisRateLimiter {
             // Never admissible: no need to ask Redis.
             return self.local.decide(key, quota, cost);
         }
-        let bucket = self.redis.key(&format!("rl:{}", key.encoded()));
+        let bucket = self.bucket(key);
         let script = &self.script;
         let interval = micros(quota.emission_interval());
         let answer = self
@@ -168,6 +196,30 @@ impl RateLimiter for RedisRateLimiter {
             Err(e) => {
                 self.fallback.engage("requests", &e.0);
                 self.local.decide(key, quota, cost)
+            }
+        }
+    }
+
+    async fn refund(&self, key: &RateKey, quota: Quota, units: u32) {
+        if units == 0 || quota.limit == 0 {
+            return;
+        }
+        let bucket = self.bucket(key);
+        let script = &self.refund;
+        let interval = micros(quota.emission_interval());
+        let answer =
+            self.redis
+                .run(|mut conn| async move {
+                    script.key(bucket).arg(interval).arg(units).invoke_async::<i64>(&mut conn).await
+                })
+                .await;
+        match answer {
+            Ok(_) => self.fallback.disengage(),
+            Err(e) => {
+                // The units were most likely spent in process too (the check that took them
+                // found Redis down as well): given back there.
+                self.fallback.engage("requests", &e.0);
+                self.local.give_back(key, quota, units);
             }
         }
     }
