@@ -23,6 +23,13 @@ pub const OVERHEAD_HEADER: &str = "x-keel-overhead-ms";
 /// (absent when the cache was not used).
 pub const CACHE_HEADER: &str = "x-keel-cache";
 
+/// OpenAI's rate-limit answer headers, (limit, remaining, reset) of the requests per minute
+/// then of the tokens per minute: see [`RateLimits`].
+pub const LIMIT_HEADERS: [(&str, &str, &str); 2] = [
+    ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+];
+
 /// What a request asks of the response cache (its `x-keel-cache` header).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CacheDirective {
@@ -336,6 +343,60 @@ pub struct ModelList {
     pub data: Vec<Model>,
 }
 
+/// One limit of a call's plan as the call left it when admitted: the tighter of its key's and
+/// its organization's buckets (OpenAI's `x-ratelimit-{limit,remaining,reset}-*` headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+}
+
+impl LimitState {
+    /// `reset` as OpenAI writes it (Go's duration syntax): `0s`, `120ms`, `1.5s`, `6m0s`.
+    pub fn reset_text(&self) -> String {
+        let ms = self.reset.as_millis();
+        if ms < 1_000 {
+            return if ms == 0 { "0s".into() } else { format!("{ms}ms") };
+        }
+        let (minutes, ms) = (ms / 60_000, ms % 60_000);
+        let seconds = match ms % 1_000 {
+            0 => (ms / 1_000).to_string(),
+            frac => format!("{}.{frac:03}", ms / 1_000).trim_end_matches('0').to_owned(),
+        };
+        if minutes > 0 { format!("{minutes}m{seconds}s") } else { format!("{seconds}s") }
+    }
+
+    /// The inverse of [`reset_text`](Self::reset_text) (whole minutes, seconds with a fraction,
+    /// or milliseconds).
+    pub fn parse_reset(text: &str) -> Option<Duration> {
+        if let Some(ms) = text.strip_suffix("ms") {
+            return ms.parse().ok().map(Duration::from_millis);
+        }
+        let text = text.strip_suffix('s')?;
+        let (minutes, seconds) = match text.split_once('m') {
+            Some((m, s)) => (m.parse::<u64>().ok()?, s),
+            None => (0, text),
+        };
+        let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+        if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let nanos: u64 = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().ok()? };
+        let seconds = minutes.checked_mul(60)?.checked_add(whole.parse().ok()?)?;
+        Some(Duration::from_secs(seconds) + Duration::from_nanos(nanos))
+    }
+}
+
+/// Where a call left its plan's limits: requests per minute, and tokens per minute when they
+/// were counted (not for a cache hit). Empty for an answer that was not admitted this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    pub requests: Option<LimitState>,
+    pub tokens: Option<LimitState>,
+}
+
 /// An answer and how long of it was spent waiting for the provider, so that the route can
 /// report the gateway's own overhead (`x-keel-overhead-ms`).
 #[derive(Debug)]
@@ -345,11 +406,13 @@ pub struct Served<T> {
     pub upstream: Duration,
     /// Whether the answer came from the response cache (None: the cache was not used).
     pub cache: Option<CacheStatus>,
+    /// The plan's limits as the call left them.
+    pub limits: RateLimits,
 }
 
 impl<T> Served<T> {
     pub fn new(value: T, upstream: Duration) -> Self {
-        Self { value, upstream, cache: None }
+        Self { value, upstream, cache: None, limits: RateLimits::default() }
     }
 }
 
@@ -439,5 +502,25 @@ mod tests {
         let text = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2.5e-3]}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#;
         let response: EmbeddingResponse = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&response).unwrap(), text);
+    }
+
+    #[test]
+    fn resets_are_written_as_openai_writes_them_and_read_back() {
+        let state = |ms| LimitState { limit: 1, remaining: 0, reset: Duration::from_millis(ms) };
+        for (ms, text) in [
+            (0, "0s"),
+            (120, "120ms"),
+            (1_000, "1s"),
+            (1_500, "1.5s"),
+            (59_220, "59.22s"),
+            (60_000, "1m0s"),
+            (61_005, "1m1.005s"),
+        ] {
+            assert_eq!(state(ms).reset_text(), text);
+            assert_eq!(LimitState::parse_reset(text), Some(Duration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "s", "1", "-1s", "1h", "xms", "NaNs", "1.-5s", "1m-1s"] {
+            assert_eq!(LimitState::parse_reset(bad), None, "{bad}");
+        }
     }
 }

@@ -35,6 +35,20 @@ fn upstream_of(started: Instant, response: &reqwest::Response) -> Duration {
     started.elapsed().saturating_sub(overhead)
 }
 
+/// The remote service's `x-ratelimit-*` headers.
+fn limits_of(response: &reqwest::Response) -> RateLimits {
+    let get = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let state = |(limit, remaining, reset): (&str, &str, &str)| {
+        Some(LimitState {
+            limit: get(limit)?.parse().ok()?,
+            remaining: get(remaining)?.parse().ok()?,
+            reset: LimitState::parse_reset(get(reset)?)?,
+        })
+    };
+    let [requests, tokens] = LIMIT_HEADERS;
+    RateLimits { requests: state(requests), tokens: state(tokens) }
+}
+
 async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, InferenceError> {
     response.json().await.map_err(|e| InferenceError::internal(format!("unreadable answer: {}", e.without_url())))
 }
@@ -54,8 +68,10 @@ impl InferenceApi for HttpInferenceClient {
         let response = call.send().await?;
         let upstream = upstream_of(started, &response);
         let cache = response.headers().get(CACHE_HEADER).and_then(|v| v.to_str().ok()).and_then(CacheStatus::parse);
+        let limits = limits_of(&response);
         let mut served = Served::new(json(response).await?, upstream);
         served.cache = cache;
+        served.limits = limits;
         Ok(served)
     }
 
@@ -70,7 +86,8 @@ impl InferenceApi for HttpInferenceClient {
         if let Some(value) = request.cache.header_value() {
             call = call.header(CACHE_HEADER, value);
         }
-        // The remote service's `x-keel-cache` answer header is not read back on a stream.
+        // The remote service's `x-keel-cache` and `x-ratelimit-*` answer headers are not read
+        // back on a stream.
         let events = call.events().await?;
         let chunks =
             events.take_while(|event| std::future::ready(!matches!(event, Ok(e) if e.data == "[DONE]"))).map(|event| {
@@ -99,7 +116,10 @@ impl InferenceApi for HttpInferenceClient {
         let started = Instant::now();
         let response = self.remote.post("/v1/embeddings").bearer(&caller.credential).json(&request).send().await?;
         let upstream = upstream_of(started, &response);
-        Ok(Served::new(json(response).await?, upstream))
+        let limits = limits_of(&response);
+        let mut served = Served::new(json(response).await?, upstream);
+        served.limits = limits;
+        Ok(served)
     }
 
     async fn models(&self, caller: &Principal) -> Result<ModelList, InferenceError> {

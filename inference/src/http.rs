@@ -183,6 +183,19 @@ fn cache_header(response: &mut HttpResponse, cache: Option<CacheStatus>) {
     }
 }
 
+/// OpenAI's `x-ratelimit-*` headers, from the plan's limits as the call left them.
+fn limit_headers(response: &mut HttpResponse, limits: &RateLimits) {
+    let headers = response.headers_mut();
+    for (state, (limit, remaining, reset)) in [limits.requests, limits.tokens].iter().zip(LIMIT_HEADERS) {
+        let Some(state) = state else { continue };
+        headers.insert(header::HeaderName::from_static(limit), HeaderValue::from(state.limit));
+        headers.insert(header::HeaderName::from_static(remaining), HeaderValue::from(state.remaining));
+        if let Ok(value) = HeaderValue::from_str(&state.reset_text()) {
+            headers.insert(header::HeaderName::from_static(reset), value);
+        }
+    }
+}
+
 fn record_overhead(metrics: Option<&web::Data<Metrics>>, route: &'static str, overhead: std::time::Duration) {
     if let Some(metrics) = metrics {
         metrics.inference().overhead(route, overhead);
@@ -260,6 +273,12 @@ impl futures_util::Stream for Sse {
         headers(
             ("x-keel-cache" = String, description = "`hit` or `miss` when the response cache was used for this request (a deterministic request, `temperature` 0, to a model that caches or with `x-keel-cache: on`); absent otherwise."),
             ("x-keel-overhead-ms" = String, description = "The gateway's own time for the call, in milliseconds."),
+            ("x-ratelimit-limit-requests" = String, description = "The plan's requests per minute (as OpenAI sends it; the tighter of the key's and the organization's buckets for the remaining and reset headers)."),
+            ("x-ratelimit-remaining-requests" = String, description = "Requests left in the bucket once this one was admitted."),
+            ("x-ratelimit-reset-requests" = String, description = "Until the requests bucket is full again, in Go's duration syntax (`1s`, `120ms`, `6m0s`)."),
+            ("x-ratelimit-limit-tokens" = String, description = "The plan's tokens per minute; absent on a cache hit (tokens are not counted)."),
+            ("x-ratelimit-remaining-tokens" = String, description = "Tokens left once this call's estimate (prompt plus output cap) was taken; what it does not use comes back when it ends."),
+            ("x-ratelimit-reset-tokens" = String, description = "Until the tokens bucket is full again."),
         )),
 ), params(
     ("x-keel-cache" = Option<String>, Header, description = "`on`: cache this deterministic request's answer (and serve it from the cache); `off`: never use the cache for it. Absent: the model's `cache_ttl_secs` decides."),
@@ -279,20 +298,22 @@ async fn chat_completions(
     }
     if request.is_stream() {
         let served = api.chat_stream(&caller.0, request).await?;
-        let cache = served.cache;
+        let (cache, limits) = (served.cache, served.limits);
         let mut response = HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header(("x-accel-buffering", "no"))
             .streaming(Sse::new(served.value, http.conn_data::<Arc<WriteProgress>>().cloned()));
-        let overhead = overhead_header(&mut response, started, served.upstream);
         cache_header(&mut response, cache);
+        limit_headers(&mut response, &limits);
+        let overhead = overhead_header(&mut response, started, served.upstream);
         record_overhead(metrics.as_ref(), "chat_stream", overhead);
         return Ok(response);
     }
     let served = api.chat(&caller.0, request).await?;
     let mut response = HttpResponse::Ok().json(&served.value);
     cache_header(&mut response, served.cache);
+    limit_headers(&mut response, &served.limits);
     let overhead = overhead_header(&mut response, started, served.upstream);
     record_overhead(metrics.as_ref(), "chat", overhead);
     Ok(response)
@@ -301,7 +322,11 @@ async fn chat_completions(
 /// Create embeddings (OpenAI's `POST /v1/embeddings`).
 #[utoipa::path(post, path = "/v1/embeddings", tag = "inference", operation_id = "create_embedding",
     security(("bearer" = [])), request_body = EmbeddingRequest, responses(
-    (status = 200, description = "The embeddings.", body = EmbeddingResponse),
+    (status = 200, description = "The embeddings.", body = EmbeddingResponse,
+        headers(
+            ("x-keel-overhead-ms" = String, description = "The gateway's own time for the call, in milliseconds."),
+            ("x-ratelimit-remaining-requests" = String, description = "As for chat completions, with the other `x-ratelimit-*` headers; the tokens are the input's estimate."),
+        )),
 ))]
 async fn embeddings(
     api: Api,
@@ -314,6 +339,7 @@ async fn embeddings(
     let request: EmbeddingRequest = parse(cap, payload).await?;
     let served = api.embeddings(&caller.0, request).await?;
     let mut response = HttpResponse::Ok().json(&served.value);
+    limit_headers(&mut response, &served.limits);
     let overhead = overhead_header(&mut response, started, served.upstream);
     record_overhead(metrics.as_ref(), "embeddings", overhead);
     Ok(response)

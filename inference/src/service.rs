@@ -120,6 +120,8 @@ struct Admission {
     /// The tokens per minute the call was admitted with (none: not counted, as for a cache hit
     /// or background work).
     tokens: Option<TokenGrant>,
+    /// The plan's limits as the admission left them (the `x-ratelimit-*` headers).
+    limits: RateLimits,
 }
 
 /// The tokens a call took from its key's and its organization's tokens per minute at admission
@@ -427,6 +429,7 @@ impl InferenceService {
         // counts against none of the limits.
         let mut taken: Vec<(RateKey, Quota, u32)> = Vec::with_capacity(4);
         let mut grant = None;
+        let mut limits = RateLimits::default();
         for (class, what, limit, cost) in checks {
             let quota = Quota { limit, period_secs: 60 };
             let cost = u32::try_from(cost).unwrap_or(u32::MAX);
@@ -441,6 +444,12 @@ impl InferenceService {
                     return Err(InferenceError::RateLimited { limit: what.into(), retry_after_secs });
                 }
                 taken.push((rate_key, quota, cost));
+                // The tighter of the key's and the organization's buckets.
+                let state = LimitState { limit, remaining: decision.remaining, reset: decision.reset };
+                let shown = if class == "inference_tokens" { &mut limits.tokens } else { &mut limits.requests };
+                if shown.is_none_or(|s| state.remaining < s.remaining) {
+                    *shown = Some(state);
+                }
             }
             if class == "inference_tokens" {
                 let keys = taken.iter().filter(|(k, ..)| k.class == class).map(|(k, ..)| k.clone()).collect();
@@ -466,6 +475,7 @@ impl InferenceService {
             closed: false,
             _slot: Some(slot),
             tokens: grant,
+            limits,
         };
         if amount > Money::ZERO {
             let hold = billing
@@ -491,7 +501,7 @@ impl InferenceService {
         caller: &Principal,
         model: &ModelEntry,
         hit: &CachedAnswer,
-    ) -> Result<(), InferenceError> {
+    ) -> Result<RateLimits, InferenceError> {
         let cost = match self.inner.cache.hit_billing {
             CacheHitBilling::Free => None,
             CacheHitBilling::Full => Some(Money::nanos(hit.cost_nanos)),
@@ -505,7 +515,7 @@ impl InferenceService {
             }
         }
         tracing::info!(inference.model = %model.name, inference.cache = "hit", "answered from the response cache");
-        Ok(())
+        Ok(admission.limits)
     }
 
     /// Checks what Keel relies on; returns the output cap used for the estimate.
@@ -658,17 +668,19 @@ impl InferenceService {
         if let Some(slot) = &slot
             && let Some(hit) = self.inner.cache.get(slot).await
         {
-            self.serve_hit(caller, model, &hit).await?;
+            let limits = self.serve_hit(caller, model, &hit).await?;
             let chunks = crate::cache::replay(&hit.response, include_usage);
             let mut served: Served<ChunkStream> =
                 Served::new(Box::pin(stream::iter(chunks.into_iter().map(Ok))), Duration::ZERO);
             served.cache = Some(CacheStatus::Hit);
+            served.limits = limits;
             return Ok(served);
         }
         let cache_status = slot.as_ref().map(|_| CacheStatus::Miss);
         let store = slot.map(|slot| Store { cache: self.inner.cache.clone(), slot, answer: Assembler::default() });
         let admission =
             self.admit(caller, model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
+        let limits = admission.limits;
         request.stream = Some(true);
         // Always ask the provider for usage; the caller sees it only if it asked.
         let mut options =
@@ -730,6 +742,7 @@ impl InferenceService {
                 let forward = Forward::new(source, None, meter, permit, store);
                 let mut served = Served::new(into_stream(forward), waited);
                 served.cache = cache_status;
+                served.limits = limits;
                 return Ok(served);
             }
         };
@@ -737,6 +750,7 @@ impl InferenceService {
             Forward::new(source, pending, Meter::new(deployment, messages, started, admission), permit, store);
         let mut served = Served::new(into_stream(forward), waited);
         served.cache = cache_status;
+        served.limits = limits;
         Ok(served)
     }
 
@@ -1138,9 +1152,10 @@ impl InferenceApi for InferenceService {
         if let Some(slot) = &slot
             && let Some(hit) = self.inner.cache.get(slot).await
         {
-            self.serve_hit(caller, &model, &hit).await?;
+            let limits = self.serve_hit(caller, &model, &hit).await?;
             let mut served = Served::new(hit.response, Duration::ZERO);
             served.cache = Some(CacheStatus::Hit);
+            served.limits = limits;
             if let Some(citations) = &citations {
                 grounding::attach(&mut served.value.extra, citations);
             }
@@ -1148,6 +1163,7 @@ impl InferenceApi for InferenceService {
         }
         let admission =
             self.admit(caller, &model, tokens::estimate_messages(&request.messages), output_cap.into()).await?;
+        let limits = admission.limits;
         let public = std::mem::take(&mut request.model);
         let public = &public;
         let (response, deployment, _permit, waited) = self
@@ -1179,6 +1195,7 @@ impl InferenceApi for InferenceService {
         }
         let usage = meter.finish(true);
         let mut served = Served::new(response, waited);
+        served.limits = limits;
         if let Some(slot) = slot {
             let mut answer = served.value.clone();
             answer.usage.get_or_insert(usage.clone());
@@ -1231,6 +1248,7 @@ impl InferenceApi for InferenceService {
         }
         let estimate = request.texts().iter().map(|t| tokens::estimate(t)).sum::<u64>() + request.input_token_ids();
         let admission = self.admit(caller, &model, estimate, 0).await?;
+        let limits = admission.limits;
         request.model.clear();
         let (response, deployment, _permit, waited) = self.embed_attempts(&model, started, &request).await?;
         let mut meter = Meter::new(deployment.clone(), Vec::new(), started, admission);
@@ -1242,7 +1260,9 @@ impl InferenceApi for InferenceService {
         };
         meter.usage = Some(Usage::new(prompt, 0));
         meter.finish(true);
-        Ok(Served::new(response, waited))
+        let mut served = Served::new(response, waited);
+        served.limits = limits;
+        Ok(served)
     }
 
     async fn models(&self, caller: &Principal) -> Result<ModelList, InferenceError> {

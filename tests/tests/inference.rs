@@ -993,9 +993,23 @@ async fn tokens_per_minute_get_back_what_a_call_did_not_use() {
     let (session, key, org) = credentials(&api).await;
 
     // One estimate at a time fits; without the give-back the second call would be refused.
+    // OpenAI's headers say where each call left the limits: its whole estimate taken, the
+    // earlier calls' unused tokens back.
+    let mut after_first = None;
     for n in 1..=6 {
         let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
         assert_eq!(reply.status, 200, "call {n}: {}", reply.body);
+        let number = |name: &str| reply.header(name).unwrap_or_else(|| panic!("no {name}")).parse::<u32>().unwrap();
+        assert_eq!(number("x-ratelimit-limit-requests"), 100_000);
+        // 100,000 a minute come back at one every 0.6 ms: full again between these calls.
+        assert_eq!(number("x-ratelimit-remaining-requests"), 99_999);
+        assert_eq!(number("x-ratelimit-limit-tokens"), 1_800);
+        let remaining = number("x-ratelimit-remaining-tokens");
+        let first = *after_first.get_or_insert(remaining);
+        assert!((700..800).contains(&first), "1,800 less one estimate of ~1,010: {first}");
+        assert!(remaining >= first - 10 * (n as u32 - 1), "call {n}: {remaining} (first {first})");
+        let reset = reply.header("x-ratelimit-reset-tokens").unwrap();
+        assert!(reset.ends_with('s') && reset.len() > 1, "{reset}");
         settled(&api, &session, &org, n * cost(7, 3)).await;
     }
 
@@ -1058,6 +1072,8 @@ async fn ask(api: &Client, key: &str, body: &Value, fake: &FakeOpenAi) -> (Strin
     let before = fake.requests();
     let reply = chat_with(api, key, body, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // Through a remote inference service too: its limits headers are passed on.
+    assert_eq!(reply.header("x-ratelimit-limit-requests"), Some("100000"), "{:?}", reply.headers);
     (reply.header("x-keel-cache").unwrap_or("absent").to_owned(), fake.requests() > before)
 }
 

@@ -4,7 +4,7 @@
 //! a job that runs again is not charged again.
 
 use super::{Admission, InferenceService, Meter, billing_error};
-use crate::api::{EmbeddingRequest, Usage};
+use crate::api::{EmbeddingRequest, RateLimits, Usage};
 use crate::config::ModelKind;
 use crate::error::InferenceError;
 use crate::tokens;
@@ -56,6 +56,7 @@ impl InferenceService {
             closed: false,
             _slot: None,
             tokens: None,
+            limits: RateLimits::default(),
         };
         if amount > Money::ZERO {
             let hold = billing
