@@ -979,6 +979,28 @@ async fn settled(api: &Client, session: &str, org: &str, spent: i64) {
     tokio::time::timeout(Duration::from_secs(10), wait).await.expect("every call settled");
 }
 
+/// A gateway whose plan's tokens per minute (1,800) hold one call's estimate (prompt ~10 + the
+/// output cap 1,000) and not two.
+async fn one_estimate_a_minute(database: &TestDatabase, fake: &FakeOpenAi) -> (TestGateway, Client) {
+    let mut config = config(database, fake);
+    config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_800;
+    let gateway = TestGateway::start(config, None).await;
+    let api = gateway.client();
+    (gateway, api)
+}
+
+/// A call with `key` whose answer takes half a second, once the provider has it.
+async fn slow_call(api: &Client, key: &str, fake: &FakeOpenAi) -> tokio::task::JoinHandle<Reply> {
+    let before = fake.requests();
+    fake.script([Behavior::Answer { words: 3, delay: Duration::from_millis(500), usage: true }]);
+    let (api, key) = (api.clone(), key.to_owned());
+    let call = tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await });
+    while fake.requests() == before {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    call
+}
+
 /// Tokens per minute count a call's estimate (prompt ~10 + the output cap 1,000) while it is in
 /// flight; once it ends, what it did not use (it used 7 + 3) goes back to the key and the
 /// organization.
@@ -986,10 +1008,7 @@ async fn settled(api: &Client, session: &str, org: &str, spent: i64) {
 async fn tokens_per_minute_get_back_what_a_call_did_not_use() {
     let fake = FakeOpenAi::start(Behavior::answer(3)).await;
     let database = database(&backend());
-    let mut config = config(&database, &fake);
-    config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_800;
-    let gateway = TestGateway::start(config, None).await;
-    let api = gateway.client();
+    let (gateway, api) = one_estimate_a_minute(&database, &fake).await;
     let (session, key, org) = credentials(&api).await;
 
     // One estimate at a time fits; without the give-back the second call would be refused.
@@ -1014,14 +1033,7 @@ async fn tokens_per_minute_get_back_what_a_call_did_not_use() {
     }
 
     // While a call is in flight its whole estimate is taken: a second one is refused.
-    fake.script([Behavior::Answer { words: 3, delay: Duration::from_millis(500), usage: true }]);
-    let slow = {
-        let (api, key) = (api.clone(), key.clone());
-        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
-    };
-    while fake.requests() < 7 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let slow = slow_call(&api, &key, &fake).await;
     api.post("/v1/chat/completions", Some(&key), &chat(false)).await.assert_error(429, "rate_limit_exceeded");
     assert_eq!(slow.await.unwrap().status, 200);
     settled(&api, &session, &org, 7 * cost(7, 3)).await;
@@ -1037,25 +1049,16 @@ async fn tokens_per_minute_get_back_what_a_call_did_not_use() {
 async fn a_call_refused_by_the_organizations_limit_takes_nothing_from_its_keys() {
     let fake = FakeOpenAi::start(Behavior::answer(3)).await;
     let database = database(&backend());
-    let mut config = config(&database, &fake);
-    config.billing.plans.get_mut(TEST_PLAN).unwrap().tokens_per_minute = 1_800;
-    let gateway = TestGateway::start(config, None).await;
-    let api = gateway.client();
+    let (gateway, api) = one_estimate_a_minute(&database, &fake).await;
     let (session, key_a, org) = credentials(&api).await;
     let reply = api.post(&format!("/v1/organizations/{org}/api-keys"), Some(&session), &json!({"name": "b"})).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     let key_b = reply.body["key"].as_str().unwrap().to_owned();
 
     // Key A's call in flight holds ~1,010 of the organization's 1,800.
-    fake.script([Behavior::Answer { words: 3, delay: Duration::from_millis(500), usage: true }]);
-    let slow = {
-        let (api, key) = (api.clone(), key_a.clone());
-        tokio::spawn(async move { api.post("/v1/chat/completions", Some(&key), &chat(false)).await })
-    };
-    while fake.requests() < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Key B's own bucket is full; the organization's is not: refused, and key B keeps its 1,800.
+    let slow = slow_call(&api, &key_a, &fake).await;
+    // Key B's own bucket is full, the organization's lacks room: refused, and key B keeps its
+    // 1,800.
     api.post("/v1/chat/completions", Some(&key_b), &chat(false)).await.assert_error(429, "rate_limit_exceeded");
     assert_eq!(slow.await.unwrap().status, 200);
     settled(&api, &session, &org, cost(7, 3)).await;
