@@ -419,43 +419,46 @@ impl InferenceService {
             return Err(InferenceError::ModelNotAllowed(model.name.clone()));
         }
         let key = caller.api_key_id.map(|k| k.to_string()).unwrap_or_default();
-        let mut checks = vec![("inference_requests", "requests per minute", limits.requests_per_minute, 1)];
+        let mut limited = vec![("inference_requests", "requests per minute", limits.requests_per_minute, 1)];
         if let Some(tokens) = tokens {
             let limit = u32::try_from(limits.tokens_per_minute).unwrap_or(u32::MAX);
-            checks.push(("inference_tokens", "tokens per minute", limit, tokens));
+            limited.push(("inference_tokens", "tokens per minute", limit, tokens));
+        }
+        // Each limit per key and per organization, all or none: a refused call counts against
+        // none of them (and with Redis, one round trip for all).
+        let mut checks = Vec::with_capacity(4);
+        for (class, _, limit, cost) in &limited {
+            let quota = Quota { limit: *limit, period_secs: 60 };
+            let cost = u32::try_from(*cost).unwrap_or(u32::MAX);
+            for subject in [Subject::ApiKey(key.clone()), Subject::Organization(org.to_string())] {
+                checks.push((RateKey::new(*class, subject), quota, cost));
+            }
         }
         let limiter = &self.inner.limiter;
-        // What the checks so far took, given back if a later one refuses: a refused call
-        // counts against none of the limits.
-        let mut taken: Vec<(RateKey, Quota, u32)> = Vec::with_capacity(4);
-        let mut grant = None;
+        let decisions = limiter.check_all(&checks).await;
         let mut limits = RateLimits::default();
-        for (class, what, limit, cost) in checks {
-            let quota = Quota { limit, period_secs: 60 };
-            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-            for subject in [Subject::ApiKey(key.clone()), Subject::Organization(org.to_string())] {
-                let rate_key = RateKey::new(class, subject);
-                let decision = limiter.check(&rate_key, quota, cost).await;
-                if !decision.allowed {
-                    for (key, quota, units) in &taken {
-                        limiter.refund(key, *quota, *units).await;
-                    }
-                    let retry_after_secs = decision.retry_after.map_or(60, |d| d.as_secs_f64().ceil() as u64).max(1);
-                    return Err(InferenceError::RateLimited { limit: what.into(), retry_after_secs });
-                }
-                taken.push((rate_key, quota, cost));
-                // The tighter of the key's and the organization's buckets.
-                let state = LimitState { limit, remaining: decision.remaining, reset: decision.reset };
-                let shown = if class == "inference_tokens" { &mut limits.tokens } else { &mut limits.requests };
-                if shown.is_none_or(|s| state.remaining < s.remaining) {
-                    *shown = Some(state);
-                }
+        for (i, decision) in decisions.iter().enumerate() {
+            let (class, what, limit, _) = limited[i / 2];
+            if !decision.allowed {
+                let retry_after_secs = decision.retry_after.map_or(60, |d| d.as_secs_f64().ceil() as u64).max(1);
+                return Err(InferenceError::RateLimited { limit: what.into(), retry_after_secs });
             }
-            if class == "inference_tokens" {
-                let keys = taken.iter().filter(|(k, ..)| k.class == class).map(|(k, ..)| k.clone()).collect();
-                grant = Some(TokenGrant { limiter: limiter.clone(), quota, keys, admitted: cost });
+            // The tighter of the key's and the organization's buckets.
+            let state = LimitState { limit, remaining: decision.remaining, reset: decision.reset };
+            let shown = if class == "inference_tokens" { &mut limits.tokens } else { &mut limits.requests };
+            if shown.is_none_or(|s| state.remaining < s.remaining) {
+                *shown = Some(state);
             }
         }
+        let grant = tokens.map(|_| {
+            let tokens = &checks[2..];
+            TokenGrant {
+                limiter: limiter.clone(),
+                quota: tokens[0].1,
+                keys: tokens.iter().map(|(key, ..)| key.clone()).collect(),
+                admitted: tokens[0].2,
+            }
+        });
         // The billing key of this call (the hold's idempotency key and the usage's request id):
         // unique per admitted call. The client's request id alone (kept in front, to trace it)
         // would not do: a retried HTTP request runs the model again and must be charged again,

@@ -124,6 +124,32 @@ async fn units_given_back_in_one_process_are_spendable_in_another_up_to_a_full_b
     assert!(!a.fallback().is_active() && !b.fallback().is_active(), "decided in Redis, not in process");
 }
 
+#[tokio::test]
+async fn several_buckets_are_checked_in_one_step_all_or_nothing() {
+    let Some(redis) = test_redis().await else { return };
+    let limiter = RedisRateLimiter::new(redis, Fallback::new());
+    let (key, org) = (
+        RateKey::new("inference_tokens", Subject::ApiKey("key_all".into())),
+        RateKey::new("inference_tokens", Subject::Organization("org_all".into())),
+    );
+    let (wide, narrow) = (Quota::new(100, 3600), Quota::new(10, 3600));
+    let both = |key_cost: u32, org_cost: u32| vec![(key.clone(), wide, key_cost), (org.clone(), narrow, org_cost)];
+
+    let decisions = limiter.check_all(&both(6, 6)).await;
+    assert_eq!(decisions.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(), [(true, 94), (true, 4)]);
+    // The organization's bucket refuses: the key's, which would have passed, is not spent.
+    let decisions = limiter.check_all(&both(6, 6)).await;
+    assert_eq!(decisions.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(), [(true, 88), (false, 4)]);
+    assert!(decisions[1].retry_after.unwrap() > Duration::from_secs(700));
+    assert_eq!(limiter.check(&key, wide, 1).await.remaining, 93, "94 left before the refused step, 1 taken now");
+    // A refusal first stops there; an impossible cost is refused as `check` refuses it.
+    let decisions = limiter.check_all(&[(org.clone(), narrow, 11), (key.clone(), wide, 1)]).await;
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].retry_after, Some(narrow.period()));
+    assert_eq!(limiter.check(&key, wide, 1).await.remaining, 92);
+    assert!(!limiter.fallback().is_active(), "decided in Redis, not in process");
+}
+
 const TEN: FailurePolicy = FailurePolicy { max_failures: 10, window: chrono::Duration::minutes(15) };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,7 +98,7 @@ pub struct Decision {
 impl Decision {
     /// A refusal that no wait can fix (the cost exceeds the limit, or the limit is 0): try again
     /// after a whole period.
-    fn never(quota: Quota) -> Self {
+    pub(crate) fn never(quota: Quota) -> Self {
         Self {
             allowed: false,
             limit: quota.limit,
@@ -120,6 +120,24 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// never holds more than its limit. Never fails: a shared limiter whose store is
     /// unreachable gives them back in process.
     async fn refund(&self, key: &RateKey, quota: Quota, units: u32);
+
+    /// All of `checks` (key, quota, cost) or none: the decisions in order, up to the first
+    /// refused one (then the last, and nothing is spent). A shared limiter decides them in one
+    /// round trip; this default checks one by one and gives back what passed before a refusal.
+    async fn check_all(&self, checks: &[(RateKey, Quota, u32)]) -> Vec<Decision> {
+        let mut decisions = Vec::with_capacity(checks.len());
+        for (i, (key, quota, cost)) in checks.iter().enumerate() {
+            let decision = self.check(key, *quota, *cost).await;
+            decisions.push(decision);
+            if !decision.allowed {
+                for (key, quota, cost) in &checks[..i] {
+                    self.refund(key, *quota, (*cost).max(1)).await;
+                }
+                break;
+            }
+        }
+        decisions
+    }
 }
 
 /// Past this many decisions, buckets that are full again are dropped, so many distinct keys
@@ -330,6 +348,20 @@ mod tests {
         mock.increment(Duration::from_secs(60));
         limiter.give_back(&k, quota, 10);
         assert_eq!(limiter.decide(&k, quota, 100).remaining, 0, "full again, and no more than full");
+    }
+
+    #[tokio::test]
+    async fn several_buckets_are_checked_all_or_nothing() {
+        let limiter = LocalRateLimiter::with_clock(quanta::Clock::mock().0);
+        let (wide, narrow) = (Quota::new(100, 60), Quota::new(10, 60));
+        let (a, b) = (key("tokens", "org_a"), key("tokens", "org_b"));
+        let both = |cost| vec![(a.clone(), wide, cost), (b.clone(), narrow, cost)];
+        let decisions = limiter.check_all(&both(6)).await;
+        assert_eq!(decisions.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(), [(true, 94), (true, 4)]);
+        let decisions = limiter.check_all(&both(6)).await;
+        assert_eq!(decisions.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(), [(true, 88), (false, 4)]);
+        assert_eq!(limiter.decide(&a, wide, 1).remaining, 93, "what passed before the refusal came back");
+        assert_eq!(limiter.decide(&b, narrow, 1).remaining, 3);
     }
 
     #[test]
