@@ -77,6 +77,9 @@ async fn redis_stopped_mid_test_then_restarted() {
     assert_eq!(b.cache.get_or_load(&key, load("valid")).await.unwrap(), "valid");
     let quota = Quota::new(5, 3600);
     let rate_key = RateKey::new("api", Subject::Organization("org_1".into()));
+    let out_key = RateKey::new("inference_tokens", Subject::ApiKey("key_outage".into()));
+    let out_org = RateKey::new("inference_tokens", Subject::Organization("org_outage".into()));
+    let (wide, narrow) = (Quota::new(100, 3600), Quota::new(10, 3600));
     assert!(a.limiter.check(&rate_key, quota, 3).await.allowed, "3 of 5 spent in Redis");
     let policy = FailurePolicy { max_failures: 3, window: chrono::Duration::minutes(5) };
     let login = vec![("account:dave".to_owned(), policy)];
@@ -119,6 +122,15 @@ async fn redis_stopped_mid_test_then_restarted() {
             assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 5, "local GCRA admits the quota");
             assert!(process.fallback.is_active());
         }
+        // Several checks at once, and give-backs, fall back too: all or nothing in process.
+        let spent = [(out_key.clone(), wide, 6), (out_org.clone(), narrow, 6)];
+        let decisions = a.limiter.check_all(&spent).await;
+        assert_eq!(decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(), [true, true]);
+        let decisions = a.limiter.check_all(&spent).await;
+        assert_eq!(decisions.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(), [(true, 88), (false, 4)]);
+        assert_eq!(a.limiter.check(&out_key, wide, 1).await.remaining, 93, "the refused step spent nothing");
+        a.limiter.refund(&out_org, narrow, 6).await;
+        assert!(a.limiter.check(&out_org, narrow, 10).await.allowed, "the 6 given back in process");
         // Login reservations fall back too, and release through the same limiter.
         let attempt = b.failures.reserve(&login).await.unwrap();
         assert!(!attempt.id.starts_with("redis:"), "reserved in the fallback: {}", attempt.id);
@@ -138,6 +150,9 @@ async fn redis_stopped_mid_test_then_restarted() {
     assert!(until(Duration::from_secs(5), || a.backplane.pending_invalidations() == 0).await, "pending not delivered");
     let decision = a.limiter.check(&rate_key, quota, 1).await;
     assert!(decision.allowed && !a.fallback.is_active(), "shared again: {decision:?}");
+    let decisions = a.limiter.check_all(&[(out_key.clone(), wide, 1), (out_org.clone(), narrow, 1)]).await;
+    assert_eq!(decisions.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(), [(true, 99), (true, 9)]);
+    assert!(!a.fallback.is_active(), "decided in Redis again, whose buckets the outage did not touch");
     let attempt = a.failures.reserve(&login).await.unwrap();
     assert!(attempt.id.starts_with("redis:"));
 
