@@ -8,7 +8,16 @@
 use crate::config::{EchoConfig, ProviderConfig};
 use crate::error::InferenceError;
 use bytes::{Bytes, BytesMut};
-use shared::Secret;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -85,37 +94,104 @@ pub(crate) enum Endpoint {
 }
 
 /// An OpenAI-compatible server.
-#[derive(Debug)]
 pub(crate) struct OpenAiProvider {
-    http: reqwest::Client,
-    /// Each endpoint's URL, parsed once: parsing it per call (host validation and IDNA
-    /// included) cost about 1 % of a chat call's CPU. Not logged: it may carry credentials.
-    chat_url: reqwest::Url,
-    embeddings_url: reqwest::Url,
-    api_key: Option<Secret>,
+    transport: Transport,
+    /// Each endpoint's URI, parsed once. Not logged: it may carry credentials.
+    chat_url: Uri,
+    embeddings_url: Uri,
+    /// `Bearer <key>`, marked sensitive (never printed by `Debug`).
+    authorization: Option<HeaderValue>,
     pub timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider").field("timeouts", &self.timeouts).finish_non_exhaustive()
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// The pooled client, straight to the provider or through an HTTP proxy's `CONNECT` tunnel.
+/// Both answer with the same future, so the call path does not care which.
+enum Transport {
+    Direct(Client<HttpsConnector<HttpConnector>, Body>),
+    Tunneled(Client<HttpsConnector<Tunnel<HttpConnector>>, Body>),
+}
+
+impl Transport {
+    /// A keep-alive pool per provider; HTTP/2 when the provider offers it over TLS (ALPN).
+    /// `proxy`: the proxy settings, `Matcher::from_env()` in production (`HTTPS_PROXY`,
+    /// `ALL_PROXY`, `NO_PROXY`); only `https://` providers go through a proxy.
+    fn new(config: &ProviderConfig, url: &Uri, proxy: &Matcher) -> Result<Self, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(Duration::from_secs(30)));
+        tcp.enforce_http(false);
+        let tls = || {
+            HttpsConnectorBuilder::new()
+                .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+                .map_err(|e| format!("tls: {e}"))
+                .map(|b| b.https_or_http().enable_http1().enable_http2())
+        };
+        let mut pool = Client::builder(TokioExecutor::new());
+        pool.pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.pool_max_idle_per_host);
+        let intercept = (url.scheme_str() == Some("https")).then(|| proxy.intercept(url)).flatten();
+        Ok(match intercept {
+            None => Self::Direct(pool.build(tls()?.wrap_connector(tcp))),
+            Some(intercept) => {
+                let mut tunnel = Tunnel::new(intercept.uri().clone(), tcp);
+                if let Some(auth) = intercept.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Self::Tunneled(pool.build(tls()?.wrap_connector(tunnel)))
+            }
+        })
+    }
+
+    fn request(&self, request: Request<Body>) -> ResponseFuture {
+        match self {
+            Self::Direct(client) => client.request(request),
+            Self::Tunneled(client) => client.request(request),
+        }
+    }
 }
 
 impl OpenAiProvider {
     pub(crate) fn new(name: &str, config: &ProviderConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("inference.providers.{name}: http client: {}", e.without_url()))?;
+        Self::with_proxy(name, config, &Matcher::from_env())
+    }
+
+    pub(crate) fn with_proxy(name: &str, config: &ProviderConfig, proxy: &Matcher) -> Result<Self, String> {
         let base = config.base_url.trim_end_matches('/');
         let url = |path: &str| {
-            reqwest::Url::parse(&format!("{base}{path}"))
-                .map_err(|e| format!("inference.providers.{name}.base_url is not a URL: {e}"))
+            let url = format!("{base}{path}")
+                .parse::<Uri>()
+                .map_err(|e| format!("inference.providers.{name}.base_url is not a URL: {e}"))?;
+            match (url.scheme_str(), url.host()) {
+                (Some("http" | "https"), Some(_)) => Ok(url),
+                _ => Err(format!("inference.providers.{name}.base_url is not an http:// or https:// URL")),
+            }
+        };
+        let chat_url = url("/chat/completions")?;
+        let authorization = match &config.api_key {
+            None => None,
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                    .map_err(|_| format!("inference.providers.{name}.api_key is not a valid header value"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
         };
         Ok(Self {
-            http,
-            chat_url: url("/chat/completions")?,
+            transport: Transport::new(config, &chat_url, proxy)
+                .map_err(|e| format!("inference.providers.{name}: http client: {e}"))?,
+            chat_url,
             embeddings_url: url("/embeddings")?,
-            api_key: config.api_key.clone(),
+            authorization,
             timeouts: Timeouts {
                 first_token: Duration::from_millis(config.first_token_timeout_ms),
                 idle: Duration::from_millis(config.idle_timeout_ms),
@@ -132,22 +208,22 @@ impl OpenAiProvider {
         endpoint: Endpoint,
         body: Bytes,
         deadline: Instant,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<Response<Incoming>, Failure> {
         let url = match endpoint {
             Endpoint::ChatCompletions => &self.chat_url,
             Endpoint::Embeddings => &self.embeddings_url,
         };
-        let mut request =
-            self.http.post(url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key.expose());
+        let mut request = Request::post(url.clone()).header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
         }
+        let request = request.body(Full::new(body)).map_err(|e| Failure::Connect(e.to_string()))?;
         let head_by = deadline.min(Instant::now() + self.timeouts.first_token);
-        let response = match tokio::time::timeout_at(head_by, request.send()).await {
+        let response = match tokio::time::timeout_at(head_by, self.transport.request(request)).await {
             Err(_) => return Err(Failure::Timeout(if head_by < deadline { "first_token" } else { "total" })),
-            Ok(Err(e)) if e.is_timeout() => return Err(Failure::Timeout("connect")),
-            Ok(Err(e)) if e.is_connect() => return Err(Failure::Connect(error_chain(&e.without_url()))),
-            Ok(Err(e)) => return Err(Failure::Broken(error_chain(&e.without_url()))),
+            Ok(Err(e)) if e.is_connect() && timed_out(&e) => return Err(Failure::Timeout("connect")),
+            Ok(Err(e)) if e.is_connect() => return Err(Failure::Connect(error_chain(&e))),
+            Ok(Err(e)) => return Err(Failure::Broken(error_chain(&e))),
             Ok(Ok(response)) => response,
         };
         if response.status().is_success() {
@@ -156,7 +232,7 @@ impl OpenAiProvider {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
@@ -165,6 +241,19 @@ impl OpenAiProvider {
         let text = body.read_all(64 * 1024).await.unwrap_or_default();
         Err(Failure::Status { status, retry_after, message: upstream_message(&text, status) })
     }
+}
+
+/// Whether a connect error is the connect deadline passing (an `io::Error` of kind `TimedOut`
+/// somewhere in its chain).
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The message of a provider's error answer: its OpenAI envelope's message, else a generic one.
@@ -189,14 +278,14 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// Reads an answer's body under the idle and total deadlines.
 #[derive(Debug)]
 pub(crate) struct BodyReader {
-    response: reqwest::Response,
+    body: Incoming,
     idle: Duration,
     deadline: Instant,
 }
 
 impl BodyReader {
-    pub(crate) fn new(response: reqwest::Response, idle: Duration, deadline: Instant) -> Self {
-        Self { response, idle, deadline }
+    pub(crate) fn new(response: Response<Incoming>, idle: Duration, deadline: Instant) -> Self {
+        Self { body: response.into_body(), idle, deadline }
     }
 
     /// Changes the longest wait for the next read (the first event of a stream waits up to the
@@ -208,10 +297,18 @@ impl BodyReader {
     /// The next piece of the body; `None` at its end.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         let by = self.deadline.min(Instant::now() + self.idle);
-        match tokio::time::timeout_at(by, self.response.chunk()).await {
-            Err(_) => Err(Failure::Timeout(if by < self.deadline { "idle" } else { "total" })),
-            Ok(Err(e)) => Err(Failure::Broken(error_chain(&e.without_url()))),
-            Ok(Ok(chunk)) => Ok(chunk),
+        loop {
+            match tokio::time::timeout_at(by, self.body.frame()).await {
+                Err(_) => return Err(Failure::Timeout(if by < self.deadline { "idle" } else { "total" })),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(Failure::Broken(error_chain(&e))),
+                // Trailers carry nothing Keel reads.
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => return Ok(Some(data)),
+                    Err(_) => continue,
+                },
+            }
         }
     }
 
@@ -330,6 +427,7 @@ impl Echo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::Secret;
 
     #[test]
     fn events_split_on_blank_lines_across_reads() {
@@ -352,6 +450,95 @@ mod tests {
         assert_eq!(status(400).into_error().code(), "upstream_rejected");
         assert_eq!(status(502).into_error().code(), "upstream_error");
         assert_eq!(Failure::Timeout("idle").into_error().code(), "upstream_timeout");
+    }
+
+    /// A listener that records the head of the first request it gets and answers `answer`.
+    async fn one_shot(answer: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            socket.shutdown().await.ok();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (addr, task)
+    }
+
+    fn provider(base_url: String, proxy: &Matcher) -> OpenAiProvider {
+        let config = ProviderConfig {
+            base_url,
+            api_key: Some(Secret::new("sk-upstream".to_owned())),
+            connect_timeout_ms: 200,
+            ..ProviderConfig::default()
+        };
+        OpenAiProvider::with_proxy("p", &config, proxy).unwrap()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn an_https_provider_goes_through_the_proxy_tunnel() {
+        let (proxy_addr, proxy) = one_shot("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
+        let matcher = Matcher::builder().all(format!("http://keel:s3cret@{proxy_addr}")).build();
+        let provider = provider("https://api.example.test/v1".into(), &matcher);
+        let failure = provider.post(Endpoint::ChatCompletions, Bytes::from_static(b"{}"), soon()).await.unwrap_err();
+        assert!(matches!(failure, Failure::Connect(_)), "{failure:?}");
+        let head = proxy.await.unwrap();
+        assert!(head.starts_with("CONNECT api.example.test:443 HTTP/1.1\r\n"), "{head}");
+        // The proxy's credentials from its URL; the provider's key never reaches the proxy.
+        assert!(head.contains("Proxy-Authorization: Basic a2VlbDpzM2NyZXQ="), "{head}");
+        assert!(!head.contains("sk-upstream"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn plain_http_and_no_proxy_hosts_are_reached_directly() {
+        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        for no_proxy in [false, true] {
+            let (upstream_addr, upstream) = one_shot(answer).await;
+            // A proxy nobody listens on: going through it would fail.
+            let mut matcher = Matcher::builder().all("http://127.0.0.1:9".to_owned());
+            if no_proxy {
+                matcher = matcher.no("127.0.0.1".to_owned());
+            }
+            let provider = provider(format!("http://{upstream_addr}/v1"), &matcher.build());
+            let response = provider.post(Endpoint::Embeddings, Bytes::from_static(b"{}"), soon()).await.unwrap();
+            let body = BodyReader::new(response, Duration::from_secs(5), soon()).read_all(1024).await.unwrap();
+            assert_eq!(&body[..], b"{}");
+            let head = upstream.await.unwrap();
+            assert!(head.starts_with("POST /v1/embeddings HTTP/1.1\r\n"), "{head}");
+            assert!(head.to_ascii_lowercase().contains("authorization: bearer sk-upstream"), "{head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let provider = provider(format!("http://{addr}/v1"), &Matcher::builder().build());
+        let failure = provider.post(Endpoint::ChatCompletions, Bytes::from_static(b"{}"), soon()).await.unwrap_err();
+        assert!(matches!(failure, Failure::Connect(_)), "{failure:?}");
+    }
+
+    #[test]
+    fn base_urls_must_be_http() {
+        for bad in ["ftp://example.test/v1", "example.test/v1", "not a url"] {
+            let config = ProviderConfig { base_url: bad.into(), ..ProviderConfig::default() };
+            assert!(OpenAiProvider::with_proxy("p", &config, &Matcher::builder().build()).is_err(), "{bad}");
+        }
     }
 
     #[test]
