@@ -312,7 +312,6 @@ impl InferenceService {
     /// The sources are bounded by the model's context window: the best are kept while the
     /// prompt (by the hold's estimate) with them plus `output_cap` fit in it (`grounding::fit`);
     /// the others are neither sent nor cited.
-    #[tracing::instrument(skip_all, fields(inference.vector_stores, inference.sources, inference.sources_dropped))]
     async fn ground(
         &self,
         caller: &Principal,
@@ -320,7 +319,20 @@ impl InferenceService {
         output_cap: u32,
         request: &mut ChatCompletionRequest,
     ) -> Result<Option<Vec<Citation>>, InferenceError> {
+        // Most calls carry no `file_search`: they make no span (a span is a few µs of a call).
         let Some(options) = grounding::take_options(&mut request.extra)? else { return Ok(None) };
+        self.ground_with(caller, model, output_cap, request, options).await.map(Some)
+    }
+
+    #[tracing::instrument(skip_all, fields(inference.vector_stores, inference.sources, inference.sources_dropped))]
+    async fn ground_with(
+        &self,
+        caller: &Principal,
+        model: &ModelEntry,
+        output_cap: u32,
+        request: &mut ChatCompletionRequest,
+        options: crate::rag_api::FileSearchOptions,
+    ) -> Result<Vec<Citation>, InferenceError> {
         let Some(rag) = &self.retrieval else {
             return Err(InferenceError::validation(
                 grounding::FIELD,
@@ -353,7 +365,7 @@ impl InferenceService {
             );
         }
         grounding::insert_sources(&mut request.messages, &sources, dropped);
-        Ok(Some(grounding::citations(&sources)))
+        Ok(grounding::citations(&sources))
     }
 
     /// The caller's organization: model calls need an API key.

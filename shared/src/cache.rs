@@ -86,17 +86,33 @@ impl Namespace {
     }
 
     fn new(scope: Scope, name: &str) -> Self {
-        let encoded = match &scope {
-            Scope::Global => format!("g/{}", escape(name)),
-            Scope::Organization(org) => format!("o/{}/{}", escape(org), escape(name)),
-        };
+        // Built in place: keys are made on every cached lookup of the request path.
+        let mut encoded = String::with_capacity(name.len() + 40);
+        match &scope {
+            Scope::Global => encoded.push_str("g/"),
+            Scope::Organization(org) => {
+                encoded.push_str("o/");
+                escape_into(&mut encoded, org);
+                encoded.push('/');
+            }
+        }
+        escape_into(&mut encoded, name);
         Self { scope, name: name.to_owned(), encoded }
     }
 
     /// The key `id` within this namespace.
     pub fn key(&self, id: impl AsRef<str>) -> CacheKey {
-        let encoded = format!("{}/{}", self.encoded, escape(id.as_ref()));
-        CacheKey { namespace: self.clone(), id: id.as_ref().to_owned(), encoded }
+        self.clone().into_key(id)
+    }
+
+    /// The key `id` within this namespace, which it takes.
+    pub fn into_key(self, id: impl AsRef<str>) -> CacheKey {
+        let id = id.as_ref();
+        let mut encoded = String::with_capacity(self.encoded.len() + 1 + id.len());
+        encoded.push_str(&self.encoded);
+        encoded.push('/');
+        escape_into(&mut encoded, id);
+        CacheKey { namespace: self, id: id.to_owned(), encoded }
     }
 
     pub fn scope(&self) -> &Scope {
@@ -124,12 +140,12 @@ pub struct CacheKey {
 impl CacheKey {
     /// Shorthand for `Namespace::organization(org, namespace).key(id)`.
     pub fn organization(org: impl fmt::Display, namespace: &str, id: impl AsRef<str>) -> Self {
-        Namespace::organization(org, namespace).key(id)
+        Namespace::organization(org, namespace).into_key(id)
     }
 
     /// Shorthand for `Namespace::global(namespace).key(id)`.
     pub fn global(namespace: &str, id: impl AsRef<str>) -> Self {
-        Namespace::global(namespace).key(id)
+        Namespace::global(namespace).into_key(id)
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -152,8 +168,7 @@ impl CacheKey {
 }
 
 /// Percent-escapes the characters that structure a key, so no segment can impersonate another.
-fn escape(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
+fn escape_into(out: &mut String, segment: &str) {
     for c in segment.chars() {
         match c {
             '%' => out.push_str("%25"),
@@ -163,7 +178,6 @@ fn escape(segment: &str) -> String {
             _ => out.push(c),
         }
     }
-    out
 }
 
 /// Counts of one cache, for `keel_cache_requests_total{cache,layer,result}`,

@@ -77,7 +77,17 @@ impl RateKey {
 
     /// `CLASS|SUBJECT`; a `|` in the class cannot collide since subjects carry a fixed tag.
     pub fn encoded(&self) -> String {
-        format!("{}|{}", self.class.replace('|', "%7C"), self.subject)
+        use fmt::Write as _;
+        // One allocation: every limiter decision of the request path makes a key.
+        let mut out = String::with_capacity(self.class.len() + 48);
+        if self.class.contains('|') {
+            out.push_str(&self.class.replace('|', "%7C"));
+        } else {
+            out.push_str(&self.class);
+        }
+        out.push('|');
+        let _ = write!(out, "{}", self.subject);
+        out
     }
 }
 
