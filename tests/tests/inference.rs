@@ -512,7 +512,10 @@ fn first_then_fallback(
     config.inference.providers.insert(name.into(), first);
     let model = config.inference.models.get_mut("gpt-4o-mini").unwrap();
     model.deployments = vec![deployment(name, "gpt-4o-mini"), deployment("fake", "gpt-4o-mini")];
-    model.deployments[0].weight = 100;
+    // The fallback has weight 0: never chosen first, so which deployment a call tries first is
+    // not left to chance (at 100 to 1, one call in 101 skipped the first and a test waiting
+    // for the first's probe waited forever).
+    model.deployments[1].weight = 0;
     config.inference.circuit.failure_threshold = failure_threshold;
     config.inference.circuit.open_ms = open_ms;
     config
