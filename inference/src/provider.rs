@@ -142,6 +142,11 @@ impl Transport {
         let intercept = (url.scheme_str() == Some("https")).then(|| proxy.intercept(url)).flatten();
         Ok(match intercept {
             None => Self::Direct(pool.build(tls()?.wrap_connector(tcp))),
+            // Tunnel speaks plain HTTP to the proxy: a TLS or SOCKS proxy would only fail at
+            // each call, so it is refused at start (without its URL: it may carry a password).
+            Some(intercept) if intercept.uri().scheme_str() != Some("http") => {
+                return Err("the proxy from HTTPS_PROXY / ALL_PROXY must be an http:// proxy".into());
+            }
             Some(intercept) => {
                 let mut tunnel = Tunnel::new(intercept.uri().clone(), tcp);
                 if let Some(auth) = intercept.basic_auth() {
@@ -501,6 +506,17 @@ mod tests {
         // The proxy's credentials from its URL; the provider's key never reaches the proxy.
         assert!(head.contains("Proxy-Authorization: Basic a2VlbDpzM2NyZXQ="), "{head}");
         assert!(!head.contains("sk-upstream"), "{head}");
+    }
+
+    #[test]
+    fn a_proxy_that_is_not_plain_http_is_refused_at_start() {
+        for proxy in ["socks5://127.0.0.1:1080", "https://user:pw@proxy.example.test:443"] {
+            let config = ProviderConfig { base_url: "https://api.example.test/v1".into(), ..ProviderConfig::default() };
+            let error = OpenAiProvider::with_proxy("p", &config, &Matcher::builder().all(proxy.to_owned()).build())
+                .unwrap_err();
+            assert!(error.contains("must be an http:// proxy"), "{error}");
+            assert!(!error.contains("pw"), "{error}");
+        }
     }
 
     #[tokio::test]
