@@ -550,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn only_a_timed_out_cause_makes_a_connect_failure_a_timeout() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tcp connect error")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = |kind| Wrapper(std::io::Error::new(kind, "connect"));
+        assert!(timed_out(&io(std::io::ErrorKind::TimedOut)));
+        assert!(!timed_out(&io(std::io::ErrorKind::ConnectionRefused)));
+    }
+
+    #[test]
     fn base_urls_must_be_http() {
         for bad in ["ftp://example.test/v1", "example.test/v1", "not a url"] {
             let config = ProviderConfig { base_url: bad.into(), ..ProviderConfig::default() };
