@@ -19,6 +19,13 @@
 #   time (no coordinated omission), pinned to CPU 1 like wrk.
 #   Each scenario direct and through Keel, then an "overhead" line: keel minus direct, at p50 and
 #   p99. The generator's stderr line says how late its own timers fired (part of every latency).
+# - Concurrency 10 against a model-like upstream: bench/openloop's `upstream` (built here) answers
+#   the same bodies after DELAY_MS (10), on CPU 1 at :9103; wrk at c=10 direct, through nginx and
+#   through Keel, and the overhead of each hop (minus direct, p50 and p99). Ten calls in flight
+#   then wait on the upstream instead of queueing for Keel's core, as they do in production.
+# - Reference: nginx as a plain reverse proxy, one worker on CPU 0 like Keel (no key, limits,
+#   billing or body parsing): the floor of any proxy hop on this machine. Chat at c=1, 10, 64 and
+#   the delayed runs.
 # - LiteLLM (when LITELLM names its CLI, from `pip install 'litellm[proxy]'`): its proxy with the
 #   same three models on the same upstream, no database (so no virtual keys, budgets or spend
 #   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
@@ -37,6 +44,8 @@ DURATION=${DURATION:-10}
 PORT=${PORT:-9100}
 WORK=$(mktemp -d)
 NGINX_PID=""
+PROXY_PID=""
+UPSTREAM_PID=""
 KEEL_PID=""
 LITELLM_PID=""
 HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
@@ -46,6 +55,8 @@ cleanup() {
     [ -n "$KEEL_PID" ] && kill "$KEEL_PID" 2>/dev/null || true
     [ -n "$LITELLM_PID" ] && kill "$LITELLM_PID" 2>/dev/null || true
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
+    [ -n "$UPSTREAM_PID" ] && kill "$UPSTREAM_PID" 2>/dev/null || true
+    [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -64,7 +75,8 @@ fi
 # The open-loop generator, a crate outside the workspace; its own target dir whatever
 # CARGO_TARGET_DIR says, so its path is known.
 OPENLOOP=bench/openloop/target/release/openloop
-if [ -z "${SKIP_BUILD:-}" ] || [ ! -x "$OPENLOOP" ]; then
+UPSTREAM=bench/openloop/target/release/upstream
+if [ -z "${SKIP_BUILD:-}" ] || [ ! -x "$OPENLOOP" ] || [ ! -x "$UPSTREAM" ]; then
     cargo build --release --manifest-path bench/openloop/Cargo.toml --target-dir bench/openloop/target
 fi
 
@@ -97,6 +109,32 @@ http {
 EOF
 taskset -c 1 nginx -c "$WORK/nginx.conf" -p "$WORK" &
 NGINX_PID=$!
+# The floor of any proxy hop on this machine, for reference: nginx as a plain reverse proxy
+# (keep-alive to the upstream; no key, no limits, no billing, no body parsing), one worker on
+# CPU 0 as Keel is; :9104 to the upstream above, :9105 to the delayed one further down.
+mkdir -p "$WORK/proxy"
+cat >"$WORK/proxy.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy.err warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/proxy/body;
+    proxy_temp_path $WORK/proxy/temp;
+    keepalive_requests 1000000;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_buffering off;
+    upstream fast { server 127.0.0.1:9101; keepalive 64; }
+    upstream delayed { server 127.0.0.1:9103; keepalive 64; }
+    server { listen 127.0.0.1:9104; location / { proxy_pass http://fast; } }
+    server { listen 127.0.0.1:9105; location / { proxy_pass http://delayed; } }
+}
+EOF
+taskset -c 0 nginx -c "$WORK/proxy.conf" -p "$WORK/proxy" &
+PROXY_PID=$!
 
 cat >"$WORK/keel.toml" <<EOF
 [http]
@@ -126,9 +164,17 @@ max_concurrency = 1024
 base_url = "http://127.0.0.1:9102/v1"
 max_concurrency = 1024
 
+[inference.providers.slow]
+base_url = "http://127.0.0.1:9103/v1"
+max_concurrency = 1024
+
 [inference.models.bench-chat]
 max_output_tokens = 256
 deployments = [{ provider = "json", model = "m", input_nanos_per_million = 150000000, output_nanos_per_million = 600000000 }]
+
+[inference.models.bench-chat-slow]
+max_output_tokens = 256
+deployments = [{ provider = "slow", model = "m", input_nanos_per_million = 150000000, output_nanos_per_million = 600000000 }]
 
 [inference.models.bench-stream]
 max_output_tokens = 256
@@ -137,6 +183,10 @@ deployments = [{ provider = "sse", model = "m", input_nanos_per_million = 150000
 [inference.models.bench-embed]
 kind = "embedding"
 deployments = [{ provider = "json", model = "e", input_nanos_per_million = 20000000 }]
+
+[inference.models.bench-embed-slow]
+kind = "embedding"
+deployments = [{ provider = "slow", model = "e", input_nanos_per_million = 20000000 }]
 EOF
 mkdir -p "$WORK/data"
 taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/gateway" --config "$WORK/keel.toml" serve >"$WORK/keel.log" 2>&1 &
@@ -154,11 +204,14 @@ curl -sSf -X PUT -H "authorization: Bearer $TOKEN" -H 'content-type: application
 KEY=$(curl -sS -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{"name":"bench"}' "$API/v1/organizations/$ORG/api-keys" | jq -r .key)
 
-body() {
+body() { # body chat|stream|embed [slow]: the request; "slow" names the models on the delayed upstream
+    local chat=bench-chat stream=bench-stream embed=bench-embed
+    # The delayed upstream answers a streaming request with its SSE body, so one model serves both.
+    [ "${2:-}" = slow ] && chat=bench-chat-slow stream=bench-chat-slow embed=bench-embed-slow
     case $1 in
-    chat) echo '{"model":"bench-chat","max_tokens":64,"messages":[{"role":"user","content":"Say hello in a friendly way."}]}' ;;
-    stream) echo '{"model":"bench-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello in a friendly way."}]}' ;;
-    embed) echo '{"model":"bench-embed","input":"a short sentence to embed"}' ;;
+    chat) echo '{"model":"'$chat'","max_tokens":64,"messages":[{"role":"user","content":"Say hello in a friendly way."}]}' ;;
+    stream) echo '{"model":"'$stream'","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello in a friendly way."}]}' ;;
+    embed) echo '{"model":"'$embed'","input":"a short sentence to embed"}' ;;
     esac
 }
 script() { # script BODY AUTH [PACE_MS]
@@ -181,6 +234,7 @@ run() { # run NAME URL BODY AUTH CONCURRENCY [PACE_MS]
     local out
     out=$(taskset -c 1 wrk -t1 -c"$5" -d"${DURATION}s" -s "$WORK/post.lua" "$2" | grep '^RESULT' | cut -d' ' -f2-)
     printf '%-22s c=%-3s %s (latency ms)\n' "$1" "$5" "$out"
+    LAST_OUT=$out
     LAST_RPS=$(sed -n 's/^rps=\([0-9]*\).*/\1/p' <<<"$out")
 }
 cpu_secs() { # cpu_secs PID: user + system CPU of the process and of its children that ended
@@ -195,6 +249,7 @@ echo "upstream: nginx on CPU 1; Keel: 1 worker on CPU 0; wrk on CPU 1; ${DURATIO
 CPU0=$(cpu_secs "$KEEL_PID")
 for c in 1 10 64; do
     run "chat direct" "http://127.0.0.1:9101/v1/chat/completions" "$(body chat)" none "$c"
+    run "chat nginx proxy" "http://127.0.0.1:9104/v1/chat/completions" "$(body chat)" none "$c"
     run "chat keel" "$API/v1/chat/completions" "$(body chat)" "$KEY" "$c"
     if [ "$c" = 10 ]; then SATURATED=$LAST_RPS; fi
     run "stream direct" "http://127.0.0.1:9102/v1/chat/completions" "$(body stream)" none "$c"
@@ -234,6 +289,37 @@ for name in chat stream embeddings; do
         'BEGIN { printf "%-22s c=10  p50=%.3f p99=%.3f (keel minus direct, ms)\n", name, k50 - d50, k99 - d99 }'
 done
 curl -s "$API/metrics" >"$WORK/metrics.open"
+# Concurrency 10 as callers of a model make it: the same closed loop, against an upstream that
+# answers after DELAY_MS as a model does (bench/openloop's `upstream`, on CPU 1 with wrk). Ten
+# calls in flight then spend their time waiting on it rather than queueing for Keel's core, and
+# keel minus direct is what the gateway adds to each call at concurrency 10.
+DELAY_MS=${DELAY_MS:-10}
+taskset -c 1 "$UPSTREAM" --listen 127.0.0.1:9103 --delay-ms "$DELAY_MS" \
+    --chat "$CHAT" --sse "$SSE" --embedding "$EMBED" &
+UPSTREAM_PID=$!
+for _ in $(seq 1 50); do curl -sf -o /dev/null -d '{}' http://127.0.0.1:9103/v1/embeddings && break; sleep 0.1; done
+script "$(body chat slow)" "$KEY"
+taskset -c 1 wrk -t1 -c10 -d1s -s "$WORK/post.lua" "$API/v1/chat/completions" >/dev/null
+echo "closed loop against an upstream answering after ${DELAY_MS} ms, c=10, ${DURATION}s per run"
+for name in chat stream embeddings; do
+    case $name in chat) b=chat ;; stream) b=stream ;; embeddings) b=embed ;; esac
+    path=/v1/chat/completions
+    [ "$name" = embeddings ] && path=/v1/embeddings
+    run "$name direct delayed" "http://127.0.0.1:9103$path" "$(body $b slow)" none 10
+    direct=$LAST_OUT
+    run "$name nginx delayed" "http://127.0.0.1:9105$path" "$(body $b slow)" none 10
+    proxy=$LAST_OUT
+    run "$name keel delayed" "$API$path" "$(body $b slow)" "$KEY" 10
+    for through in nginx keel; do
+        [ "$through" = nginx ] && out=$proxy || out=$LAST_OUT
+        awk -v d50="$(field "$direct" p50)" -v d99="$(field "$direct" p99)" \
+            -v k50="$(field "$out" p50)" -v k99="$(field "$out" p99)" -v name="$name overhead" -v through="$through" \
+            'BEGIN { printf "%-22s c=10  p50=%.3f p99=%.3f (%s minus direct, ms)\n", name, k50 - d50, k99 - d99, through }'
+    done
+done
+kill "$UPSTREAM_PID"
+UPSTREAM_PID=""
+curl -s "$API/metrics" >"$WORK/metrics.delayed"
 # The platform's own floor: an authenticated, non-AI route of the same gateway (API key from the
 # credential cache, no billing, no upstream).
 for c in 1 10 64; do
@@ -279,6 +365,8 @@ quantiles() {
 }
 echo "in-gateway overhead, bucket upper bounds (25, 50, 100, 250, 500 us, 1 ms, ...), open-loop runs only:"
 quantiles "$WORK/metrics.before" "$WORK/metrics.open"
+echo "the same, delayed-upstream runs at c=10 only:"
+quantiles "$WORK/metrics.open" "$WORK/metrics.delayed"
 echo "the same over the whole run (warm-up, closed-loop and open-loop runs):"
 quantiles /dev/null "$WORK/metrics.end"
 
