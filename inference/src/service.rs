@@ -564,7 +564,10 @@ impl InferenceService {
     /// of its deployment's bulkhead (a full one is skipped, never waited for) and passes its
     /// circuit breaker; a retryable failure is retried after a backoff with full jitter (or the
     /// provider's `Retry-After`), on the next deployment when there is one. Returns the answer,
-    /// its deployment and slot, and the time spent waiting (for the provider and in backoff).
+    /// its deployment and slot, and the time spent waiting: on the provider (what a successful
+    /// attempt says it waited; a failed one counts whole) and in backoff. Keel's own work in an
+    /// attempt (encoding the request, parsing the answer) is not waiting: `x-keel-overhead-ms`
+    /// counts it.
     async fn attempts<T, F, Fut>(
         &self,
         model: &ModelEntry,
@@ -573,7 +576,7 @@ impl InferenceService {
     ) -> Result<(T, Arc<Deployment>, OwnedSemaphorePermit, Duration), InferenceError>
     where
         F: FnMut(Arc<Deployment>, Instant) -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
+        Fut: Future<Output = Result<(T, Duration), Failure>>,
     {
         let retry = &self.inner.retry;
         let plan = model.plan();
@@ -599,9 +602,9 @@ impl InferenceService {
             let deadline = started + total_timeout(&deployment);
             let t0 = Instant::now();
             let result = attempt(deployment.clone(), deadline).await;
-            waited += t0.elapsed();
             let failure = match result {
-                Ok(value) => {
+                Ok((value, on_provider)) => {
+                    waited += on_provider;
                     if deployment.circuit.success() {
                         tracing::info!(
                             inference.model = %model.name,
@@ -611,7 +614,10 @@ impl InferenceService {
                     }
                     return Ok((value, deployment, permit, waited));
                 }
-                Err(failure) => failure,
+                Err(failure) => {
+                    waited += t0.elapsed();
+                    failure
+                }
             };
             drop(permit);
             deployment.metrics.upstream_error(failure.label());
@@ -707,14 +713,19 @@ impl InferenceService {
             .attempts(model, started, |deployment, deadline| {
                 let request = &request;
                 async move {
-                    let Upstream::OpenAi(provider) = &deployment.upstream else { return Ok(Opened::Echo) };
+                    let Upstream::OpenAi(provider) = &deployment.upstream else {
+                        return Ok((Opened::Echo, Duration::ZERO));
+                    };
                     let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
-                    let first_by = deadline.min(Instant::now() + provider.timeouts.first_token);
+                    let sent = Instant::now();
+                    let first_by = deadline.min(sent + provider.timeouts.first_token);
                     let answer = provider.post(Endpoint::ChatCompletions, body, deadline).await?;
                     let mut reader = SseReader::new(BodyReader::new(answer, provider.timeouts.first_token, deadline));
                     // The first event is read before the answer is committed to the client, so
                     // that a provider that fails before it can still be retried.
-                    let first = match tokio::time::timeout_at(first_by, reader.next()).await {
+                    let first = tokio::time::timeout_at(first_by, reader.next()).await;
+                    let on_provider = sent.elapsed();
+                    let first = match first {
                         Err(_) => return Err(Failure::Timeout("first_token")),
                         Ok(Err(failure)) => return Err(failure),
                         Ok(Ok(SseEvent::Data(data))) => Some(
@@ -727,7 +738,7 @@ impl InferenceService {
                         }
                     };
                     reader.body_mut().set_idle(provider.timeouts.idle);
-                    Ok(Opened::Provider(Box::new((reader, first))))
+                    Ok((Opened::Provider(Box::new((reader, first))), on_provider))
                 }
             })
             .await?;
@@ -787,9 +798,12 @@ impl InferenceService {
                 });
             };
             let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+            let sent = Instant::now();
             let answer = provider.post(Endpoint::Embeddings, body, deadline).await?;
             let bytes = BodyReader::new(answer, provider.timeouts.idle, deadline).read_all(MAX_ANSWER_BYTES).await?;
+            let on_provider = sent.elapsed();
             serde_json::from_slice::<EmbeddingResponse>(&bytes)
+                .map(|answer| (answer, on_provider))
                 .map_err(|e| Failure::Malformed(format!("not an embedding answer: {e}")))
         })
         .await
@@ -1186,14 +1200,22 @@ impl InferenceApi for InferenceService {
                 let request = &request;
                 async move {
                     match &deployment.upstream {
-                        Upstream::Echo(_) => Ok(echo_response(public, &request.messages, output_cap)),
+                        // The echo stands in for a provider: its time is the provider's.
+                        Upstream::Echo(_) => {
+                            let started = Instant::now();
+                            let answer = echo_response(public, &request.messages, output_cap);
+                            Ok((answer, started.elapsed()))
+                        }
                         Upstream::OpenAi(provider) => {
                             let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
+                            let sent = Instant::now();
                             let answer = provider.post(Endpoint::ChatCompletions, body, deadline).await?;
                             let bytes = BodyReader::new(answer, provider.timeouts.idle, deadline)
                                 .read_all(MAX_ANSWER_BYTES)
                                 .await?;
+                            let on_provider = sent.elapsed();
                             serde_json::from_slice::<ChatCompletionResponse>(&bytes)
+                                .map(|answer| (answer, on_provider))
                                 .map_err(|e| Failure::Malformed(format!("not a chat completion: {e}")))
                         }
                     }

@@ -303,6 +303,13 @@ async fn every_fault_of_the_upstream_is_a_clean_error_within_its_deadline() {
     assert_eq!(error["error"]["type"], "service_unavailable_error");
     assert_eq!(fake.requests() - before, 1, "never retried after the first byte");
 
+    // An answer 300 ms late: the wait is the provider's, not in the gateway's overhead.
+    fake.script([Behavior::Answer { words: 5, delay: Duration::from_millis(300), usage: true }]);
+    let reply = api.post("/v1/chat/completions", Some(&key), &chat(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let overhead: f64 = reply.header("x-keel-overhead-ms").unwrap().parse().unwrap();
+    assert!(overhead < 250.0, "the provider's 300 ms counted as overhead: {overhead} ms");
+
     // Chunks 300 ms apart (within the idle deadline of 500 ms): the whole answer.
     fake.script([Behavior::Answer { words: 5, delay: Duration::from_millis(300), usage: true }]);
     let (status, data) = events(&api, &key, &chat(true)).await;
