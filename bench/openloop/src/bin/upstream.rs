@@ -24,12 +24,12 @@ struct Answers {
     embedding: String,
 }
 
-const USAGE: &str =
-    "usage: upstream --listen HOST:PORT --delay-ms N --chat JSON --sse 'data: …' --embedding JSON";
+const USAGE: &str = "usage: upstream --listen HOST:PORT --delay-ms N --chat JSON --sse 'data: …' --embedding JSON";
 
 fn main() -> ExitCode {
     let mut listen = None;
-    let mut answers = Answers { delay: Duration::ZERO, chat: String::new(), sse: String::new(), embedding: String::new() };
+    let mut answers =
+        Answers { delay: Duration::ZERO, chat: String::new(), sse: String::new(), embedding: String::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else {
@@ -100,10 +100,10 @@ fn serve(conn: TcpStream, answers: &Answers) -> io::Result<()> {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().map_err(|_| io::Error::other("bad content-length"))?;
-                }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().map_err(|_| io::Error::other("bad content-length"))?;
             }
         }
         body.resize(length, 0);
