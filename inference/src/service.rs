@@ -1202,9 +1202,9 @@ impl InferenceApi for InferenceService {
                     match &deployment.upstream {
                         // The echo stands in for a provider: its time is the provider's.
                         Upstream::Echo(_) => {
-                            let started = Instant::now();
+                            let generating = Instant::now();
                             let answer = echo_response(public, &request.messages, output_cap);
-                            Ok((answer, started.elapsed()))
+                            Ok((answer, generating.elapsed()))
                         }
                         Upstream::OpenAi(provider) => {
                             let body = body_for(&WithModel { model: &deployment.upstream_model, request })?;
