@@ -31,7 +31,7 @@
 #   tracking: only its master key), one worker, pinned to CPU 0 like Keel, after Keel has stopped.
 # Prints one line per run: RPS and latency percentiles; then each gateway's CPU seconds and RSS,
 # and the in-gateway overhead histogram's p50/p90/p99 bucket bounds per route, for the open-loop
-# runs and for the whole run.
+# runs, for the delayed runs and for the whole run.
 # - HALT_POLL_NS (on a VM whose kernel has cpuidle-haltpoll, as root): how long an idle vCPU
 #   polls before it halts, for the whole run; the previous value is put back at the end. A
 #   halted vCPU wakes in tens of microseconds (an exit to the hypervisor), and a call through a
