@@ -9,6 +9,8 @@
 //! not saturated. One thread per keep-alive connection (a gateway opens about as many as it has
 //! calls in flight); the same answers as bench/inference.sh's nginx: `/v1/embeddings` gets the
 //! embedding, a body with `"stream":true` the SSE stream, anything else the chat completion.
+//! Request bodies are read by `Content-Length` (wrk and Keel's client send it); a chunked one is
+//! not understood.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
