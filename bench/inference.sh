@@ -86,16 +86,26 @@ LAST='{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choice
 EMBED='{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]}],"model":"e","usage":{"prompt_tokens":4,"total_tokens":4}}'
 SSE="data: $CHUNK\n\ndata: $CHUNK\n\ndata: $CHUNK\n\ndata: $LAST\n\ndata: [DONE]\n\n"
 
-cat >"$WORK/nginx.conf" <<EOF
+nginx_conf() { # nginx_conf NAME: writes $WORK/NAME/nginx.conf, one worker; stdin is the http block
+    mkdir -p "$WORK/$1"
+    {
+        cat <<EOF
 daemon off;
 worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err warn;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $WORK/body;
+    client_body_temp_path $WORK/$1/body;
+    proxy_temp_path $WORK/$1/proxy;
     keepalive_requests 1000000;
+EOF
+        cat
+        echo "}"
+    } >"$WORK/$1/nginx.conf"
+}
+nginx_conf upstream <<EOF
     server {
         listen 127.0.0.1:9101;
         location /v1/chat/completions { default_type application/json; return 200 '$CHAT'; }
@@ -105,25 +115,13 @@ http {
         listen 127.0.0.1:9102;
         location /v1/chat/completions { default_type text/event-stream; return 200 '$SSE'; }
     }
-}
 EOF
-taskset -c 1 nginx -c "$WORK/nginx.conf" -p "$WORK" &
+taskset -c 1 nginx -c "$WORK/upstream/nginx.conf" -p "$WORK/upstream" &
 NGINX_PID=$!
 # The floor of any proxy hop on this machine, for reference: nginx as a plain reverse proxy
 # (keep-alive to the upstream; no key, no limits, no billing, no body parsing), one worker on
 # CPU 0 as Keel is; :9104 to the upstream above, :9105 to the delayed one further down.
-mkdir -p "$WORK/proxy"
-cat >"$WORK/proxy.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/proxy/body;
-    proxy_temp_path $WORK/proxy/temp;
-    keepalive_requests 1000000;
+nginx_conf proxy <<EOF
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_buffering off;
@@ -131,9 +129,8 @@ http {
     upstream delayed { server 127.0.0.1:9103; keepalive 64; }
     server { listen 127.0.0.1:9104; location / { proxy_pass http://fast; } }
     server { listen 127.0.0.1:9105; location / { proxy_pass http://delayed; } }
-}
 EOF
-taskset -c 0 nginx -c "$WORK/proxy.conf" -p "$WORK/proxy" &
+taskset -c 0 nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy" &
 PROXY_PID=$!
 
 cat >"$WORK/keel.toml" <<EOF
