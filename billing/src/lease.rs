@@ -291,7 +291,7 @@ impl Shared {
     }
 
     async fn run(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let interval = weak.upgrade().map(|s| s.config.flush_interval_ms).unwrap_or(5);
+        let interval = weak.upgrade().map_or(LeaseConfig::default().flush_interval_ms, |s| s.config.flush_interval_ms);
         let mut ticker = tokio::time::interval(Duration::from_millis(interval.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
