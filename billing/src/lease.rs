@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use shared::metrics::{BillingMetrics, BillingOp, BillingOutcome, BillingPath, SliceKind, SliceOutcome};
 use shared::{Page, PageRequest};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,11 @@ struct Shared {
     inner: Arc<dyn BillingApi>,
     /// Woken when a lease is opened or topped up (or the attempt failed).
     changed: tokio::sync::Notify,
+    /// Set, under the state's lock, while the flusher sleeps because there is nothing to look
+    /// after (no slot, local hold or settle answer): an idle process does not wake every flush
+    /// interval. A reservation that finds it set wakes the flusher through `wake`.
+    parked: AtomicBool,
+    wake: tokio::sync::Notify,
     config: LeaseConfig,
     state: Mutex<State>,
     stats: Counters,
@@ -77,6 +82,7 @@ struct Counters {
     lease_extends: AtomicU64,
     commits: AtomicU64,
     committed_records: AtomicU64,
+    passes: AtomicU64,
 }
 
 /// What this process's leases did so far.
@@ -91,6 +97,9 @@ pub struct LeaseStats {
     /// `commit_lease` calls (group commits).
     pub commits: u64,
     pub committed_records: u64,
+    /// The flusher's passes: one per `flush_interval_ms` while there is something to look
+    /// after, none while there is not.
+    pub passes: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +129,10 @@ struct Replay {
 impl Replay {
     fn get(&self, hold: &HoldId) -> Option<(Money, Money)> {
         self.current.get(hold).or_else(|| self.previous.get(hold)).copied()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.current.is_empty() && self.previous.is_empty()
     }
 
     fn insert(&mut self, hold: HoldId, answer: (Money, Money)) {
@@ -235,6 +248,8 @@ impl LeasedBilling {
         let shared = Arc::new(Shared {
             inner,
             changed: tokio::sync::Notify::new(),
+            parked: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
             config,
             state: Mutex::new(State::default()),
             stats: Counters::default(),
@@ -254,6 +269,7 @@ impl LeasedBilling {
             lease_extends: s.lease_extends.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
             committed_records: s.committed_records.load(Ordering::Relaxed),
+            passes: s.passes.load(Ordering::Relaxed),
         }
     }
 
@@ -303,6 +319,37 @@ impl Shared {
             }
             let Some(shared) = weak.upgrade() else { return };
             shared.tick(false, false).await;
+            if shared.park_if_idle() {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    _ = shared.wake.notified() => {}
+                }
+                shared.parked.store(false, Ordering::Relaxed);
+                // The first pass one interval after the wake-up, as if it had ticked all along.
+                ticker.reset();
+            }
+        }
+    }
+
+    /// Whether the flusher may sleep until the next reservation: nothing is left to commit,
+    /// close, keep alive, expire or forget. Decided under the state's lock, so a reservation
+    /// either changed the state first (not idle) or finds `parked` set afterwards and wakes
+    /// the flusher (`unpark`).
+    fn park_if_idle(&self) -> bool {
+        let state = self.lock();
+        let idle = state.slots.is_empty() && state.holds.is_empty() && state.settled.is_empty();
+        if idle {
+            self.parked.store(true, Ordering::Relaxed);
+        }
+        idle
+    }
+
+    /// After a reservation changed the state: wakes a parked flusher. A wake-up that finds the
+    /// flusher running leaves a permit, which costs one idle pass later at most.
+    fn unpark(&self) {
+        if self.parked.load(Ordering::Relaxed) {
+            self.wake.notify_one();
         }
     }
 
@@ -321,6 +368,7 @@ impl Shared {
     /// One flusher pass: commits pending usage, closes idle leases (or all, with `close_all`),
     /// keeps busy leases alive, forgets local holds past their TTL and old settle answers.
     async fn tick(&self, close_all: bool, _final: bool) {
+        self.stats.passes.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let idle = Duration::from_millis(self.config.idle_release_ms);
         let keep_alive = self.ttl() / 3;
@@ -648,6 +696,7 @@ impl BillingApi for LeasedBilling {
                     Step::Wait(None)
                 }
             };
+            shared.unpark();
             match plan {
                 Step::Authorized(hold, refill) => {
                     shared.stats.leased.fetch_add(1, Ordering::Relaxed);

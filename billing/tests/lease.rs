@@ -198,6 +198,42 @@ backend_tests! {
         eprintln!("1,280 leased pairs: {stats:?}, {queries} queries");
     }
 
+    async fn an_idle_flusher_sleeps_until_a_reservation_wakes_it(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("idle@example.com", Money::units(10)).await;
+        let config =
+            LeaseConfig { flush_interval_ms: 5, idle_release_ms: 50, settle_replay_ms: 50, ..LeaseConfig::default() };
+        let api = f.leased(config);
+        // Nothing to look after from the start: one pass, then none (at 5 ms, 40 would be due).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let asleep = api.stats().passes;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(api.stats().passes, asleep, "passes while idle");
+        // A reservation wakes it: the settlement is committed without an explicit flush.
+        let hold = api.reserve(reserve(org, Money::cents(1), "idle-1")).await.unwrap();
+        api.settle(SettleRequest { hold_id: hold.id, usage: usage("idle-1", Money::cents(1)) }).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while api.stats().committed_records < 1 {
+            assert!(std::time::Instant::now() < deadline, "never committed: {:?}", api.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Once the lease is returned (idle 50 ms) and the settle answer forgotten (after 50 to
+        // 100 ms), it sleeps again.
+        let mut last = api.stats().passes;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = api.stats().passes;
+            if now == last {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the flusher never went back to sleep: {:?}", api.stats());
+            last = now;
+        }
+        let report = f.check().await;
+        assert_eq!(report.balances[&org.to_string()], (Money::units(10).0 - Money::cents(1).0, 0, Money::cents(1).0));
+        api.shutdown().await;
+    }
+
     async fn a_settle_retried_after_its_replay_window_is_refused_and_charges_nothing_more(backend) {
         let f = fixture(&backend).await;
         let org = f.funded("replay@example.com", Money::units(10)).await;
