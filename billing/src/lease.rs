@@ -97,8 +97,8 @@ pub struct LeaseStats {
     /// `commit_lease` calls (group commits).
     pub commits: u64,
     pub committed_records: u64,
-    /// The flusher's passes: one per `flush_interval_ms` while there is something to look
-    /// after, none while there is not.
+    /// Passes over the leases: the flusher's, one per `flush_interval_ms` while there is
+    /// something to look after and none while there is not, and those of `flush`/`shutdown`.
     pub passes: u64,
 }
 
