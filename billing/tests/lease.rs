@@ -204,21 +204,32 @@ backend_tests! {
         let config =
             LeaseConfig { flush_interval_ms: 5, idle_release_ms: 50, settle_replay_ms: 50, ..LeaseConfig::default() };
         let api = f.leased(config);
+        let within = |secs| std::time::Instant::now() + Duration::from_secs(secs);
         // Nothing to look after from the start: one pass, then none (at 5 ms, 40 would be due).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = within(10);
+        while api.stats().passes == 0 {
+            assert!(std::time::Instant::now() < deadline, "the flusher never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let asleep = api.stats().passes;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(api.stats().passes, asleep, "passes while idle");
-        // A reservation wakes it: the settlement is committed without an explicit flush.
+        // A reservation wakes it: the settlement is committed and, once the lease is idle (50
+        // ms), the lease returned, without an explicit flush.
         let hold = api.reserve(reserve(org, Money::cents(1), "idle-1")).await.unwrap();
         api.settle(SettleRequest { hold_id: hold.id, usage: usage("idle-1", Money::cents(1)) }).await.unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while api.stats().committed_records < 1 {
-            assert!(std::time::Instant::now() < deadline, "never committed: {:?}", api.stats());
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let deadline = within(10);
+        loop {
+            let (available, held, spent) = f.check().await.balances[&org.to_string()];
+            if held == 0 && spent > 0 {
+                assert_eq!((available, spent), (Money::units(10).0 - Money::cents(1).0, Money::cents(1).0));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not committed and returned: {:?}", api.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Once the lease is returned (idle 50 ms) and the settle answer forgotten (after 50 to
-        // 100 ms), it sleeps again.
+        // Once the settle answer is forgotten too (after 50 to 100 ms), it sleeps again.
+        let deadline = within(10);
         let mut last = api.stats().passes;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -229,8 +240,6 @@ backend_tests! {
             assert!(std::time::Instant::now() < deadline, "the flusher never went back to sleep: {:?}", api.stats());
             last = now;
         }
-        let report = f.check().await;
-        assert_eq!(report.balances[&org.to_string()], (Money::units(10).0 - Money::cents(1).0, 0, Money::cents(1).0));
         api.shutdown().await;
     }
 
