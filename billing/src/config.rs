@@ -48,6 +48,11 @@ pub struct LeaseConfig {
     /// 20 ms rather than 5 took a chat call's background CPU from ~120 to ~55 µs at 900 calls/s
     /// (bench/inference-results.md).
     pub flush_interval_ms: u64,
+    /// The flusher's commits run on the database layer's background pool, at a lower
+    /// scheduling priority (`shared::db::in_background`), so that on a core shared with the
+    /// HTTP worker they do not hold up calls; a pass that takes longer than the flush interval
+    /// makes the next one commit at the ordinary priority, so a busy core cannot starve them.
+    pub background_commits: bool,
     /// The most settlements one commit writes (the rest wait for the next flush). Large, so a
     /// commit takes the whole backlog and the crash window stays one flush plus one commit.
     pub max_batch: usize,
@@ -81,6 +86,7 @@ impl Default for LeaseConfig {
         Self {
             enabled: true,
             flush_interval_ms: 20,
+            background_commits: true,
             max_batch: 50_000,
             lease_ttl_ms: 30_000,
             idle_release_ms: 2_000,

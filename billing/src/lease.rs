@@ -290,7 +290,7 @@ impl LeasedBilling {
         if let Some(ticker) = ticker {
             let _ = ticker.await;
         }
-        self.shared.tick(true, true).await;
+        self.shared.tick(true, false).await;
     }
 }
 
@@ -307,8 +307,10 @@ impl Shared {
     }
 
     async fn run(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let interval = weak.upgrade().map_or(LeaseConfig::default().flush_interval_ms, |s| s.config.flush_interval_ms);
-        let mut ticker = tokio::time::interval(Duration::from_millis(interval.max(1)));
+        let config = weak.upgrade().map_or_else(LeaseConfig::default, |s| s.config.clone());
+        let interval = Duration::from_millis(config.flush_interval_ms.max(1));
+        let mut ticker = tokio::time::interval(interval);
+        let mut background = config.background_commits;
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -318,7 +320,11 @@ impl Shared {
                 _ = ticker.tick() => {}
             }
             let Some(shared) = weak.upgrade() else { return };
-            shared.tick(false, false).await;
+            let started = Instant::now();
+            shared.tick(false, background).await;
+            // A pass longer than the interval: the background pool is not keeping up (a busy
+            // core gives it little), so the next pass commits at the ordinary priority.
+            background = config.background_commits && started.elapsed() <= interval;
             if shared.park_if_idle() {
                 tokio::select! {
                     biased;
@@ -366,8 +372,9 @@ impl Shared {
     }
 
     /// One flusher pass: commits pending usage, closes idle leases (or all, with `close_all`),
-    /// keeps busy leases alive, forgets local holds past their TTL and old settle answers.
-    async fn tick(&self, close_all: bool, _final: bool) {
+    /// keeps busy leases alive, forgets local holds past their TTL and old settle answers. With
+    /// `background`, the commits run on the database's background pool.
+    async fn tick(&self, close_all: bool, background: bool) {
         self.stats.passes.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let idle = Duration::from_millis(self.config.idle_release_ms);
@@ -427,21 +434,23 @@ impl Shared {
                     || now.duration_since(s.last_used) < idle
             });
         }
-        let commits = work.into_iter().map(|(key, lease, usage, close)| self.commit(key, lease, usage, close));
+        let commits =
+            work.into_iter().map(|(key, lease, usage, close)| self.commit(key, lease, usage, close, background));
         futures_util::future::join_all(commits).await;
     }
 
-    async fn commit(&self, key: SlotKey, lease: HoldId, mut usage: Vec<UsageRecord>, close: bool) {
+    async fn commit(&self, key: SlotKey, lease: HoldId, mut usage: Vec<UsageRecord>, close: bool, background: bool) {
         // Batches of at most `max_batch`; only the last one closes.
         while usage.len() > self.config.max_batch {
             let rest = usage.split_off(self.config.max_batch);
             let batch = std::mem::replace(&mut usage, rest);
-            Box::pin(self.commit(key, lease, batch, false)).await;
+            Box::pin(self.commit(key, lease, batch, false, background)).await;
         }
         let count = usage.len() as u64;
         let request = CommitLeaseRequest { hold_id: lease, usage: usage.clone(), close, ttl: self.ttl() };
         let started = Instant::now();
-        let result = self.inner.commit_lease(request).await;
+        let committing = self.inner.commit_lease(request);
+        let result = if background { shared::db::in_background(committing).await } else { committing.await };
         self.metrics.commit(result.is_ok(), usage.len(), started.elapsed());
         match result {
             Ok(done) => {

@@ -392,9 +392,58 @@ where
     E: From<DbError> + Send + 'static,
 {
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
-        .await
-        .unwrap_or_else(|e| Err(DbError::Task(e.to_string()).into()))
+    let work = move || span.in_scope(f);
+    let task = match BACKGROUND.try_with(|_| ()).ok().and_then(|()| background_pool()) {
+        Some(pool) => pool.spawn_blocking(work),
+        None => tokio::task::spawn_blocking(work),
+    };
+    task.await.unwrap_or_else(|e| Err(DbError::Task(e.to_string()).into()))
+}
+
+tokio::task_local! {
+    static BACKGROUND: ();
+}
+
+/// The nice value of the background pool's threads (Linux; 0 is a request's, 19 the lowest).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Runs `work` with the database calls it makes on the background pool: threads of their own
+/// at a lower scheduling priority ([`BACKGROUND_NICE`], Linux only), for work that no request
+/// waits on, such as the billing flusher's group commits.
+///
+/// Why: on a core shared with the HTTP worker, a commit woken on the ordinary blocking pool
+/// takes the core for a whole scheduler slice (milliseconds, with SQLite's checkpoint), and the
+/// calls that arrive meanwhile queue behind it. At a lower priority the worker takes the core
+/// back as soon as it has something to do; the background work still gets its share (a nice of
+/// 10 weighs about a tenth of a default thread) when the core is busy, and all of it when not.
+pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
+
+/// A runtime that is never driven, for its blocking pool only: its threads lower their own
+/// priority once, when they start. None if it could not be built (the work then runs on the
+/// ordinary pool).
+fn background_pool() -> Option<&'static tokio::runtime::Handle> {
+    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("keel-db-background")
+            .max_blocking_threads(4)
+            .on_thread_start(lower_priority)
+            .build()
+            .inspect_err(|error| tracing::warn!(%error, "no background database pool"))
+            .ok()
+    });
+    pool.as_ref().map(tokio::runtime::Runtime::handle)
+}
+
+fn lower_priority() {
+    // On Linux the nice value is a thread's own (`setpriority` on the calling thread); elsewhere
+    // it would be the whole process's, so it is left alone there.
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+        tracing::debug!(%error, "the background database pool keeps its priority");
+    }
 }
 
 /// `application_name` tells the pools apart in `pg_stat_activity`.

@@ -223,3 +223,39 @@ backend_tests! {
         assert_eq!(count, "2", "both writers committed");
     }
 }
+
+/// The calling thread's name and nice value.
+fn thread_here() -> (Option<String>, i32) {
+    #[cfg(target_os = "linux")]
+    let nice = rustix::process::getpriority_process(None).unwrap();
+    #[cfg(not(target_os = "linux"))]
+    let nice = 0;
+    (std::thread::current().name().map(str::to_owned), nice)
+}
+
+backend_tests! {
+    async fn work_in_background_runs_on_its_own_threads_at_a_lower_priority(backend) {
+        let database = TestDatabase::new(&backend);
+        let db = Db::connect(&database.domain("gamma")).unwrap();
+        let (name, nice) = db.run(|_| Ok::<_, DbError>(thread_here())).await.unwrap();
+        assert_ne!(name.as_deref(), Some("keel-db-background"));
+        let background = db.clone();
+        let (bg_name, bg_nice) = shared::db::in_background(async move {
+            // A transaction too, with what it wrote visible afterwards.
+            background
+                .transaction(|conn| conn.batch_execute("CREATE TABLE marks (id INTEGER PRIMARY KEY)").map_err(DbError::from))
+                .await?;
+            background.run(|_| Ok::<_, DbError>(thread_here())).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(bg_name.as_deref(), Some("keel-db-background"));
+        if cfg!(target_os = "linux") {
+            assert_eq!(bg_nice, (nice + shared::db::BACKGROUND_NICE).min(19));
+        }
+        db.run(|conn| conn.batch_execute("INSERT INTO marks (id) VALUES (1)").map_err(DbError::from)).await.unwrap();
+        // Outside the scope, the ordinary pool again.
+        let (after, _) = db.run(|_| Ok::<_, DbError>(thread_here())).await.unwrap();
+        assert_ne!(after.as_deref(), Some("keel-db-background"));
+    }
+}
