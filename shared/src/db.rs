@@ -404,7 +404,8 @@ tokio::task_local! {
     static BACKGROUND: ();
 }
 
-/// The nice value of the background pool's threads (Linux; 0 is a request's, 19 the lowest).
+/// How much nicer than the process the background pool's threads are (Linux; nice values go
+/// up to 19).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// Runs `work` with the database calls it makes on the background pool: threads of their own
@@ -428,7 +429,8 @@ fn background_pool() -> Option<&'static tokio::runtime::Handle> {
     let pool = POOL.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread()
             .thread_name("keel-db-background")
-            .max_blocking_threads(4)
+            // As many as a domain pool has connections by default.
+            .max_blocking_threads(16)
             .on_thread_start(lower_priority)
             .build()
             .inspect_err(|error| tracing::warn!(%error, "no background database pool"))
@@ -441,8 +443,13 @@ fn lower_priority() {
     // On Linux the nice value is a thread's own (`setpriority` on the calling thread); elsewhere
     // it would be the whole process's, so it is left alone there.
     #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-        tracing::debug!(%error, "the background database pool keeps its priority");
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        // Relative to the process's own: a process started with `nice` keeps its place.
+        let nice = getpriority_process(None).map_or(BACKGROUND_NICE, |own| (own + BACKGROUND_NICE).min(19));
+        if let Err(error) = setpriority_process(None, nice) {
+            tracing::debug!(%error, "the background database pool keeps its priority");
+        }
     }
 }
 
