@@ -72,6 +72,11 @@ struct Shared {
     stats: Counters,
     /// `keel_billing_*`: the leased path, slices, commits, what is unflushed.
     metrics: BillingMetrics,
+    /// The runtime the leases were made on: commits at the ordinary priority run there (the
+    /// flusher itself may run on the background runtime).
+    ordinary: tokio::runtime::Handle,
+    /// Set while a settle's catch-up pass runs (see `catch_up`).
+    catching_up: AtomicBool,
 }
 
 #[derive(Default)]
@@ -83,6 +88,7 @@ struct Counters {
     commits: AtomicU64,
     committed_records: AtomicU64,
     passes: AtomicU64,
+    catch_ups: AtomicU64,
 }
 
 /// What this process's leases did so far.
@@ -100,6 +106,9 @@ pub struct LeaseStats {
     /// Passes over the leases: the flusher's, one per `flush_interval_ms` while there is
     /// something to look after and none while there is not, and those of `flush`/`shutdown`.
     pub passes: u64,
+    /// Passes a settle started because the flusher had fallen four flush intervals behind (a
+    /// background flusher on a saturated core); counted in `passes` too.
+    pub catch_ups: u64,
 }
 
 #[derive(Default)]
@@ -161,6 +170,8 @@ struct Slot {
     remaining: i64,
     /// Settled usage not yet committed.
     pending: Vec<UsageRecord>,
+    /// Since when `pending` has held records (None while empty): how far behind the flusher is.
+    pending_since: Option<Instant>,
     /// Local holds authorized against the current lease and not yet settled or released.
     outstanding: usize,
     opening: bool,
@@ -181,6 +192,7 @@ impl Slot {
             lease: None,
             remaining: 0,
             pending: Vec::new(),
+            pending_since: None,
             outstanding: 0,
             opening: false,
             refilling: false,
@@ -254,9 +266,15 @@ impl LeasedBilling {
             state: Mutex::new(State::default()),
             stats: Counters::default(),
             metrics,
+            ordinary: tokio::runtime::Handle::current(),
+            catching_up: AtomicBool::new(false),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let ticker = tokio::spawn(Shared::run(Arc::downgrade(&shared), stopped));
+        let run = Shared::run(Arc::downgrade(&shared), stopped);
+        // With background commits the whole flusher steps aside: its timer and the end of each
+        // commit would otherwise wake an ordinary thread on the worker's core 100 times a second.
+        let ticker =
+            if shared.config.background_commits { shared::db::spawn_background(run) } else { tokio::spawn(run) };
         Self { shared, stop, ticker: Mutex::new(Some(ticker)) }
     }
 
@@ -270,6 +288,7 @@ impl LeasedBilling {
             commits: s.commits.load(Ordering::Relaxed),
             committed_records: s.committed_records.load(Ordering::Relaxed),
             passes: s.passes.load(Ordering::Relaxed),
+            catch_ups: s.catch_ups.load(Ordering::Relaxed),
         }
     }
 
@@ -359,6 +378,27 @@ impl Shared {
         }
     }
 
+    /// How far behind the flusher may fall before a settle makes a pass itself: four flush
+    /// intervals. A flusher on the background runtime gets the core only when the worker leaves
+    /// it idle; on a saturated core the settles, at the ordinary priority, keep what a crash can
+    /// lose near one interval instead.
+    fn catch_up_after(&self) -> Duration {
+        Duration::from_millis(self.config.flush_interval_ms.max(1).saturating_mul(4))
+    }
+
+    /// A pass at the ordinary priority on the caller's runtime, unless one is running.
+    fn catch_up(self: &Arc<Self>) {
+        if self.catching_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            shared.tick(false, false).await;
+            shared.catching_up.store(false, Ordering::Release);
+        });
+    }
+
     fn ttl(&self) -> Duration {
         Duration::from_millis(self.config.lease_ttl_ms)
     }
@@ -407,6 +447,7 @@ impl Shared {
                 // A closing commit takes everything (in several transactions if need be).
                 let take = if close { slot.pending.len() } else { slot.pending.len().min(self.config.max_batch) };
                 let usage: Vec<UsageRecord> = slot.pending.drain(..take).collect();
+                slot.pending_since = (!slot.pending.is_empty()).then_some(now);
                 if close {
                     // No more authorizations against it from here on.
                     slot.lease = None;
@@ -449,8 +490,17 @@ impl Shared {
         let count = usage.len() as u64;
         let request = CommitLeaseRequest { hold_id: lease, usage: usage.clone(), close, ttl: self.ttl() };
         let started = Instant::now();
-        let committing = self.inner.commit_lease(request);
-        let result = if background { shared::db::in_background(committing).await } else { committing.await };
+        let inner = self.inner.clone();
+        let committing = async move { inner.commit_lease(request).await };
+        let result = if background {
+            shared::db::in_background(committing).await
+        } else {
+            // On the runtime the leases were made on: this pass may run on the background one.
+            self.ordinary
+                .spawn(committing)
+                .await
+                .unwrap_or_else(|e| Err(BillingError::Unavailable(format!("lease commit did not run: {e}"))))
+        };
         self.metrics.commit(result.is_ok(), usage.len(), started.elapsed());
         match result {
             Ok(done) => {
@@ -504,6 +554,9 @@ impl Shared {
                     let mut usage = usage;
                     usage.append(&mut slot.pending);
                     slot.pending = usage;
+                    // Retried by the next pass: counted as behind from now, so an outage does
+                    // not make every settle start a pass of its own.
+                    slot.pending_since = Some(Instant::now());
                 } else {
                     drop(state);
                     self.requeue_elsewhere(key, usage);
@@ -760,10 +813,16 @@ impl BillingApi for LeasedBilling {
                     Some(slot) if slot.lease == Some(hold.lease) => {
                         slot.remaining += hold.amount - cost;
                         slot.outstanding = slot.outstanding.saturating_sub(1);
-                        slot.last_used = Instant::now();
+                        let now = Instant::now();
+                        slot.last_used = now;
+                        let since = *slot.pending_since.get_or_insert(now);
                         slot.pending.push(request.usage.clone());
+                        let behind = now.duration_since(since) > shared.catch_up_after();
                         shared.metrics.acknowledged();
                         state.remember(answer.clone());
+                        if behind {
+                            shared.catch_up();
+                        }
                         Outcome::Done(answer)
                     }
                     _ => Outcome::Orphan(hold.slot.0, answer, hold),

@@ -642,3 +642,50 @@ backend_tests! {
         assert_eq!((held, available + spent), (0, Money::units(100).0));
     }
 }
+
+backend_tests! {
+    async fn a_settle_catches_up_when_the_flusher_falls_behind(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("behind@example.com", Money::units(10)).await;
+        let gated = Arc::new(Gated::new(f.billing.clone()));
+        // The flusher's first commit is held at the gate: it has fallen behind, as a background
+        // flusher does on a core the worker keeps busy.
+        let config = LeaseConfig { flush_interval_ms: 20, ..LeaseConfig::default() };
+        let api = Arc::new(LeasedBilling::new(gated.clone(), config, f.metrics.billing().clone()));
+        let settle = |i: usize| {
+            let api = api.clone();
+            async move {
+                let id = format!("behind-{i}");
+                let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
+                api.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::nanos(2_000_000)) }).await.unwrap();
+            }
+        };
+        settle(0).await;
+        let entered = |n: usize| {
+            let gated = gated.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while gated.commits_entered.load(std::sync::atomic::Ordering::SeqCst) < n {
+                    assert!(std::time::Instant::now() < deadline, "{n} commits never began");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        entered(1).await;
+        settle(1).await;
+        assert_eq!(api.stats().catch_ups, 0, "a settlement waiting less than four intervals waits for the flusher");
+        // Four flush intervals later the next settle makes a pass itself, which commits what waits
+        // while the flusher's own commit is still held.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        settle(2).await;
+        assert_eq!(api.stats().catch_ups, 1);
+        entered(2).await;
+        settle(3).await;
+        gated.open();
+        api.shutdown().await;
+        let stats = api.stats();
+        assert_eq!(stats.committed_records, 4, "{stats:?}");
+        let (_, held, spent) = f.check().await.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, 4 * 2_000_000));
+    }
+}
