@@ -75,8 +75,9 @@ struct Shared {
     /// The runtime the leases were made on: commits at the ordinary priority run there (the
     /// flusher itself may run on the background runtime).
     ordinary: tokio::runtime::Handle,
-    /// Set while a settle's catch-up pass runs (see `catch_up`).
+    /// Set while a settle's catch-up pass runs (see `catch_up`); `shutdown` waits for it.
     catching_up: AtomicBool,
+    catch_up_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -268,6 +269,7 @@ impl LeasedBilling {
             metrics,
             ordinary: tokio::runtime::Handle::current(),
             catching_up: AtomicBool::new(false),
+            catch_up_task: Mutex::new(None),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let run = Shared::run(Arc::downgrade(&shared), stopped);
@@ -308,6 +310,11 @@ impl LeasedBilling {
         let ticker = self.ticker.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(ticker) = ticker {
             let _ = ticker.await;
+        }
+        // Likewise a catch-up pass: its records are off the queue too.
+        let catch_up = self.shared.catch_up_task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = catch_up {
+            let _ = task.await;
         }
         self.shared.tick(true, false).await;
     }
@@ -393,10 +400,11 @@ impl Shared {
         }
         self.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
         let shared = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             shared.tick(false, false).await;
             shared.catching_up.store(false, Ordering::Release);
         });
+        *self.catch_up_task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 
     fn ttl(&self) -> Duration {
