@@ -404,94 +404,51 @@ tokio::task_local! {
     static BACKGROUND: ();
 }
 
-/// How much nicer than the process the background threads are where they cannot take the
-/// `SCHED_IDLE` policy (Linux; nice values go up to 19).
+/// How much nicer than the process the background pool's threads are (Linux; nice values go
+/// up to 19).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// Runs `work` with the database calls it makes on the background pool: threads of their own
-/// that step aside for any other thread of the process (Linux: `SCHED_IDLE`, else
-/// [`BACKGROUND_NICE`]), for work that no request waits on, such as the billing flusher's
-/// group commits.
+/// at a lower scheduling priority ([`BACKGROUND_NICE`], Linux only), for work that no request
+/// waits on, such as the billing flusher's group commits.
 ///
 /// Why: on a core shared with the HTTP worker, a commit woken on the ordinary blocking pool
 /// takes the core for a whole scheduler slice (milliseconds, with SQLite's checkpoint), and the
-/// calls that arrive meanwhile queue behind it. A nice value is not enough for that: the kernel
-/// lets a running thread finish its slice before a woken one of higher weight runs, whereas a
-/// thread under `SCHED_IDLE` is preempted as soon as an ordinary one wakes. The background work
-/// gets the core whenever the worker does not want it; when the worker keeps it busy, the
-/// caller needs a way around (the billing flusher commits at the ordinary priority then).
+/// calls that arrive meanwhile queue behind it. At a lower priority the worker takes the core
+/// back as soon as it has something to do; the background work still gets its share (a nice of
+/// 10 weighs about a tenth of a default thread) when the core is busy, and all of it when not.
 pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
     BACKGROUND.scope((), work).await
 }
 
-/// Spawns `work` on the background runtime: a thread of its own (`keel-background`) at the
-/// background priority, whose database calls go to the background pool. For loops that do
-/// only background work, such as the billing flusher: their own wake-ups (a timer, the end of
-/// each commit) then do not take the core from a request worker either. Without a background
-/// runtime (it could not be built), on the current runtime.
-pub fn spawn_background<F>(work: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    match background_pool() {
-        Some(runtime) => runtime.spawn(work),
-        None => tokio::spawn(work),
-    }
-}
-
-/// The background runtime: driven by a thread of its own at the background priority, with a
-/// blocking pool whose threads take that priority when they start. None if it could not be
-/// built (the work then runs on the ordinary pool and runtime).
+/// A runtime that is never driven, for its blocking pool only: its threads lower their own
+/// priority once, when they start. None if it could not be built (the work then runs on the
+/// ordinary pool).
 fn background_pool() -> Option<&'static tokio::runtime::Handle> {
-    static POOL: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     let pool = POOL.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+        tokio::runtime::Builder::new_current_thread()
             .thread_name("keel-db-background")
             // As many as a domain pool has connections by default.
             .max_blocking_threads(16)
             .on_thread_start(lower_priority)
             .build()
-            .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
-            .ok()?;
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("keel-background".into())
-            .spawn(move || {
-                lower_priority();
-                runtime.block_on(std::future::pending::<()>());
-            })
-            .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
-            .ok()?;
-        Some(handle)
+            .inspect_err(|error| tracing::warn!(%error, "no background database pool"))
+            .ok()
     });
-    pool.as_ref()
+    pool.as_ref().map(tokio::runtime::Runtime::handle)
 }
 
-/// Makes the calling thread a background one: `SCHED_IDLE` (Linux), or, where the policy is
-/// refused, 10 nicer than the process. Elsewhere the priority is left alone (a nice value
-/// would be the whole process's).
 fn lower_priority() {
+    // On Linux the nice value is a thread's own (`setpriority` on the calling thread); elsewhere
+    // it would be the whole process's, so it is left alone there.
     #[cfg(target_os = "linux")]
     {
-        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        // The crate sets the policy, then a nice value of 0, which `SCHED_IDLE` ignores and an
-        // unprivileged process started with `nice` may not take: the policy is what counts.
-        let _ = thread_priority::set_thread_priority_and_policy(
-            thread_priority::thread_native_id(),
-            ThreadPriority::Min,
-            idle,
-        );
-        if thread_priority::thread_schedule_policy().is_ok_and(|policy| policy == idle) {
-            return;
-        }
         use rustix::process::{getpriority_process, setpriority_process};
         // Relative to the process's own: a process started with `nice` keeps its place.
         let nice = getpriority_process(None).map_or(BACKGROUND_NICE, |own| (own + BACKGROUND_NICE).min(19));
         if let Err(error) = setpriority_process(None, nice) {
-            tracing::debug!(%error, "the background threads keep their priority");
+            tracing::debug!(%error, "the background database pool keeps its priority");
         }
     }
 }
