@@ -124,8 +124,9 @@ async fn login_throttling_holds_across_processes() {
     // The account is locked in both: even the right password is not checked.
     for process in [&a, &b] {
         let body = json!({"email": "ada@example.com", "password": PASSWORD});
-        let status = api.http.post(format!("{}/v1/auth/login", process.url)).json(&body).send().await.unwrap().status();
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let (status, answer) = api.post(process, "/v1/auth/login", None, body).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+        assert_eq!(answer["error"]["code"], "too_many_attempts", "{answer}");
     }
 }
 
