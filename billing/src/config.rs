@@ -48,10 +48,12 @@ pub struct LeaseConfig {
     /// 20 ms rather than 5 took a chat call's background CPU from ~120 to ~55 µs at 900 calls/s
     /// (bench/inference-results.md).
     pub flush_interval_ms: u64,
-    /// The flusher's commits run on the database layer's background pool, at a lower
-    /// scheduling priority (`shared::db::in_background`), so that on a core shared with the
-    /// HTTP worker they do not hold up calls; a pass that takes longer than the flush interval
-    /// makes the next one commit at the ordinary priority, so a busy core cannot starve them.
+    /// The flusher runs on the database layer's background runtime and pool, at a lower
+    /// scheduling priority (`shared::db::spawn_background`), so that on a core shared with the
+    /// HTTP worker neither its commits nor its wake-ups hold up calls. A watch at the ordinary
+    /// priority makes a pass when settlements have waited more than four flush intervals, and
+    /// a pass that takes longer than the flush interval makes the next one commit at the
+    /// ordinary priority, so a busy core cannot starve them.
     pub background_commits: bool,
     /// The most settlements one commit writes (the rest wait for the next flush). Large, so a
     /// commit takes the whole backlog and the crash window stays one flush plus one commit.

@@ -292,8 +292,13 @@ backend_tests! {
     async fn a_backlog_of_unflushed_settlements_sends_new_reservations_to_the_direct_path(backend) {
         let f = fixture(&backend).await;
         let org = f.funded("backlog@example.com", Money::units(10)).await;
-        // No flush on a timer: the backlog only grows, as when the database falls behind.
-        let api = f.leased(LeaseConfig { flush_interval_ms: 3_600_000, max_unflushed: 5, ..LeaseConfig::default() });
+        // No flush on a timer: the backlog only grows, as when the database falls behind. The
+        // flusher on this test's runtime, so that its first pass (at start) is over before the
+        // first call: on the background runtime it could be committing some records when the
+        // stats are read (neither waiting nor counted as committed).
+        let config =
+            LeaseConfig { flush_interval_ms: 3_600_000, max_unflushed: 5, background_commits: false, ..LeaseConfig::default() };
+        let api = f.leased(config);
         for i in 0..20 {
             let id = format!("backlog-{i}");
             let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
@@ -640,5 +645,50 @@ backend_tests! {
         let report = f.check().await;
         let (available, held, spent) = report.balances[&org.to_string()];
         assert_eq!((held, available + spent), (0, Money::units(100).0));
+    }
+}
+
+backend_tests! {
+    async fn the_watch_catches_up_when_the_background_flusher_falls_behind(backend) {
+        let f = fixture(&backend).await;
+        let org = f.funded("behind@example.com", Money::units(10)).await;
+        let gated = Arc::new(Gated::new(f.billing.clone()));
+        let config = LeaseConfig { flush_interval_ms: 20, ..LeaseConfig::default() };
+        assert!(config.background_commits);
+        let api = LeasedBilling::new(gated.clone(), config, f.metrics.billing().clone());
+        let settle = |i: usize| {
+            let api = &api;
+            async move {
+                let id = format!("behind-{i}");
+                let hold = api.reserve(reserve(org, Money::cents(1), &id)).await.unwrap();
+                api.settle(SettleRequest { hold_id: hold.id, usage: usage(&id, Money::nanos(2_000_000)) }).await.unwrap();
+            }
+        };
+        let entered = |n: usize| {
+            let gated = gated.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while gated.commits_entered.load(std::sync::atomic::Ordering::SeqCst) < n {
+                    assert!(std::time::Instant::now() < deadline, "{n} commits never began");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // The flusher's first commit is held at the gate: it has fallen behind, as a background
+        // flusher does on a core that ordinary threads keep busy.
+        settle(0).await;
+        entered(1).await;
+        // What is settled meanwhile is committed by the watch's own pass, with no further call,
+        // while the flusher's commit is still held.
+        settle(1).await;
+        entered(2).await;
+        assert_eq!(api.stats().catch_ups, 1, "one catch-up pass at a time");
+        settle(2).await;
+        gated.open();
+        api.shutdown().await;
+        let stats = api.stats();
+        assert_eq!(stats.committed_records, 3, "{stats:?}");
+        let (_, held, spent) = f.check().await.balances[&org.to_string()];
+        assert_eq!((held, spent), (0, 3 * 2_000_000));
     }
 }

@@ -404,51 +404,99 @@ tokio::task_local! {
     static BACKGROUND: ();
 }
 
-/// How much nicer than the process the background pool's threads are (Linux; nice values go
-/// up to 19).
+/// How much nicer than the process the background threads are (Linux; nice values go up to 19).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// Runs `work` with the database calls it makes on the background pool: threads of their own
-/// at a lower scheduling priority ([`BACKGROUND_NICE`], Linux only), for work that no request
+/// at a lower priority (Linux: `SCHED_BATCH` at [`BACKGROUND_NICE`]), for work that no request
 /// waits on, such as the billing flusher's group commits.
 ///
 /// Why: on a core shared with the HTTP worker, a commit woken on the ordinary blocking pool
 /// takes the core for a whole scheduler slice (milliseconds, with SQLite's checkpoint), and the
-/// calls that arrive meanwhile queue behind it. At a lower priority the worker takes the core
-/// back as soon as it has something to do; the background work still gets its share (a nice of
-/// 10 weighs about a tenth of a default thread) when the core is busy, and all of it when not.
+/// calls that arrive meanwhile queue behind it. A nice value alone is not enough: a thread that
+/// wakes takes the core from the running one when the scheduler deems it due, whatever their
+/// weights, and the worker, which runs the most, is the one it takes it from. A `SCHED_BATCH`
+/// thread never preempts at its wake-up; it runs when the worker waits (or at the next tick),
+/// and a nice of 10 gives it about a tenth of the core's weight when both want it. Unlike
+/// `SCHED_IDLE`, which a busy worker starves, the background work always gets that share, so
+/// it never holds a lock that a request waits on for long.
 pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
     BACKGROUND.scope((), work).await
 }
 
-/// A runtime that is never driven, for its blocking pool only: its threads lower their own
-/// priority once, when they start. None if it could not be built (the work then runs on the
-/// ordinary pool).
+/// Spawns `work` on the background runtime: a thread of its own (`keel-background`) at the
+/// background priority, whose database calls go to the background pool. For loops that do
+/// only background work, such as the billing flusher: their own wake-ups (a timer, the end of
+/// each commit) then do not take the core from a request worker either. Without a background
+/// runtime (it could not be built), on the current runtime.
+pub fn spawn_background<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match background_pool() {
+        Some(runtime) => runtime.spawn(work),
+        None => tokio::spawn(work),
+    }
+}
+
+/// The background runtime: driven by a thread of its own at the background priority, with a
+/// blocking pool whose threads take that priority when they start. None if it could not be
+/// built (the work then runs on the ordinary pool and runtime).
 fn background_pool() -> Option<&'static tokio::runtime::Handle> {
-    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    static POOL: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
     let pool = POOL.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .thread_name("keel-db-background")
             // As many as a domain pool has connections by default.
             .max_blocking_threads(16)
             .on_thread_start(lower_priority)
             .build()
-            .inspect_err(|error| tracing::warn!(%error, "no background database pool"))
-            .ok()
+            .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
+            .ok()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("keel-background".into())
+            .spawn(move || {
+                lower_priority();
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
+            .ok()?;
+        Some(handle)
     });
-    pool.as_ref().map(tokio::runtime::Runtime::handle)
+    pool.as_ref()
 }
 
+/// Makes the calling thread a background one (Linux): the `SCHED_BATCH` policy at
+/// [`BACKGROUND_NICE`] more than the thread's nice value, or the nice value alone where the
+/// policy is refused. Elsewhere the priority is left alone (a nice value would be the whole
+/// process's).
 fn lower_priority() {
-    // On Linux the nice value is a thread's own (`setpriority` on the calling thread); elsewhere
-    // it would be the whole process's, so it is left alone there.
     #[cfg(target_os = "linux")]
     {
         use rustix::process::{getpriority_process, setpriority_process};
-        // Relative to the process's own: a process started with `nice` keeps its place.
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy};
+        // Relative to the thread's own: a process started with `nice` keeps its place.
         let nice = getpriority_process(None).map_or(BACKGROUND_NICE, |own| (own + BACKGROUND_NICE).min(19));
+        let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+        // The crate takes a normal policy's nice value on a 0..=99 scale (99 the highest
+        // priority): the highest step at or below `nice`, since an unprivileged thread may
+        // raise its nice value but not lower it.
+        let priority = (0..=99u8)
+            .rev()
+            .filter_map(|step| ThreadPriorityValue::try_from(step).ok().map(ThreadPriority::Crossplatform))
+            .find(|priority| priority.to_posix(batch).is_ok_and(|value| value >= nice));
+        let batched = priority.is_some_and(|priority| {
+            thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), priority, batch)
+                .is_ok()
+        });
+        if batched && thread_priority::thread_schedule_policy().is_ok_and(|policy| policy == batch) {
+            return;
+        }
         if let Err(error) = setpriority_process(None, nice) {
-            tracing::debug!(%error, "the background database pool keeps its priority");
+            tracing::debug!(%error, "the background threads keep their priority");
         }
     }
 }

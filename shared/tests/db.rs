@@ -224,38 +224,72 @@ backend_tests! {
     }
 }
 
-/// The calling thread's name and nice value.
-fn thread_here() -> (Option<String>, i32) {
+/// The calling thread's name and whether it is a background one: on Linux `SCHED_BATCH` at a
+/// nice value of `nice` + 10 or more (19 at most).
+fn thread_here(nice: i32) -> (Option<String>, bool) {
     #[cfg(target_os = "linux")]
-    let nice = rustix::process::getpriority_process(None).unwrap();
+    let background = {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+        thread_priority::thread_schedule_policy().unwrap() == batch
+            && rustix::process::getpriority_process(None).unwrap() >= (nice + shared::db::BACKGROUND_NICE).min(19)
+    };
     #[cfg(not(target_os = "linux"))]
-    let nice = 0;
-    (std::thread::current().name().map(str::to_owned), nice)
+    let background = nice == 0;
+    (std::thread::current().name().map(str::to_owned), background)
+}
+
+/// The nice value of the calling (ordinary) thread.
+fn own_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    return rustix::process::getpriority_process(None).unwrap();
+    #[cfg(not(target_os = "linux"))]
+    0
 }
 
 backend_tests! {
     async fn work_in_background_runs_on_its_own_threads_at_a_lower_priority(backend) {
         let database = TestDatabase::new(&backend);
         let db = Db::connect(&database.domain("gamma")).unwrap();
-        let (name, nice) = db.run(|_| Ok::<_, DbError>(thread_here())).await.unwrap();
+        let nice = own_nice();
+        let (name, background) = db.run(move |_| Ok::<_, DbError>(thread_here(nice))).await.unwrap();
         assert_ne!(name.as_deref(), Some("keel-db-background"));
-        let background = db.clone();
-        let (bg_name, bg_nice) = shared::db::in_background(async move {
+        assert!(!background, "the ordinary pool keeps the process's priority");
+        let scoped = db.clone();
+        let (bg_name, bg) = shared::db::in_background(async move {
             // A transaction too, with what it wrote visible afterwards.
-            background
+            scoped
                 .transaction(|conn| conn.batch_execute("CREATE TABLE marks (id INTEGER PRIMARY KEY)").map_err(DbError::from))
                 .await?;
-            background.run(|_| Ok::<_, DbError>(thread_here())).await
+            scoped.run(move |_| Ok::<_, DbError>(thread_here(nice))).await
         })
         .await
         .unwrap();
         assert_eq!(bg_name.as_deref(), Some("keel-db-background"));
-        if cfg!(target_os = "linux") {
-            assert_eq!(bg_nice, (nice + shared::db::BACKGROUND_NICE).min(19));
-        }
+        assert!(bg, "the background pool steps aside");
         db.run(|conn| conn.batch_execute("INSERT INTO marks (id) VALUES (1)").map_err(DbError::from)).await.unwrap();
         // Outside the scope, the ordinary pool again.
-        let (after, _) = db.run(|_| Ok::<_, DbError>(thread_here())).await.unwrap();
+        let (after, _) = db.run(move |_| Ok::<_, DbError>(thread_here(nice))).await.unwrap();
         assert_ne!(after.as_deref(), Some("keel-db-background"));
+    }
+
+    async fn a_spawned_background_task_runs_on_the_background_thread_and_pool(backend) {
+        let database = TestDatabase::new(&backend);
+        let db = Db::connect(&database.domain("delta")).unwrap();
+        let nice = own_nice();
+        let spawned = db.clone();
+        let (task, pool) = shared::db::spawn_background(async move {
+            let task = thread_here(nice);
+            // Timers work there: the runtime is driven by its own thread.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let pool = spawned.run(move |_| Ok::<_, DbError>(thread_here(nice))).await.unwrap();
+            (task, pool)
+        })
+        .await
+        .unwrap();
+        assert_eq!(task.0.as_deref(), Some("keel-background"));
+        assert!(task.1, "the background thread steps aside");
+        assert_eq!(pool.0.as_deref(), Some("keel-db-background"));
+        assert!(pool.1);
     }
 }
