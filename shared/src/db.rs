@@ -476,10 +476,12 @@ fn background_pool() -> Option<&'static tokio::runtime::Handle> {
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        use rustix::process::{getpriority_process, setpriority_process};
+        use rustix::process::{getpid, getpriority_process, setpriority_process};
         use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy};
-        // Relative to the thread's own: a process started with `nice` keeps its place.
-        let nice = getpriority_process(None).map_or(BACKGROUND_NICE, |own| (own + BACKGROUND_NICE).min(19));
+        // Relative to the process's main thread (whose id is the process's): a process started
+        // with `nice` keeps its place, and a thread started by a background one, which inherits
+        // its priority, does not go lower still.
+        let nice = getpriority_process(Some(getpid())).map_or(BACKGROUND_NICE, |own| (own + BACKGROUND_NICE).min(19));
         let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
         // The crate takes a normal policy's nice value on a 0..=99 scale (99 the highest
         // priority): the highest step at or below `nice`, since an unprivileged thread may

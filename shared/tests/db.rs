@@ -225,14 +225,14 @@ backend_tests! {
 }
 
 /// The calling thread's name and whether it is a background one: on Linux `SCHED_BATCH` at a
-/// nice value of `nice` + 10 or more (19 at most).
+/// nice value of `nice` + 10 (19 at most), whichever thread started it.
 fn thread_here(nice: i32) -> (Option<String>, bool) {
     #[cfg(target_os = "linux")]
     let background = {
         use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
         let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
         thread_priority::thread_schedule_policy().unwrap() == batch
-            && rustix::process::getpriority_process(None).unwrap() >= (nice + shared::db::BACKGROUND_NICE).min(19)
+            && rustix::process::getpriority_process(None).unwrap() == (nice + shared::db::BACKGROUND_NICE).min(19)
     };
     #[cfg(not(target_os = "linux"))]
     let background = nice == 0;
