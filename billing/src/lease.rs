@@ -352,7 +352,9 @@ impl Shared {
     async fn run(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let config = weak.upgrade().map_or_else(LeaseConfig::default, |s| s.config.clone());
         let interval = Duration::from_millis(config.flush_interval_ms.max(1));
-        let mut ticker = tokio::time::interval(interval);
+        // The first pass one interval from now: there is nothing to write yet, and a pass at
+        // once would, on the background runtime, race with the first calls.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut background = config.background_commits;
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -410,7 +412,7 @@ impl Shared {
     /// interval instead of the flusher's 100; none while the flusher sleeps.
     async fn watch(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let Some(period) = weak.upgrade().map(|s| s.catch_up_after()) else { return };
-        let mut ticker = tokio::time::interval(period);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
