@@ -344,6 +344,24 @@ impl State {
     }
 }
 
+/// A ticker for the flusher and the watch: the first tick one `period` from now (there is
+/// nothing to write at the start, and a pass at once would, on the background runtime, race
+/// with the first calls); a late tick delays the next ones instead of bunching them.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Waits for `event`; false if a stop (or the stop sender gone) comes first.
+async fn unless_stopped<F: std::future::Future>(stop: &mut tokio::sync::watch::Receiver<bool>, event: F) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|stopped| *stopped) => false,
+        _ = event => true,
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -352,18 +370,10 @@ impl Shared {
     async fn run(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let config = weak.upgrade().map_or_else(LeaseConfig::default, |s| s.config.clone());
         let interval = Duration::from_millis(config.flush_interval_ms.max(1));
-        // The first pass one interval from now: there is nothing to write yet, and a pass at
-        // once would, on the background runtime, race with the first calls.
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut ticker = ticker(interval);
         let mut background = config.background_commits;
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                // A stop (or the sender gone) ends the loop between passes only.
-                _ = stop.wait_for(|stopped| *stopped) => return,
-                _ = ticker.tick() => {}
-            }
+        // A stop (or the sender gone) ends the loop between passes only.
+        while unless_stopped(&mut stop, ticker.tick()).await {
             let Some(shared) = weak.upgrade() else { return };
             let started = Instant::now();
             shared.tick(false, background).await;
@@ -371,10 +381,8 @@ impl Shared {
             // core gives it little), so the next pass commits at the ordinary priority.
             background = config.background_commits && started.elapsed() <= interval;
             if shared.park_if_idle() {
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stopped| *stopped) => return,
-                    _ = shared.wake.notified() => {}
+                if !unless_stopped(&mut stop, shared.wake.notified()).await {
+                    return;
                 }
                 shared.parked.store(false, Ordering::Relaxed);
                 // The first pass one interval after the wake-up, as if it had ticked all along.
@@ -412,20 +420,12 @@ impl Shared {
     /// interval instead of the flusher's 100; none while the flusher sleeps.
     async fn watch(weak: std::sync::Weak<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let Some(period) = weak.upgrade().map(|s| s.catch_up_after()) else { return };
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|stopped| *stopped) => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticker = ticker(period);
+        while unless_stopped(&mut stop, ticker.tick()).await {
             let Some(shared) = weak.upgrade() else { return };
             if shared.parked.load(Ordering::Relaxed) {
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stopped| *stopped) => return,
-                    _ = shared.watch_wake.notified() => {}
+                if !unless_stopped(&mut stop, shared.watch_wake.notified()).await {
+                    return;
                 }
                 ticker.reset();
                 continue;
