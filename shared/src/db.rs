@@ -393,7 +393,7 @@ where
 {
     let span = tracing::Span::current();
     let work = move || span.in_scope(f);
-    let task = match BACKGROUND.try_with(|_| ()).ok().and_then(|()| background_pool()) {
+    let task = match BACKGROUND.try_with(|_| ()).ok().and_then(|()| background_runtime()) {
         Some(pool) => pool.spawn_blocking(work),
         None => tokio::task::spawn_blocking(work),
     };
@@ -434,7 +434,7 @@ where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match background_pool() {
+    match background_runtime() {
         Some(runtime) => runtime.spawn(work),
         None => tokio::spawn(work),
     }
@@ -443,35 +443,36 @@ where
 /// The background runtime: driven by a thread of its own at the background priority, with a
 /// blocking pool whose threads take that priority when they start. None if it could not be
 /// built (the work then runs on the ordinary pool and runtime).
-fn background_pool() -> Option<&'static tokio::runtime::Handle> {
-    static POOL: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("keel-db-background")
-            // As many as a domain pool has connections by default.
-            .max_blocking_threads(16)
-            .on_thread_start(lower_priority)
-            .build()
-            .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
-            .ok()?;
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("keel-background".into())
-            .spawn(move || {
-                lower_priority();
-                runtime.block_on(std::future::pending::<()>());
-            })
-            .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
-            .ok()?;
-        Some(handle)
-    });
-    pool.as_ref()
+fn background_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("keel-db-background")
+                // As many as a domain pool has connections by default.
+                .max_blocking_threads(16)
+                .on_thread_start(lower_priority)
+                .build()
+                .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
+                .ok()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("keel-background".into())
+                .spawn(move || {
+                    lower_priority();
+                    runtime.block_on(std::future::pending::<()>());
+                })
+                .inspect_err(|error| tracing::warn!(%error, "no background runtime"))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
 }
 
 /// Makes the calling thread a background one (Linux): the `SCHED_BATCH` policy at
-/// [`BACKGROUND_NICE`] more than the thread's nice value, or the nice value alone where the
-/// policy is refused. Elsewhere the priority is left alone (a nice value would be the whole
+/// [`BACKGROUND_NICE`] more than the main thread's nice value, or that nice value alone where
+/// the policy is refused. Elsewhere the priority is left alone (a nice value would be the whole
 /// process's).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -484,8 +485,8 @@ fn lower_priority() {
         let nice = getpriority_process(Some(getpid())).map_or(BACKGROUND_NICE, |own| (own + BACKGROUND_NICE).min(19));
         let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
         // The crate takes a normal policy's nice value on a 0..=99 scale (99 the highest
-        // priority): the highest step at or below `nice`, since an unprivileged thread may
-        // raise its nice value but not lower it.
+        // priority, nice -20): the highest step whose nice value is `nice` or more, since an
+        // unprivileged thread may raise its nice value but not lower it.
         let priority = (0..=99u8)
             .rev()
             .filter_map(|step| ThreadPriorityValue::try_from(step).ok().map(ThreadPriority::Crossplatform))
