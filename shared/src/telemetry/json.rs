@@ -142,15 +142,12 @@ mod tests {
         let lines = Lines::default();
         let (slot, format) = with_trace_id(tracing_subscriber::fmt::format().json().flatten_event(true));
         let writer = lines.clone();
-        let fmt = tracing_subscriber::fmt::layer()
-            .json()
-            .event_format(format)
-            .with_writer(move || writer.clone())
+        // Composed as `telemetry::init` does: the slot behind the log filter with the lines.
+        let fmt = slot
+            .and_then(tracing_subscriber::fmt::layer().json().event_format(format).with_writer(move || writer.clone()))
             .with_filter(LevelFilter::WARN);
-        let subscriber = tracing_subscriber::registry()
-            .with(otel_layer(&provider).with_filter(LevelFilter::INFO))
-            .with(slot)
-            .with(fmt);
+        let subscriber =
+            tracing_subscriber::registry().with(otel_layer(&provider).with_filter(LevelFilter::INFO)).with(fmt);
 
         let trace_id = tracing::subscriber::with_default(subscriber, || {
             tracing::info_span!("http.request").in_scope(|| {
