@@ -31,6 +31,8 @@ const MAX_HEADERS: usize = 96;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// The most a rejected connection is drained of.
 const LINGER_BYTES: usize = 1 << 20;
+/// The most one read takes from the connection.
+const READ_SIZE: usize = 8192;
 
 /// What the guard enforces.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +95,8 @@ pub struct Guarded<T> {
     closing: Option<Closing>,
     /// Counts completed flushes, for streamed responses (see `shared::http::WriteProgress`).
     progress: Arc<WriteProgress>,
+    /// Where reads land: zeroed once per connection, not on every read (8 KiB each time).
+    scratch: Box<[u8]>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
@@ -108,6 +112,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
             timer,
             closing: None,
             progress: Arc::default(),
+            scratch: vec![0; READ_SIZE].into_boxed_slice(),
         }
     }
 
@@ -132,8 +137,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
     }
 
     /// Follows the framing over `input` (just read), moving what may go on into `ready`.
-    fn feed(&mut self, input: &[u8]) {
-        let mut input = Bytes::copy_from_slice(input);
+    fn feed(&mut self, mut input: Bytes) {
         let mut out = BytesMut::new();
         while !input.is_empty() && self.closing.is_none() {
             match self.framing {
@@ -211,8 +215,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
                         self.closing = Some(Closing::Done);
                         continue;
                     }
-                    let mut scratch = [0u8; 8192];
-                    let mut buf = ReadBuf::new(&mut scratch);
+                    let mut buf = ReadBuf::new(&mut self.scratch);
                     match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
                         Poll::Ready(Ok(())) if buf.filled().is_empty() => self.closing = Some(Closing::Done),
                         Poll::Ready(Ok(())) => *drained += buf.filled().len(),
@@ -246,13 +249,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<T> {
                 // End of stream for actix once the rejection is out.
                 return this.poll_close(cx);
             }
-            let mut scratch = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut scratch);
+            let mut read = ReadBuf::new(&mut this.scratch);
             match Pin::new(&mut this.io).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {
-                    let filled = read.filled().to_vec();
-                    this.feed(&filled);
+                    let filled = Bytes::copy_from_slice(read.filled());
+                    this.feed(filled);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
