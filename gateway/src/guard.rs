@@ -15,6 +15,7 @@
 use actix_web::web::{Bytes, BytesMut};
 use shared::ErrorKind;
 use shared::http::WriteProgress;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -95,8 +96,23 @@ pub struct Guarded<T> {
     closing: Option<Closing>,
     /// Counts completed flushes, for streamed responses (see `shared::http::WriteProgress`).
     progress: Arc<WriteProgress>,
-    /// Where reads land: zeroed once per connection, not on every read (8 KiB each time).
-    scratch: Box<[u8]>,
+}
+
+thread_local! {
+    /// Where reads land, shared by the connections of a thread: a read is over before the next
+    /// begins. Zeroed once per thread, where a buffer on the stack was zeroed on every read
+    /// and one per connection would cost 8 KiB for each idle keep-alive connection.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
+/// Reads once from `io` into the thread's scratch buffer: what was read (empty at the end of
+/// the stream).
+fn read_some<T: AsyncRead + Unpin>(io: &mut T, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        Poll::Ready(Ok(Bytes::copy_from_slice(read.filled())))
+    })
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
@@ -112,7 +128,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
             timer,
             closing: None,
             progress: Arc::default(),
-            scratch: vec![0; READ_SIZE].into_boxed_slice(),
         }
     }
 
@@ -215,10 +230,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
                         self.closing = Some(Closing::Done);
                         continue;
                     }
-                    let mut buf = ReadBuf::new(&mut self.scratch);
-                    match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-                        Poll::Ready(Ok(())) if buf.filled().is_empty() => self.closing = Some(Closing::Done),
-                        Poll::Ready(Ok(())) => *drained += buf.filled().len(),
+                    match read_some(&mut self.io, cx) {
+                        Poll::Ready(Ok(read)) if read.is_empty() => self.closing = Some(Closing::Done),
+                        Poll::Ready(Ok(read)) => *drained += read.len(),
                         Poll::Ready(Err(_)) => self.closing = Some(Closing::Done),
                         Poll::Pending => {
                             if let Some(timer) = self.timer.as_mut() {
@@ -249,13 +263,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<T> {
                 // End of stream for actix once the rejection is out.
                 return this.poll_close(cx);
             }
-            let mut read = ReadBuf::new(&mut this.scratch);
-            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => {
-                    let filled = Bytes::copy_from_slice(read.filled());
-                    this.feed(filled);
-                }
+            match read_some(&mut this.io, cx) {
+                Poll::Ready(Ok(read)) if read.is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(read)) => this.feed(read),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     // Waiting for a head: the deadline is the other way out.
