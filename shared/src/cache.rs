@@ -342,10 +342,10 @@ impl<V> fmt::Debug for Cache<V> {
 struct Inner<V> {
     name: String,
     config: CacheConfig,
-    l1: moka::future::Cache<String, Arc<L1Entry<V>>>,
+    l1: moka::future::Cache<String, Arc<L1Entry<V>>, foldhash::fast::RandomState>,
     backplane: Option<Arc<dyn CacheBackplane>>,
     clock: Arc<dyn Clock>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
     key_stripes: Box<[AtomicU64]>,
     namespace_stripes: Box<[AtomicU64]>,
     flushes: AtomicU64,
@@ -386,14 +386,14 @@ where
             .name(name)
             .max_capacity(config.l1_max_entries)
             .time_to_live(config.l1_ttl())
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let inner = Arc::new(Inner {
             name: name.to_owned(),
             config,
             l1,
             backplane,
             clock,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             key_stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             namespace_stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             flushes: AtomicU64::new(0),

@@ -163,7 +163,7 @@ const SWEEP_EVERY: u64 = 8192;
 pub struct LocalRateLimiter {
     clock: quanta::Clock,
     start: quanta::Instant,
-    buckets: DashMap<(Quota, String), u64>,
+    buckets: DashMap<(Quota, String), u64, foldhash::fast::RandomState>,
     decisions: AtomicU64,
 }
 
@@ -192,7 +192,7 @@ impl LocalRateLimiter {
     /// A limiter on `clock` (tests pass `quanta::Clock::mock()`).
     pub fn with_clock(clock: quanta::Clock) -> Self {
         let start = clock.now();
-        Self { clock, start, buckets: DashMap::new(), decisions: AtomicU64::new(0) }
+        Self { clock, start, buckets: DashMap::default(), decisions: AtomicU64::new(0) }
     }
 
     fn now(&self) -> u64 {
